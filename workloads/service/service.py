@@ -1,0 +1,259 @@
+"""The system under load: one MLX owner serving many projects.
+
+A :class:`Service` holds one base model, one embedder, an adapter cache and an index
+cache, and answers the operations users send: ``analyze``, ``search``, ``embed``,
+``switch`` and ``ingest``. It needs no Ray; the Ray actor in the generator wraps it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+
+from workloads.errors import ConfigError
+from workloads.service.adapters import AdapterManager, AdapterSpec, generate_adapter
+from workloads.service.basemodel import (
+    BaseModel,
+    BaseModelSpec,
+    ensure_default_base_model,
+    generate_greedy,
+    load_base_model,
+)
+from workloads.service.embedder import Embedder
+from workloads.service.index import IngestReport, ProjectVectorStoreManager, SearchHit
+from workloads.service.projects import Project, ProjectContextManager
+
+
+def default_cache_dir() -> Path:
+    """``$LOADLENS_CACHE``, else ``~/.cache/loadlens``: generated models, adapters, indexes."""
+    env = os.environ.get("LOADLENS_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "loadlens"
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Everything that shapes one service replica. Sizes in bytes, counts in items."""
+
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    """Where generated models, adapters and indexes are kept between runs."""
+    base_model: Path | None = None
+    """An mlx-lm model folder; ``None`` generates the small default one."""
+    base_spec: BaseModelSpec = field(default_factory=BaseModelSpec)
+    """Shape of the generated default base model."""
+    adapter_rank: int = 8
+    """LoRA rank of generated per-project adapters."""
+    adapter_cache_count: int = 8
+    """Most adapters kept resident."""
+    adapter_cache_bytes: int = 64 * 1024 * 1024
+    """Most bytes of adapters kept resident."""
+    index_cache_count: int = 8
+    """Most project indexes kept in memory."""
+    embed_batch_size: int = 32
+    """Texts per embedding batch."""
+    length_bucketing: bool = True
+    """Sort texts by length and pad per batch (else pad every batch to the longest text)."""
+    embed_max_tokens: int = 128
+    """Texts are truncated to this many tokens before embedding."""
+    fast_math: bool = True
+    """Compiled GELU/softmax approximations in the embedder (exact ones when False)."""
+    top_k: int = 4
+    """Chunks retrieved per query."""
+    prefill_tokens: int = 256
+    """Most prompt tokens the base model reads per ``analyze``."""
+    generate_tokens: int = 4
+    """Tokens generated per ``analyze`` after the prefill."""
+    max_chunks_per_project: int | None = None
+    """Cap on chunks indexed per project (``None``: all of them)."""
+    eager: bool = False
+    """Load every adapter and index at start instead of on first use."""
+
+    def __post_init__(self) -> None:
+        for name in ("adapter_rank", "adapter_cache_count", "adapter_cache_bytes",
+                     "index_cache_count", "embed_batch_size", "embed_max_tokens",
+                     "top_k", "prefill_tokens", "generate_tokens"):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ConfigError(f"service config: {name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class StageTimings:
+    """Seconds spent in each stage of one operation (0.0 for a stage it did not run)."""
+
+    switch: float = 0.0
+    embed: float = 0.0
+    search: float = 0.0
+    model: float = 0.0
+
+
+@dataclass(frozen=True)
+class OpResult:
+    """What one service operation returns: stage timings plus a small payload."""
+
+    op: str
+    project: str | None
+    stages: StageTimings
+    hits: list[tuple[str, int, int, float]] = field(default_factory=list)
+    """Retrieved chunks as (file, first line, last line, score)."""
+    tokens: list[int] = field(default_factory=list)
+    """Tokens the base model generated."""
+    switched: bool = False
+    """Whether the operation changed the active project."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready copy (Ray sends this back to the generator)."""
+        return asdict(self)
+
+
+def _hits(hits: list[SearchHit]) -> list[tuple[str, int, int, float]]:
+    return [(h.chunk.path, h.chunk.start_line, h.chunk.end_line, h.score) for h in hits]
+
+
+def _stable_seed(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+
+
+class Service:
+    """One replica's worth of the local AI stack, usable in-process without Ray."""
+
+    def __init__(self, config: ServiceConfig, projects: Sequence[Project]) -> None:
+        start = time.perf_counter()
+        self.config = config
+        cache = Path(config.cache_dir)
+        base_path = config.base_model or ensure_default_base_model(cache / "models", config.base_spec)
+        self.base: BaseModel = load_base_model(base_path)
+        model_loaded = time.perf_counter()
+        self.embedder = Embedder(
+            batch_size=config.embed_batch_size,
+            max_tokens=config.embed_max_tokens,
+            length_bucketing=config.length_bucketing,
+            fast_math=config.fast_math,
+        )
+        embedder_loaded = time.perf_counter()
+        base_key = hashlib.sha256(
+            str(Path(base_path).resolve()).encode() + (Path(base_path) / "config.json").read_bytes()
+        ).hexdigest()[:12]
+        self.adapter_root = cache / "adapters" / base_key
+        self.adapters = AdapterManager(
+            self.base.model, max_bytes=config.adapter_cache_bytes, max_count=config.adapter_cache_count
+        )
+        self.indexes = ProjectVectorStoreManager(
+            cache / "indexes" / f"chunks-{config.embed_max_tokens}", max_loaded=config.index_cache_count
+        )
+        self.projects = ProjectContextManager(self.adapters, self.indexes)
+        for project in projects:
+            self.add_project(project)
+        if config.eager:
+            for name in self.projects.projects:
+                self.adapters.load(name)
+                if self.indexes.is_fresh(name, self.projects.projects[name].root):
+                    self.indexes.load(name)
+        end = time.perf_counter()
+        self.init_seconds = {
+            "base_model": model_loaded - start,
+            "embedder": embedder_loaded - model_loaded,
+            "projects": end - embedder_loaded,
+            "total": end - start,
+        }
+
+    def add_project(self, project: Project) -> None:
+        """Register ``project``; a project without an adapter gets a generated one (cached)."""
+        adapter = project.adapter
+        if adapter is None:
+            adapter = self.adapter_root / f"{project.name}-r{self.config.adapter_rank}"
+            if not (adapter / "adapters.safetensors").is_file():
+                generate_adapter(
+                    adapter, self.base.model,
+                    spec=AdapterSpec(rank=self.config.adapter_rank),
+                    seed=_stable_seed(project.name),
+                )
+        self.projects.add(project, adapter)
+
+    def ingest(self, name: str, *, rebuild: bool = False) -> IngestReport | None:
+        """Build ``name``'s index unless a fresh one exists; returns the report if it built."""
+        project = self.projects.get(name)
+        if not rebuild and self.indexes.is_fresh(name, project.root):
+            return None
+        return self.indexes.build(
+            name, project.root, self.embedder.embed, max_chunks=self.config.max_chunks_per_project
+        )
+
+    def switch(self, name: str) -> OpResult:
+        """Make ``name`` the active project (adapter active, index loaded)."""
+        previous = self.projects.current
+        _, timing = self.projects.switch(name)
+        return OpResult("switch", name, StageTimings(switch=timing.seconds), switched=previous != name)
+
+    def embed(self, texts: Sequence[str]) -> tuple[np.ndarray, OpResult]:
+        """Embed ``texts`` (no project needed)."""
+        start = time.perf_counter()
+        vectors = self.embedder.embed(texts)
+        return vectors, OpResult("embed", None, StageTimings(embed=time.perf_counter() - start))
+
+    def search(self, name: str, query: str, k: int | None = None) -> OpResult:
+        """Embed ``query`` and search ``name``'s index (the adapter is not touched)."""
+        self.projects.get(name)
+        t0 = time.perf_counter()
+        index = self.indexes.load(name)
+        t1 = time.perf_counter()
+        vector = self.embedder.embed([query])[0]
+        t2 = time.perf_counter()
+        hits = index.search(vector, k or self.config.top_k)
+        t3 = time.perf_counter()
+        return OpResult(
+            "search", name, StageTimings(switch=t1 - t0, embed=t2 - t1, search=t3 - t2), _hits(hits)
+        )
+
+    def analyze(self, name: str, query: str) -> OpResult:
+        """Switch to ``name`` if needed, retrieve code for ``query``, run the adapted model."""
+        previous = self.projects.current
+        t0 = time.perf_counter()
+        index, _ = self.projects.switch(name)
+        t1 = time.perf_counter()
+        vector = self.embedder.embed([query])[0]
+        t2 = time.perf_counter()
+        hits = index.search(vector, self.config.top_k)
+        t3 = time.perf_counter()
+        context = "\n".join(h.chunk.text for h in hits)
+        tokenizer = self.base.tokenizer
+        prompt = tokenizer.encode(query).ids + tokenizer.encode(context).ids
+        prompt = prompt[: self.config.prefill_tokens]
+        tokens = generate_greedy(self.base.model, prompt, self.config.generate_tokens)
+        t4 = time.perf_counter()
+        return OpResult(
+            "analyze", name,
+            StageTimings(switch=t1 - t0, embed=t2 - t1, search=t3 - t2, model=t4 - t3),
+            _hits(hits), tokens, switched=previous != name,
+        )  # fmt: skip
+
+    def stats(self) -> dict[str, Any]:
+        """Cache counters and memory figures of this replica, JSON-ready."""
+        return {
+            "adapters": {
+                **self.adapters.stats.as_dict(),
+                "resident": self.adapters.resident,
+                "bytes_resident": self.adapters.bytes_resident,
+                "active": self.adapters.active,
+            },
+            "indexes": {
+                "hits": self.indexes.stats.hits,
+                "misses": self.indexes.stats.misses,
+                "evictions": self.indexes.stats.evictions,
+                "loaded": self.indexes.loaded,
+                "bytes_loaded": self.indexes.bytes_loaded,
+            },
+            "switches": self.projects.switches,
+            "mlx": {
+                "active_bytes": mx.get_active_memory(),
+                "peak_bytes": mx.get_peak_memory(),
+                "cache_bytes": mx.get_cache_memory(),
+            },
+            "init_seconds": dict(self.init_seconds),
+        }
