@@ -1,0 +1,100 @@
+"""How loadlens finds or starts Ray.
+
+Default: an embedded local cluster started by the run (``address="local"``, its own temp
+folder, dashboard on 127.0.0.1, Ray's token authentication left as Ray sets it: on for
+new local clusters since Ray 2.5x). ``--address``/``RAY_ADDRESS`` joins an existing one;
+a wrong address fails within seconds with a clear message instead of hanging.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from workloads.errors import ConfigError
+
+PROBE_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A connected Ray cluster and how to look at it."""
+
+    address: str
+    embedded: bool
+    dashboard_url: str | None
+    nodes: list[dict[str, Any]]
+
+    def token_hint(self) -> str:
+        """How a person gets the token the dashboard asks for."""
+        return "run `ray get-auth-token` (the token lives in ~/.ray/auth_token)"
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast when nothing listens at ``host:port`` (ray.init would retry for long)."""
+    if address in ("auto", "local") or address.startswith("ray://"):
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--address {address!r} is not HOST:PORT (for example 127.0.0.1:6379)")
+    try:
+        with socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"no Ray cluster answers at {address}: {exc.strerror or exc} "
+            "(start one with `ray start --head`, or leave --address out to run embedded)"
+        ) from exc
+
+
+def connect(
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    temp_dir: Path | None = None,
+    env_vars: dict[str, str] | None = None,
+) -> Cluster:
+    """Join ``address`` (or ``$RAY_ADDRESS``), else start an embedded local cluster."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    runtime_env = {"env_vars": env_vars} if env_vars else None
+    if address:
+        _check_reachable(address)
+        ctx = ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+        embedded = False
+    else:
+        temp = temp_dir or Path(tempfile.gettempdir()) / f"loadlens-ray-{os.getuid()}"
+        temp.mkdir(parents=True, exist_ok=True)
+        ctx = ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            _temp_dir=str(temp),
+            runtime_env=runtime_env,
+            log_to_driver=False,
+        )
+        embedded = True
+    url = ctx.dashboard_url
+    nodes = [
+        {"node_id": n["NodeID"], "address": n["NodeManagerAddress"], "alive": n["Alive"],
+         "resources": n.get("Resources", {})}
+        for n in ray.nodes()
+    ]  # fmt: skip
+    return Cluster(
+        address=ctx.address_info.get("gcs_address", address or "local"),
+        embedded=embedded,
+        dashboard_url=f"http://{url}" if url and not url.startswith("http") else url,
+        nodes=nodes,
+    )
+
+
+def disconnect() -> None:
+    """Leave the cluster (an embedded one is shut down with it)."""
+    if ray.is_initialized():
+        ray.shutdown()

@@ -1,0 +1,157 @@
+"""Load generators: async Ray actors that act as users of many projects at once.
+
+A worker runs one stage at a time. Closed loop: ``users`` coroutines, each issuing one
+operation, waiting for it, thinking, and going again. Open loop: operations fire at
+their planned arrival times whether or not earlier ones have finished. Every issued
+operation yields exactly one :class:`OpRecord` (a failure or a timeout is a record);
+the driver drains them every second, so a stop or a crash loses nothing already done.
+Nothing here busy-waits: the event loop sleeps until the next arrival or reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+
+import ray
+
+from workloads.records import OpRecord
+from workloads.shapes import OpPicker, ProjectPicker
+
+QUERIES = (
+    "how is the connection closed after an error",
+    "parse the headers of a request",
+    "where are retries and timeouts handled",
+    "read a configuration file and validate it",
+    "class that caches results in memory",
+    "function that encodes text to bytes",
+    "how are exceptions raised for invalid input",
+    "iterate over the items and build a list",
+)
+EMBED_TEXTS = (
+    "def add(a, b):\n    return a + b",
+    "class Stack:\n    def __init__(self):\n        self.items = []",
+    "for line in open(path):\n    print(line.strip())",
+    "import json\nconfig = json.loads(text)",
+    "async def fetch(session, url):\n    return await session.get(url)",
+    "raise ValueError(f'bad value: {value!r}')",
+    "with lock:\n    counter += 1",
+    "return sorted(items, key=lambda x: x.name)",
+)
+REPLY_TIMEOUT_S = 300.0
+
+
+@ray.remote(num_cpus=0, max_concurrency=1000)
+class GeneratorWorker:
+    """Worker ``worker``: issues operations to replicas by project affinity."""
+
+    def __init__(self, worker: int, replicas: list[Any], routes: dict[str, int]) -> None:
+        self.worker = worker
+        self.replicas = replicas
+        self.routes = routes
+        self._records: list[dict[str, Any]] = []
+        self._stop = asyncio.Event()
+        self._in_flight = 0
+        self._issued = 0
+
+    async def stop(self) -> None:
+        """Stop issuing; operations in flight still finish and are recorded."""
+        self._stop.set()
+
+    async def drain(self) -> dict[str, Any]:
+        """Hand over the records finished since the last drain, plus live counters."""
+        records, self._records = self._records, []
+        return {"records": records, "in_flight": self._in_flight, "issued": self._issued}
+
+    def _request(self, op: str, project: str, rng: random.Random) -> dict[str, Any]:
+        request: dict[str, Any] = {"op": op, "project": project, "query": rng.choice(QUERIES)}
+        if op == "embed":
+            request["texts"] = [rng.choice(EMBED_TEXTS) for _ in range(8)]
+        return request
+
+    async def _issue(self, stage: str, op: str, project: str, rng: random.Random) -> None:
+        replica = self.routes[project]
+        record = OpRecord(
+            op=op, project=project, stage=stage, worker=self.worker, replica=replica,
+            issued=time.time(),
+        )  # fmt: skip
+        self._issued += 1
+        self._in_flight += 1
+        start = time.perf_counter()
+        try:
+            call = self.replicas[replica].call.options(name=f"{op}:{project}@replica-{replica}")
+            ref = call.remote(self._request(op, project, rng))
+            reply = await asyncio.wait_for(ref, timeout=REPLY_TIMEOUT_S)
+            record.ok = bool(reply["ok"])
+            record.error = reply["error"]
+            record.stages = reply["stages"]
+            record.service = reply["service"]
+            record.wait = max(0.0, reply["start"] - record.issued)
+            record.node = reply["node"]
+            record.pid = reply["pid"]
+            record.switched = reply["switched"]
+        except TimeoutError:
+            record.error = f"Timeout: no reply in {REPLY_TIMEOUT_S:.0f} s"
+        except Exception as exc:  # a dead replica, a lost object: the op failed, the run goes on
+            record.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        finally:
+            record.duration = time.perf_counter() - start
+            self._in_flight -= 1
+            self._records.append(record.as_dict())
+
+    def _cost(self, cpu0: float, wall0: float, issued0: int) -> dict[str, Any]:
+        return {
+            "cpu_seconds": time.process_time() - cpu0,
+            "wall_seconds": time.perf_counter() - wall0,
+            "issued": self._issued - issued0,
+        }
+
+    async def _sleep_or_stop(self, seconds: float) -> bool:
+        """Sleep ``seconds`` unless stopped first; returns whether it was stopped."""
+        if seconds <= 0:
+            return self._stop.is_set()
+        try:
+            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    async def run_closed(
+        self, stage: str, *, users: int, duration_s: float, think_time_s: float,
+        mix: list[tuple[str, float]], projects: list[str], popularity: str, zipf_s: float,
+        seed: int,
+    ) -> dict[str, Any]:  # fmt: skip
+        """``users`` concurrent users for ``duration_s``; returns this worker's CPU cost."""
+        cpu0, wall0, issued0 = time.process_time(), time.perf_counter(), self._issued
+        deadline = wall0 + duration_s
+        ops = OpPicker(mix)
+        picker = ProjectPicker(projects, popularity, zipf_s)
+
+        async def user(k: int) -> None:
+            rng = random.Random(seed * 1_000_003 + k)
+            while time.perf_counter() < deadline and not self._stop.is_set():
+                await self._issue(stage, ops.pick(rng), picker.pick(rng), rng)
+                if await self._sleep_or_stop(min(think_time_s, deadline - time.perf_counter())):
+                    break
+
+        await asyncio.gather(*(user(k) for k in range(users)))
+        return self._cost(cpu0, wall0, issued0)
+
+    async def run_open(
+        self, stage: str, *, arrivals: list[tuple[float, str, str]], seed: int
+    ) -> dict[str, Any]:
+        """Fire each ``(at_s, op, project)`` at its time; wait for all replies at the end."""
+        cpu0, wall0, issued0 = time.process_time(), time.perf_counter(), self._issued
+        rng = random.Random(seed)
+        pending: set[asyncio.Task[None]] = set()
+        for at_s, op, project in arrivals:
+            if await self._sleep_or_stop(wall0 + at_s - time.perf_counter()):
+                break
+            task = asyncio.create_task(self._issue(stage, op, project, rng))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        if pending:
+            await asyncio.gather(*pending)
+        return self._cost(cpu0, wall0, issued0)

@@ -1,0 +1,104 @@
+"""The live terminal display: one status line a second, then the final table."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, TextIO
+
+from cluster.connect import Cluster
+from workloads.spec import Stage
+from workloads.stats import percentile
+
+WINDOW_S = 10.0
+
+
+class Progress:
+    """Shows stage, elapsed/remaining, ops/s, p95 per op, errors and swaps while a run goes."""
+
+    def __init__(self, *, quiet: bool = False, stream: TextIO | None = None) -> None:
+        self.quiet = quiet
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self._recent: deque[tuple[float, str, float, bool]] = deque()
+        self.total = 0
+        self.errors = 0
+        self.swaps = 0
+        self._stage: Stage | None = None
+        self._stage_index = 0
+        self._stage_start = 0.0
+        self._last_line = 0.0
+
+    def say(self, message: str) -> None:
+        """Print one line (unless quiet)."""
+        if not self.quiet:
+            self._end_status()
+            print(message, file=self.stream, flush=True)
+
+    def cluster(self, cluster: Cluster) -> None:
+        """Tell where the run is and how to watch it."""
+        kind = "embedded local Ray" if cluster.embedded else f"Ray at {cluster.address}"
+        self.say(f"cluster: {kind}, {len(cluster.nodes)} node(s)")
+        if cluster.dashboard_url:
+            self.say(f"dashboard: {cluster.dashboard_url}  (token: {cluster.token_hint()})")
+
+    def start_stage(self, stage: Stage, index: int) -> None:
+        """A new stage begins."""
+        self._stage, self._stage_index = stage, index
+        self._stage_start = time.monotonic()
+        self.say(f"stage {index + 1}: {stage.name} ({stage.mode} loop, {stage.duration_s:.0f} s)")
+
+    def add(self, records: list[dict[str, Any]], in_flight: int) -> None:
+        """Take newly finished records and refresh the status line (at most once a second)."""
+        now = time.monotonic()
+        for r in records:
+            self._recent.append((now, r["op"], r["duration"], r["ok"]))
+            self.total += 1
+            self.errors += 0 if r["ok"] else 1
+            self.swaps += 1 if r.get("switched") else 0
+        while self._recent and self._recent[0][0] < now - WINDOW_S:
+            self._recent.popleft()
+        if self.quiet or self._stage is None or now - self._last_line < 1.0:
+            return
+        self._last_line = now
+        elapsed = now - self._stage_start
+        window = min(WINDOW_S, max(elapsed, 1e-9))
+        p95 = []
+        for op in sorted({op for _, op, _, _ in self._recent}):
+            values = sorted(d for _, o, d, ok in self._recent if o == op and ok)
+            if values:
+                p95.append(f"{op} {percentile(values, 95) * 1000:.0f}ms")
+        line = (
+            f"[{self._stage.name}] {elapsed:5.1f}/{self._stage.duration_s:.0f} s | "
+            f"{len(self._recent) / window:5.1f} ops/s | p95 {', '.join(p95) or '-'} | "
+            f"errors {self.errors} | swaps {self.swaps} | in flight {in_flight} | done {self.total}"
+        )
+        if self.tty:
+            print("\r" + line[:200].ljust(120), end="", file=self.stream, flush=True)
+        else:
+            print(line, file=self.stream, flush=True)
+
+    def _end_status(self) -> None:
+        if self.tty and self._last_line:
+            print(file=self.stream)
+            self._last_line = 0.0
+
+    def final(self, summary: dict[str, Any], run_dir: Path, status: str) -> None:
+        """The closing table: per-operation percentiles, errors, where the files are."""
+        if self.quiet:
+            return
+        self._end_status()
+        out = self.stream
+        print(f"\nrun {status}: {summary.get('records', 0)} operations, "
+              f"{summary.get('errors', 0)} errors, "
+              f"{summary.get('throughput_ops_s', 0.0):.2f} ops/s", file=out)  # fmt: skip
+        print(f"{'op':<10}{'count':>7}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'max ms':>10}", file=out)
+        for op, s in sorted(summary.get("by_op", {}).items()):
+            cells = [s.get(k) for k in ("p50", "p95", "p99", "max")]
+            text = "".join(f"{c * 1000:>10.1f}" if c is not None else f"{'-':>10}" for c in cells)
+            print(f"{op:<10}{s['count']:>7}{text}", file=out)
+        for kind, n in summary.get("error_kinds", {}).items():
+            print(f"  error {kind}: {n}", file=out)
+        print(f"results: {run_dir}", file=out, flush=True)

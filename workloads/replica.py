@@ -1,0 +1,141 @@
+"""The Ray actor around one :class:`Service`: one MLX owner per process.
+
+Requests and replies are plain dicts of Python numbers and strings; no ``mx.array`` ever
+leaves the process. A failed request is a reply with ``ok=False``, never an exception
+that would cost the generator its record.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.util import metrics
+
+from workloads.service.projects import Project
+from workloads.service.service import OpResult, Service, ServiceConfig, StageTimings
+
+LATENCY_BOUNDARIES = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30]
+
+
+class _Metrics:
+    """The replica's Ray metrics, shown by the dashboard and its Prometheus endpoint."""
+
+    def __init__(self, replica: int) -> None:
+        tags = {"replica": str(replica)}
+        self.latency = metrics.Histogram(
+            "loadlens_op_latency_seconds", "Service time of one operation",
+            boundaries=LATENCY_BOUNDARIES, tag_keys=("replica", "op"),
+        )  # fmt: skip
+        self.ops = metrics.Counter("loadlens_ops_total", "Operations served", ("replica", "op"))
+        self.errors = metrics.Counter("loadlens_errors_total", "Failed operations", ("replica", "op"))
+        self.swaps = metrics.Counter("loadlens_adapter_swaps_total", "Active project changes", ("replica",))
+        self.hits = metrics.Gauge("loadlens_adapter_hits", "Adapter cache hits so far", ("replica",))
+        self.misses = metrics.Gauge("loadlens_adapter_misses", "Adapter cache misses so far", ("replica",))
+        self.cache_bytes = metrics.Gauge("loadlens_cache_bytes", "Adapter + index bytes resident", ("replica",))
+        self.memory = metrics.Gauge("loadlens_replica_rss_bytes", "Replica resident memory", ("replica",))
+        for m in (self.swaps, self.hits, self.misses, self.cache_bytes, self.memory):
+            m.set_default_tags(tags)
+
+
+@ray.remote(max_restarts=1, max_task_retries=0)
+class ServiceReplica:
+    """Replica ``index``: a Service over the projects routed to it (and only those)."""
+
+    def __init__(
+        self, index: int, config: dict[str, Any], projects: list[tuple[str, str, str | None]]
+    ) -> None:
+        import psutil
+
+        self.index = index
+        self._process = psutil.Process()
+        self.service = Service(
+            ServiceConfig(**config),
+            [Project(name=n, root=Path(r), adapter=Path(a) if a else None) for n, r, a in projects],
+        )
+        self._metrics = _Metrics(index)
+        self._node = ray.get_runtime_context().get_node_id()
+
+    def info(self) -> dict[str, Any]:
+        """Who and where this replica is, and what starting it cost."""
+        from workloads.blas import loaded_blas
+
+        return {
+            "replica": self.index,
+            "pid": os.getpid(),
+            "node": self._node,
+            "init_seconds": dict(self.service.init_seconds),
+            "projects": sorted(self.service.projects.projects),
+            "blas": loaded_blas(),
+            "restarted": ray.get_runtime_context().was_current_actor_reconstructed,
+        }
+
+    def ingest(self, project: str, rebuild: bool = False) -> dict[str, Any]:
+        """Build ``project``'s index if needed; errors come back as data."""
+        start = time.perf_counter()
+        try:
+            report = self.service.ingest(project, rebuild=rebuild)
+        except Exception as exc:
+            return {"project": project, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        return {
+            "project": project, "ok": True, "built": report is not None,
+            "seconds": time.perf_counter() - start,
+            "report": asdict(report) if report else None,
+        }  # fmt: skip
+
+    def call(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Serve one request ``{op, project, query, texts}``; never raises."""
+        start = time.time()
+        t0 = time.perf_counter()
+        op = str(request.get("op"))
+        reply: dict[str, Any] = {"start": start, "node": self._node, "pid": os.getpid()}
+        try:
+            result = self._dispatch(op, request)
+            reply.update(ok=True, error=None, stages=asdict(result.stages), switched=result.switched)
+        except Exception as exc:
+            reply.update(ok=False, error=f"{type(exc).__name__}: {exc}", stages={}, switched=False)
+            self._metrics.errors.inc(tags={"replica": str(self.index), "op": op})
+        reply["service"] = time.perf_counter() - t0
+        tags = {"replica": str(self.index), "op": op}
+        self._metrics.ops.inc(tags=tags)
+        self._metrics.latency.observe(reply["service"], tags=tags)
+        if reply["switched"]:
+            self._metrics.swaps.inc()
+        return reply
+
+    def _dispatch(self, op: str, request: dict[str, Any]) -> OpResult:
+        project = request.get("project")
+        svc = self.service
+        if op == "embed":
+            return svc.embed(list(request.get("texts") or [request.get("query", "")]))[1]
+        if op == "ingest":
+            start = time.perf_counter()
+            svc.ingest(str(project), rebuild=True)
+            return OpResult("ingest", project, StageTimings(embed=time.perf_counter() - start))
+        handlers = {
+            "analyze": lambda: svc.analyze(str(project), str(request.get("query", ""))),
+            "search": lambda: svc.search(str(project), str(request.get("query", ""))),
+            "switch": lambda: svc.switch(str(project)),
+        }
+        if op not in handlers:
+            raise ValueError(f"unknown operation {op!r} (known: analyze, embed, ingest, search, switch)")
+        return handlers[op]()
+
+    def stats(self) -> dict[str, Any]:
+        """Cache counters, memory and MLX figures; also refreshes the dashboard gauges."""
+        stats = self.service.stats()
+        rss = self._process.memory_info().rss
+        stats["rss_bytes"] = rss
+        stats["replica"] = self.index
+        stats["pid"] = os.getpid()
+        self._metrics.memory.set(rss)
+        self._metrics.hits.set(stats["adapters"]["hits"])
+        self._metrics.misses.set(stats["adapters"]["misses"])
+        self._metrics.cache_bytes.set(
+            stats["adapters"]["bytes_resident"] + stats["indexes"]["bytes_loaded"]
+        )
+        return stats

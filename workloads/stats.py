@@ -1,0 +1,107 @@
+"""Latency statistics from raw samples.
+
+Percentiles are always computed from the merged raw samples of every worker, never by
+averaging per-worker percentiles: a worker with few, slow samples would otherwise count as
+much as one with many fast ones, and the mean of two p99s is the p99 of nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from workloads.errors import ConfigError
+
+K = TypeVar("K", bound=Hashable)
+
+PERCENTILES: dict[str, float] = {"p50": 50.0, "p90": 90.0, "p95": 95.0, "p99": 99.0}
+"""The percentiles a :class:`Summary` reports, by field name."""
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) of ascending ``sorted_values``.
+
+    Linear interpolation between the two nearest ranks, the same as numpy's default
+    (``method="linear"``). The input is not re-sorted: pass it sorted.
+    """
+    if not sorted_values:
+        raise ConfigError("percentile of no values")
+    if not 0 <= q <= 100:
+        raise ConfigError(f"percentile q must be within 0..100, got {q}")
+    position = (len(sorted_values) - 1) * q / 100
+    low = math.floor(position)
+    high = min(low + 1, len(sorted_values) - 1)
+    frac = position - low
+    a, b = sorted_values[low], sorted_values[high]
+    # Interpolate from the nearer end, as numpy does, so that the result stays exact at ends.
+    return b - (b - a) * (1 - frac) if frac >= 0.5 else a + (b - a) * frac
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Count and latency figures of one group of samples (seconds; ``None`` when empty)."""
+
+    count: int
+    """How many samples."""
+    mean: float | None
+    """Arithmetic mean."""
+    min: float | None
+    """Smallest sample."""
+    p50: float | None
+    """Median."""
+    p90: float | None
+    """90th percentile."""
+    p95: float | None
+    """95th percentile."""
+    p99: float | None
+    """99th percentile."""
+    max: float | None
+    """Largest sample."""
+
+    def as_dict(self) -> dict[str, int | float | None]:
+        """The figures as a plain dict (for JSON), in field order."""
+        return dataclasses.asdict(self)
+
+
+def summarize(values: Iterable[float]) -> Summary:
+    """Summarise raw samples; no samples gives ``count=0`` and ``None`` for every figure."""
+    ordered = sorted(float(v) for v in values)
+    if any(math.isnan(v) for v in ordered):
+        raise ConfigError("cannot summarise samples that contain NaN")
+    if not ordered:
+        return Summary(count=0, mean=None, min=None, p50=None, p90=None, p95=None, p99=None,
+                       max=None)  # fmt: skip
+    figures = {name: percentile(ordered, q) for name, q in PERCENTILES.items()}
+    return Summary(
+        count=len(ordered),
+        mean=math.fsum(ordered) / len(ordered),
+        min=ordered[0],
+        max=ordered[-1],
+        **figures,
+    )
+
+
+def duration_of(record: Any) -> float:
+    """``record["duration"]`` for a mapping, else ``record.duration``."""
+    if isinstance(record, Mapping):
+        return float(record["duration"])
+    return float(record.duration)
+
+
+def group_summaries(
+    records: Iterable[Any],
+    key: Callable[[Any], K],
+    value: Callable[[Any], float] = duration_of,
+) -> dict[K, Summary]:
+    """Summaries of ``value(record)`` per ``key(record)``, groups in first-seen order.
+
+    ``records`` are any objects or dicts; by default the value is their ``duration``.
+    Pass the records of every worker together: groups are summarised from merged samples.
+    """
+    groups: dict[K, list[float]] = {}
+    for record in records:
+        groups.setdefault(key(record), []).append(value(record))
+    return {k: summarize(v) for k, v in groups.items()}

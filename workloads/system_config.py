@@ -1,0 +1,79 @@
+"""Named system configurations (``workloads/configs/<name>.toml`` or a path): BLAS + service knobs.
+
+A configuration file has ``description``, ``blas`` (``bundled`` or ``openblas``) and a
+``[service]`` table whose keys are :class:`ServiceConfig` fields. Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workloads.blas import BLAS_CHOICES
+from workloads.errors import ConfigError
+from workloads.service.service import ServiceConfig
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+_SERVICE_KEYS = {f.name: f for f in dataclasses.fields(ServiceConfig)} 
+_SETTABLE = {k for k in _SERVICE_KEYS if k not in ("cache_dir", "base_model", "base_spec")}
+
+
+@dataclass(frozen=True)
+class SystemConfig:
+    """One named configuration of the system under load."""
+
+    name: str
+    """The file's name without .toml."""
+    description: str = ""
+    """What this configuration is for."""
+    blas: str = "openblas"
+    """BLAS the replicas' MLX uses on Linux: ``bundled`` or ``openblas``."""
+    service: dict[str, Any] = field(default_factory=dict)
+    """ServiceConfig fields this configuration sets."""
+
+
+def list_configs() -> list[str]:
+    """Names of the shipped configurations."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+
+
+def load_config(name_or_path: str) -> SystemConfig:
+    """Load a configuration by name or path; errors name the file and the key."""
+    if "/" in name_or_path or name_or_path.endswith(".toml"):
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+    else:
+        path = CONFIG_DIR / f"{name_or_path}.toml"
+        if not path.is_file():
+            raise ConfigError(
+                f"unknown config {name_or_path!r} (known: {', '.join(list_configs())})"
+            )
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    unknown = set(raw) - {"description", "blas", "service"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {sorted(unknown)} (allowed: description, blas, service)")
+    blas = raw.get("blas", "openblas")
+    if blas not in BLAS_CHOICES:
+        raise ConfigError(f"{path}: blas must be one of {list(BLAS_CHOICES)}, got {blas!r}")
+    service = raw.get("service", {})
+    if not isinstance(service, dict):
+        raise ConfigError(f"{path}: [service] must be a table")
+    for key, value in service.items():
+        if key not in _SETTABLE:
+            raise ConfigError(f"{path}: [service] has unknown key {key!r} (known: {sorted(_SETTABLE)})")
+        want = _SERVICE_KEYS[key].type
+        kind = {"bool": bool, "int": int}.get(str(want), None)
+        if kind is bool and not isinstance(value, bool):
+            raise ConfigError(f"{path}: [service] {key} must be true or false, got {value!r}")
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"{path}: [service] {key} must be an integer, got {value!r}")
+    return SystemConfig(
+        name=path.stem, description=str(raw.get("description", "")), blas=blas, service=dict(service)
+    )
