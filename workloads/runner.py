@@ -14,6 +14,7 @@ from types import FrameType
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cluster.connect import Cluster, connect, disconnect
 from workloads.blas import blas_env
@@ -200,9 +201,12 @@ def _execute(
     names = [p.name for p in projects]
     routes = assign(names, spec.profile.replicas)
     config = _service_config(spec)
+    nodes = [n["node_id"] for n in cluster.nodes if n["alive"] and n["resources"].get("CPU", 0) > 0]
     replicas = [
         ServiceReplica.options(
-            name=f"replica-{k}-{run_dir.name}", scheduling_strategy="SPREAD"
+            name=f"replica-{k}-{run_dir.name}",
+            # Round-robin over nodes so replicas spread; soft, so a full node is no dead end.
+            scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[k % len(nodes)], soft=True),
         ).remote(k, config, [(p.name, str(p.root), str(p.adapter) if p.adapter else None)
                              for p in projects if routes[p.name] == k])
         for k in range(spec.profile.replicas)

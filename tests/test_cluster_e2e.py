@@ -1,0 +1,90 @@
+"""A two-node Ray cluster on one machine (two raylets): spread, metrics, and a killed replica."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import ray
+from ray.cluster_utils import Cluster
+
+from test_run_e2e import ROOT, only_run, read_jsonl
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory):
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        return resp.read().decode()
+
+
+def replica_pids() -> dict[str, int]:
+    from ray.util.state import list_actors
+
+    actors = list_actors(filters=[("class_name", "=", "ServiceReplica"), ("state", "=", "ALIVE")])
+    return {a.name: a.pid for a in actors}
+
+
+def test_smoke_across_two_nodes_survives_a_killed_replica(two_nodes, tmp_path, cache_dir):
+    results = tmp_path / "results"
+    env = {**os.environ, "LOADLENS_CACHE": str(cache_dir)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workloads.run", "--profile", "smoke", "--address",
+         two_nodes.address, "--replicas", "2", "--projects", "4", "--duration", "40",
+         "--results-dir", str(results)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        records_path = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            runs = list(results.glob("*/records.jsonl")) if results.exists() else []
+            if runs and len(runs[0].read_text().splitlines()) >= 6:
+                records_path = runs[0]
+                break
+            time.sleep(0.5)
+        assert records_path is not None, "the run never produced records"
+        ports = {n["NodeID"]: n["MetricsExportPort"] for n in ray.nodes() if n["Alive"]}
+        seen = ""
+        for _ in range(40):
+            seen = "".join(scrape(p) for p in ports.values())
+            if "loadlens_ops_total" in seen and "loadlens_op_latency_seconds" in seen:
+                break
+            time.sleep(1)
+        assert "loadlens_ops_total" in seen and "loadlens_op_latency_seconds_bucket" in seen
+        victim_name, victim_pid = sorted(replica_pids().items())[0]
+        killed_at = time.time()
+        os.kill(victim_pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    run = only_run(results)
+    info = json.loads((run / "run.json").read_text())
+    records = read_jsonl(run / "records.jsonl")
+    assert len(records) == sum(s["issued"] for s in info["stages"])
+    assert len({i["node"] for i in info["replicas"]}) == 2
+    assert len({r["node"] for r in records if r["ok"]}) == 2
+    victim = int(victim_name.split("-")[1])
+    failed = [r for r in records if not r["ok"]]
+    assert failed and all(r["replica"] == victim for r in failed)
+    assert any("Actor" in r["error"] or "died" in r["error"] for r in failed)
+    served_again = [r for r in records if r["replica"] == victim and r["ok"] and r["issued"] > killed_at]
+    assert served_again and all(r["pid"] != victim_pid for r in served_again)
