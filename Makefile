@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml scripts/setup-system.sh
 	touch $(STAMP)
 
 run: setup
-	$(PY) -m workloads.bench service
+	$(PY) -m workloads.run --profile sustained
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -87,7 +87,7 @@ def connect(
         for n in ray.nodes()
     ]  # fmt: skip
     return Cluster(
-        address=ctx.address_info.get("gcs_address", address or "local"),
+        address=getattr(ctx, "address_info", {}).get("gcs_address", address or "local"),
         embedded=embedded,
         dashboard_url=f"http://{url}" if url and not url.startswith("http") else url,
         nodes=nodes,

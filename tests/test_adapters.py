@@ -105,7 +105,9 @@ def corrupt_cases(tmp_path: Path, good: Path) -> dict[str, tuple[Path, str]]:
     cases["truncated"] = (trunc, "truncated")
     garbage = tmp_path / "garbage"
     shutil.copytree(good, garbage)
-    (garbage / "adapters.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    (garbage / "adapters.safetensors").write_bytes(
+        b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!"
+    )
     cases["garbage"] = (garbage, "not JSON")
     rank = tmp_path / "wrong-rank"
     shutil.copytree(good, rank)

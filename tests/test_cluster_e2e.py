@@ -9,12 +9,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 import ray
 from ray.cluster_utils import Cluster
-
 from test_run_e2e import ROOT, only_run, read_jsonl
 
 
@@ -71,7 +69,7 @@ def test_smoke_across_two_nodes_survives_a_killed_replica(two_nodes, tmp_path, c
         victim_name, victim_pid = sorted(replica_pids().items())[0]
         killed_at = time.time()
         os.kill(victim_pid, signal.SIGKILL)
-        out, err = proc.communicate(timeout=240)
+        _, err = proc.communicate(timeout=240)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -86,5 +84,7 @@ def test_smoke_across_two_nodes_survives_a_killed_replica(two_nodes, tmp_path, c
     failed = [r for r in records if not r["ok"]]
     assert failed and all(r["replica"] == victim for r in failed)
     assert any("Actor" in r["error"] or "died" in r["error"] for r in failed)
-    served_again = [r for r in records if r["replica"] == victim and r["ok"] and r["issued"] > killed_at]
+    served_again = [
+        r for r in records if r["replica"] == victim and r["ok"] and r["issued"] > killed_at
+    ]
     assert served_again and all(r["pid"] != victim_pid for r in served_again)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import write_tree
+
 from workloads.errors import IndexStoreError
 from workloads.service.embedder import Embedder
 from workloads.service.index import ProjectVectorStoreManager
@@ -45,5 +45,5 @@ def test_lru_and_corruption(tmp_path, embedder):
         store.load("p")
     (tmp_path / "idx" / "q" / "chunks.json").write_text("{not json")
     store.unload("q")
-    with pytest.raises(IndexStoreError, match="'q'.*corrupt"):
+    with pytest.raises(IndexStoreError, match=r"'q'.*corrupt"):
         store.load("q")

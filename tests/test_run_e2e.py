@@ -74,6 +74,8 @@ def test_bad_input_exits_2_with_a_clear_message(tmp_path, cache_dir, args, messa
 
 def test_malformed_profile_file_names_the_field(tmp_path, cache_dir):
     bad = tmp_path / "bad.toml"
-    bad.write_text('description = "x"\n[[stage]]\nname = "a"\nduration_s = "ten"\nmode = "closed"\n')
+    bad.write_text(
+        'description = "x"\n[[stage]]\nname = "a"\nduration_s = "ten"\nmode = "closed"\n'
+    )
     proc = run_cli("--profile", str(bad), cache=cache_dir, timeout=60)
     assert proc.returncode == 2 and "bad.toml" in proc.stderr and "duration_s" in proc.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from workloads.errors import ProjectError, SourceFileError
@@ -14,7 +16,7 @@ def test_chunks_cover_every_nonblank_line_in_order():
     assert all(c.end_line - c.start_line + 1 <= 30 for c in chunks)
     assert all(len(c.text) <= 400 for c in chunks)
     assert chunks[0].start_line == 1 and chunks[-1].end_line == 200
-    for prev, nxt in zip(chunks, chunks[1:], strict=False):
+    for prev, nxt in itertools.pairwise(chunks):
         assert nxt.start_line == prev.end_line + 1
 
 

@@ -1,11 +1,12 @@
 """Which BLAS MLX's CPU backend uses on Linux, and how to give it a fast one.
 
 The mlx CPU wheel for Linux bundles the reference BLAS (25x slower for a 1024² float32
-matmul than OpenBLAS on the same cores here: 2.95 vs 73 GFLOP/s, 2-core AVX2 EPYC). MLX calls the standard ``cblas_*`` symbols, so an OpenBLAS
-loaded first with ``LD_PRELOAD`` takes them over. That has to happen before the process
-starts: a replica gets it through its Ray runtime environment, a plain command re-executes
-itself (:func:`reexec_with`), and ``make test`` sets it for pytest
-(``python -m workloads.blas --shell-env``).
+matmul than OpenBLAS on the same cores here: 2.95 vs 73 GFLOP/s, 2-core AVX2 EPYC).
+MLX calls the standard ``cblas_*`` symbols, so an OpenBLAS loaded first with
+``LD_PRELOAD`` takes them over. That has to happen before the process starts: a replica
+gets it through its Ray runtime environment, a plain command re-executes itself
+(:func:`reexec_with`), and ``make test`` sets it for pytest (``python -m workloads.blas
+--shell-env``).
 """
 
 from __future__ import annotations

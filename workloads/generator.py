@@ -43,7 +43,7 @@ EMBED_TEXTS = (
 REPLY_TIMEOUT_S = 300.0
 
 
-@ray.remote(num_cpus=0, max_concurrency=1000)
+@ray.remote(num_cpus=0, max_concurrency=1000)  # type: ignore[call-overload]
 class GeneratorWorker:
     """Worker ``worker``: issues operations to replicas by project affinity."""
 

@@ -94,7 +94,10 @@ class Progress:
         print(f"\nrun {status}: {summary.get('records', 0)} operations, "
               f"{summary.get('errors', 0)} errors, "
               f"{summary.get('throughput_ops_s', 0.0):.2f} ops/s", file=out)  # fmt: skip
-        print(f"{'op':<10}{'count':>7}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'max ms':>10}", file=out)
+        print(
+            f"{'op':<10}{'count':>7}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'max ms':>10}",
+            file=out,
+        )
         for op, s in sorted(summary.get("by_op", {}).items()):
             cells = [s.get(k) for k in ("p50", "p95", "p99", "max")]
             text = "".join(f"{c * 1000:>10.1f}" if c is not None else f"{'-':>10}" for c in cells)

@@ -32,12 +32,24 @@ class _Metrics:
             boundaries=LATENCY_BOUNDARIES, tag_keys=("replica", "op"),
         )  # fmt: skip
         self.ops = metrics.Counter("loadlens_ops_total", "Operations served", ("replica", "op"))
-        self.errors = metrics.Counter("loadlens_errors_total", "Failed operations", ("replica", "op"))
-        self.swaps = metrics.Counter("loadlens_adapter_swaps_total", "Active project changes", ("replica",))
-        self.hits = metrics.Gauge("loadlens_adapter_hits", "Adapter cache hits so far", ("replica",))
-        self.misses = metrics.Gauge("loadlens_adapter_misses", "Adapter cache misses so far", ("replica",))
-        self.cache_bytes = metrics.Gauge("loadlens_cache_bytes", "Adapter + index bytes resident", ("replica",))
-        self.memory = metrics.Gauge("loadlens_replica_rss_bytes", "Replica resident memory", ("replica",))
+        self.errors = metrics.Counter(
+            "loadlens_errors_total", "Failed operations", ("replica", "op")
+        )
+        self.swaps = metrics.Counter(
+            "loadlens_adapter_swaps_total", "Active project changes", ("replica",)
+        )
+        self.hits = metrics.Gauge(
+            "loadlens_adapter_hits", "Adapter cache hits so far", ("replica",)
+        )
+        self.misses = metrics.Gauge(
+            "loadlens_adapter_misses", "Adapter cache misses so far", ("replica",)
+        )
+        self.cache_bytes = metrics.Gauge(
+            "loadlens_cache_bytes", "Adapter + index bytes resident", ("replica",)
+        )
+        self.memory = metrics.Gauge(
+            "loadlens_replica_rss_bytes", "Replica resident memory", ("replica",)
+        )
         for m in (self.swaps, self.hits, self.misses, self.cache_bytes, self.memory):
             m.set_default_tags(tags)
 
@@ -95,7 +107,9 @@ class ServiceReplica:
         reply: dict[str, Any] = {"start": start, "node": self._node, "pid": os.getpid()}
         try:
             result = self._dispatch(op, request)
-            reply.update(ok=True, error=None, stages=asdict(result.stages), switched=result.switched)
+            reply.update(
+                ok=True, error=None, stages=asdict(result.stages), switched=result.switched
+            )
         except Exception as exc:
             reply.update(ok=False, error=f"{type(exc).__name__}: {exc}", stages={}, switched=False)
             self._metrics.errors.inc(tags={"replica": str(self.index), "op": op})
@@ -122,7 +136,9 @@ class ServiceReplica:
             "switch": lambda: svc.switch(str(project)),
         }
         if op not in handlers:
-            raise ValueError(f"unknown operation {op!r} (known: analyze, embed, ingest, search, switch)")
+            raise ValueError(
+                f"unknown operation {op!r} (known: analyze, embed, ingest, search, switch)"
+            )
         return handlers[op]()
 
     def stats(self) -> dict[str, Any]:

@@ -29,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="sustained", help="profile name or .toml path")
     p.add_argument("--list-profiles", action="store_true", help="list profiles and exit")
     p.add_argument("--config", default="default", help="system configuration name or .toml path")
-    p.add_argument("--address", default=None, help="join this Ray cluster (else $RAY_ADDRESS, else embedded)")
+    p.add_argument(
+        "--address", default=None, help="join this Ray cluster (else $RAY_ADDRESS, else embedded)"
+    )
     p.add_argument("--duration", type=float, default=None, help="total seconds (stages scaled)")
     p.add_argument("--projects", type=int, default=None, help="number of projects")
     p.add_argument("--replicas", type=int, default=None, help="number of service replicas")

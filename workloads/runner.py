@@ -126,7 +126,8 @@ def _run_stage(
             refs.append(worker.run_closed.remote(
                 stage.name, users=plan.users, duration_s=stage.duration_s,
                 think_time_s=stage.think_time_s, mix=list(stage.mix),
-                projects=active_projects(stage, names), popularity=stage.popularity, zipf_s=stage.zipf_s,
+                projects=active_projects(stage, names), popularity=stage.popularity,
+                zipf_s=stage.zipf_s,
                 seed=plan.seed,
             ))  # fmt: skip
         else:
@@ -203,7 +204,7 @@ def _execute(
     config = _service_config(spec)
     nodes = [n["node_id"] for n in cluster.nodes if n["alive"] and n["resources"].get("CPU", 0) > 0]
     replicas = [
-        ServiceReplica.options(
+        ServiceReplica.options(  # type: ignore[attr-defined]
             name=f"replica-{k}-{run_dir.name}",
             # Round-robin over nodes so replicas spread; soft, so a full node is no dead end.
             scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[k % len(nodes)], soft=True),
@@ -225,7 +226,9 @@ def _execute(
         built = sum(1 for i in ingests if i.get("built"))
         progress.say(f"indexes ready in {time.perf_counter() - start:.1f} s ({built} built)")
     workers = [
-        GeneratorWorker.options(name=f"generator-{w}-{run_dir.name}").remote(w, replicas, routes)
+        GeneratorWorker.options(  # type: ignore[attr-defined]
+            name=f"generator-{w}-{run_dir.name}"
+        ).remote(w, replicas, routes)
         for w in range(spec.workers)
     ]
     stages = []

@@ -17,7 +17,7 @@ from workloads.errors import ConfigError
 from workloads.service.service import ServiceConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-_SERVICE_KEYS = {f.name: f for f in dataclasses.fields(ServiceConfig)} 
+_SERVICE_KEYS = {f.name: f for f in dataclasses.fields(ServiceConfig)}
 _SETTABLE = {k for k in _SERVICE_KEYS if k not in ("cache_dir", "base_model", "base_spec")}
 
 
@@ -58,7 +58,9 @@ def load_config(name_or_path: str) -> SystemConfig:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
     unknown = set(raw) - {"description", "blas", "service"}
     if unknown:
-        raise ConfigError(f"{path}: unknown keys {sorted(unknown)} (allowed: description, blas, service)")
+        raise ConfigError(
+            f"{path}: unknown keys {sorted(unknown)} (allowed: description, blas, service)"
+        )
     blas = raw.get("blas", "openblas")
     if blas not in BLAS_CHOICES:
         raise ConfigError(f"{path}: blas must be one of {list(BLAS_CHOICES)}, got {blas!r}")
@@ -67,13 +69,18 @@ def load_config(name_or_path: str) -> SystemConfig:
         raise ConfigError(f"{path}: [service] must be a table")
     for key, value in service.items():
         if key not in _SETTABLE:
-            raise ConfigError(f"{path}: [service] has unknown key {key!r} (known: {sorted(_SETTABLE)})")
+            raise ConfigError(
+                f"{path}: [service] has unknown key {key!r} (known: {sorted(_SETTABLE)})"
+            )
         want = _SERVICE_KEYS[key].type
-        kind = {"bool": bool, "int": int}.get(str(want), None)
+        kind = {"bool": bool, "int": int}.get(str(want))
         if kind is bool and not isinstance(value, bool):
             raise ConfigError(f"{path}: [service] {key} must be true or false, got {value!r}")
         if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
             raise ConfigError(f"{path}: [service] {key} must be an integer, got {value!r}")
     return SystemConfig(
-        name=path.stem, description=str(raw.get("description", "")), blas=blas, service=dict(service)
+        name=path.stem,
+        description=str(raw.get("description", "")),
+        blas=blas,
+        service=dict(service),
     )

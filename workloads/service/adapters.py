@@ -116,17 +116,17 @@ def _linear_dims(module: nn.Module) -> tuple[int, int]:
     return in_dims, out_dims
 
 
-def generate_adapter(
-    path: Path, model: nn.Module, *, spec: AdapterSpec, seed: int
-) -> Path:
+def generate_adapter(path: Path, model: nn.Module, *, spec: AdapterSpec, seed: int) -> Path:
     """Write a random LoRA adapter for ``model`` into ``path`` in mlx-lm's format.
 
     ``lora_b`` is non-zero (unlike a fresh training run) so that each adapter really
     changes the model's outputs and a swap is observable.
     """
     layers = model.layers
-    chosen = range(len(layers)) if spec.num_layers < 0 else range(
-        max(len(layers) - spec.num_layers, 0), len(layers)
+    chosen = (
+        range(len(layers))
+        if spec.num_layers < 0
+        else range(max(len(layers) - spec.num_layers, 0), len(layers))
     )
     modules = dict(model.named_modules())
     key = mx.random.key(seed)

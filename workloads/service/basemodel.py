@@ -16,16 +16,22 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 from tokenizers import Tokenizer
 
 from workloads.errors import ModelError
 from workloads.service.safetensors_check import check_safetensors
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+    "special_tokens_map.json",
+)
 
 
 @dataclass(frozen=True)
@@ -65,7 +71,8 @@ class BaseModel:
         """Bytes held by the model's parameters."""
         from mlx.utils import tree_flatten
 
-        return sum(v.nbytes for _, v in tree_flatten(self.model.parameters()))
+        leaves = cast(list[tuple[str, mx.array]], tree_flatten(self.model.parameters()))
+        return sum(v.nbytes for _, v in leaves)
 
 
 def _mlx_config(spec: BaseModelSpec, vocab_size: int) -> dict[str, Any]:
@@ -170,10 +177,10 @@ def generate_greedy(model: nn.Module, prompt: list[int], max_new_tokens: int) ->
     logits = model(mx.array(prompt)[None], cache=cache)
     token = mx.argmax(logits[:, -1, :], axis=-1)
     mx.eval(token)
-    out = [int(token.item())]
+    out = [int(np.asarray(token)[0])]
     for _ in range(max_new_tokens - 1):
         logits = model(token[:, None], cache=cache)
         token = mx.argmax(logits[:, -1, :], axis=-1)
         mx.eval(token)
-        out.append(int(token.item()))
+        out.append(int(np.asarray(token)[0]))
     return out

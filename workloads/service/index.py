@@ -150,7 +150,9 @@ class ProjectVectorStoreManager:
             report.lines += text.count("\n") + 1
             chunks.extend(
                 chunk_text(
-                    rel, text, max_lines=self.max_lines_per_chunk,
+                    rel,
+                    text,
+                    max_lines=self.max_lines_per_chunk,
                     max_chars=self.max_chars_per_chunk,
                 )
             )
@@ -177,7 +179,9 @@ class ProjectVectorStoreManager:
         """Chunk, embed and persist ``project``'s index atomically (replacing an old one)."""
         start = time.perf_counter()
         chunks, report = self.collect_chunks(project, source_root, max_chunks)
-        parts = [embed([c.text for c in chunks[i : i + batch]]) for i in range(0, len(chunks), batch)]
+        parts = [
+            embed([c.text for c in chunks[i : i + batch]]) for i in range(0, len(chunks), batch)
+        ]
         vectors = np.concatenate(parts).astype(np.float32, copy=False)
         meta = {
             "schema": SCHEMA,
@@ -251,7 +255,9 @@ class ProjectVectorStoreManager:
             rows = json.loads((folder / "chunks.json").read_text())
             chunks = [Chunk(path=r[0], start_line=r[1], end_line=r[2], text=r[3]) for r in rows]
         except (OSError, ValueError, IndexError, TypeError) as exc:
-            raise IndexStoreError(f"index of project {project!r} at {folder} is corrupt: {exc}") from exc
+            raise IndexStoreError(
+                f"index of project {project!r} at {folder} is corrupt: {exc}"
+            ) from exc
         if vectors.ndim != 2 or vectors.shape[0] != len(chunks):
             raise IndexStoreError(
                 f"index of project {project!r} at {folder} is corrupt: "

@@ -75,7 +75,9 @@ def default_projects(count: int, *, min_lines: int = MIN_DEFAULT_LINES) -> list[
     if count < 1:
         raise ConfigError(f"number of projects must be >= 1, got {count}")
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    candidates: list[tuple[str, Path | None]] = [(f"std-{n}", stdlib / n) for n in STDLIB_CANDIDATES]
+    candidates: list[tuple[str, Path | None]] = [
+        (f"std-{n}", stdlib / n) for n in STDLIB_CANDIDATES
+    ]
     candidates += [(f"pkg-{n}", _package_dir(n)) for n in PACKAGE_CANDIDATES]
     found: list[Project] = []
     for name, root in candidates:

@@ -127,7 +127,9 @@ class Service:
         start = time.perf_counter()
         self.config = config
         cache = Path(config.cache_dir)
-        base_path = config.base_model or ensure_default_base_model(cache / "models", config.base_spec)
+        base_path = config.base_model or ensure_default_base_model(
+            cache / "models", config.base_spec
+        )
         self.base: BaseModel = load_base_model(base_path)
         model_loaded = time.perf_counter()
         self.embedder = Embedder(
@@ -142,10 +144,13 @@ class Service:
         ).hexdigest()[:12]
         self.adapter_root = cache / "adapters" / base_key
         self.adapters = AdapterManager(
-            self.base.model, max_bytes=config.adapter_cache_bytes, max_count=config.adapter_cache_count
+            self.base.model,
+            max_bytes=config.adapter_cache_bytes,
+            max_count=config.adapter_cache_count,
         )
         self.indexes = ProjectVectorStoreManager(
-            cache / "indexes" / f"chunks-{config.embed_max_tokens}", max_loaded=config.index_cache_count
+            cache / "indexes" / f"chunks-{config.embed_max_tokens}",
+            max_loaded=config.index_cache_count,
         )
         self.projects = ProjectContextManager(self.adapters, self.indexes)
         for project in projects:
@@ -170,7 +175,8 @@ class Service:
             adapter = self.adapter_root / f"{project.name}-r{self.config.adapter_rank}"
             if not (adapter / "adapters.safetensors").is_file():
                 generate_adapter(
-                    adapter, self.base.model,
+                    adapter,
+                    self.base.model,
                     spec=AdapterSpec(rank=self.config.adapter_rank),
                     seed=_stable_seed(project.name),
                 )
@@ -189,7 +195,9 @@ class Service:
         """Make ``name`` the active project (adapter active, index loaded)."""
         previous = self.projects.current
         _, timing = self.projects.switch(name)
-        return OpResult("switch", name, StageTimings(switch=timing.seconds), switched=previous != name)
+        return OpResult(
+            "switch", name, StageTimings(switch=timing.seconds), switched=previous != name
+        )
 
     def embed(self, texts: Sequence[str]) -> tuple[np.ndarray, OpResult]:
         """Embed ``texts`` (no project needed)."""
