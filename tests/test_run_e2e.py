@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -79,3 +80,42 @@ def test_malformed_profile_file_names_the_field(tmp_path, cache_dir):
     )
     proc = run_cli("--profile", str(bad), cache=cache_dir, timeout=60)
     assert proc.returncode == 2 and "bad.toml" in proc.stderr and "duration_s" in proc.stderr
+
+
+def test_failing_project_and_ctrl_c_keep_every_record(tmp_path, cache_dir):
+    """A project whose requests all fail is error records, and Ctrl-C ends the run cleanly."""
+    results = tmp_path / "results"
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "blob.py").write_bytes(b"\x00\x01\x02")  # binary: no index can be built
+    env = {**os.environ, "LOADLENS_CACHE": str(cache_dir)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workloads.run", "--profile", "smoke", "--duration", "120",
+         "--project", f"broken={broken}", "--results-dir", str(results)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline and proc.poll() is None:
+            runs = list(results.glob("*/records.jsonl")) if results.exists() else []
+            lines = runs[0].read_text().splitlines() if runs else []
+            if sum('"project": "broken"' in line for line in lines) >= 2 and len(lines) >= 8:
+                break
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    run = only_run(results)
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "interrupted"
+    records = read_jsonl(run / "records.jsonl")
+    assert len(records) == sum(s["issued"] for s in info["stages"])
+    broken_records = [r for r in records if r["project"] == "broken" and r["op"] != "embed"]
+    assert broken_records and not any(r["ok"] for r in broken_records)
+    assert all("broken" in r["error"] for r in broken_records)
+    assert any(r["ok"] for r in records if r["project"] != "broken")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["errors"] == sum(1 for r in records if not r["ok"])

@@ -252,6 +252,48 @@ def bench_service(args: argparse.Namespace) -> None:
     print(f"exact search over 10k x 384 vectors (top-4): {_pct(search, 1e3, 'ms')}")
 
 
+def bench_generator(args: argparse.Namespace) -> None:
+    """Highest op rate one generator worker sustains against a no-op replica, and its CPU."""
+    import ray
+
+    from cluster.connect import connect, disconnect
+    from workloads.generator import GeneratorWorker
+
+    @ray.remote(num_cpus=0)
+    class NoopReplica:
+        async def call(self, request: dict[str, Any]) -> dict[str, Any]:
+            return {"start": time.time(), "node": "", "pid": os.getpid(), "ok": True,
+                    "error": None, "stages": {}, "switched": False, "service": 0.0}  # fmt: skip
+
+    print(f"command: {' '.join([Path(sys.executable).name, *sys.orig_argv[1:]])}")
+    print(f"machine: {json.dumps(machine_info())}")
+    connect(None)
+    try:
+        replica = NoopReplica.remote()  # type: ignore[attr-defined]
+        worker = GeneratorWorker.remote(0, [replica], {"p": 0})  # type: ignore[attr-defined]
+        ray.get(worker.drain.remote())
+        for rate in args.rates:
+            n = int(rate * args.seconds)
+            arrivals = [(i / rate, "analyze", "p") for i in range(n)]
+            wall0 = time.perf_counter()
+            cost = ray.get(worker.run_open.remote("bench", arrivals=arrivals, seed=0))
+            wall = time.perf_counter() - wall0
+            records = ray.get(worker.drain.remote())["records"]
+            ok = sum(1 for r in records if r["ok"])
+            achieved = ok / cost["wall_seconds"]
+            lat = summarize([r["duration"] for r in records])
+            print(
+                f"target {rate:>6.0f} ops/s: achieved {achieved:7.1f} ops/s "
+                f"({ok}/{n} ok in {cost['wall_seconds']:.2f} s, driver saw {wall:.2f} s), "
+                f"generator CPU {cost['cpu_seconds'] / max(ok, 1) * 1000:.2f} s per 1000 ops = "
+                f"{cost['cpu_seconds'] / cost['wall_seconds'] * 100:.1f}% of one core, "
+                f"round trip p50 {lat.p50 * 1e3 if lat.p50 else 0:.2f} ms "
+                f"p99 {lat.p99 * 1e3 if lat.p99 else 0:.2f} ms"
+            )
+    finally:
+        disconnect()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the subcommand and run it."""
     p = argparse.ArgumentParser(prog="python -m workloads.bench")
@@ -267,9 +309,16 @@ def main(argv: list[str] | None = None) -> int:
         "--reference-python", default=sys.executable,
         help="a Python with sentence-transformers (and torch) for the comparison",
     )  # fmt: skip
+    g = sub.add_parser("generator", help="the load generator's own ceiling and cost")
+    g.add_argument("--rates", type=float, nargs="+", default=[100, 500, 1000, 2000, 4000])
+    g.add_argument("--seconds", type=float, default=5.0)
     args = p.parse_args(argv)
-    reexec_with(load_config(args.config).blas)
-    handlers: dict[str, Callable[[argparse.Namespace], Any]] = {"service": bench_service}
+    if args.what == "service":
+        reexec_with(load_config(args.config).blas)
+    handlers: dict[str, Callable[[argparse.Namespace], Any]] = {
+        "service": bench_service,
+        "generator": bench_generator,
+    }
     handlers[args.what](args)
     return 0
 
