@@ -55,6 +55,17 @@ class GeneratorWorker:
         self._stop = asyncio.Event()
         self._in_flight = 0
         self._issued = 0
+        self._calls: dict[tuple[str, str], Any] = {}
+
+    async def info(self) -> dict[str, Any]:
+        """This worker's pid and node, for the profiler's roles."""
+        import os
+
+        return {
+            "worker": self.worker,
+            "pid": os.getpid(),
+            "node": ray.get_runtime_context().get_node_id(),
+        }
 
     async def stop(self) -> None:
         """Stop issuing; operations in flight still finish and are recorded."""
@@ -81,7 +92,11 @@ class GeneratorWorker:
         self._in_flight += 1
         start = time.perf_counter()
         try:
-            call = self.replicas[replica].call.options(name=f"{op}:{project}@replica-{replica}")
+            key = (op, project)
+            call = self._calls.get(key)
+            if call is None:  # named per op and project, for the dashboard; built once
+                call = self.replicas[replica].call.options(name=f"{op}:{project}@replica-{replica}")
+                self._calls[key] = call
             ref = call.remote(self._request(op, project, rng))
             reply = await asyncio.wait_for(ref, timeout=REPLY_TIMEOUT_S)
             record.ok = bool(reply["ok"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -46,5 +46,7 @@ class OpRecord:
     """Whether it changed the replica's active project (an adapter swap)."""
 
     def as_dict(self) -> dict[str, Any]:
-        """A JSON-ready copy."""
-        return asdict(self)
+        """A JSON-ready copy (shallow but for ``stages``; faster than ``asdict``)."""
+        out = dict(self.__dict__)
+        out["stages"] = dict(self.stages)
+        return out

@@ -54,14 +54,24 @@ class _Metrics:
             m.set_default_tags(tags)
 
 
-@ray.remote(max_restarts=1, max_task_retries=0)
+@ray.remote(max_restarts=1, max_task_retries=0, concurrency_groups={"ctl": 1})  # type: ignore[call-overload]
 class ServiceReplica:
-    """Replica ``index``: a Service over the projects routed to it (and only those)."""
+    """Replica ``index``: a Service over the projects routed to it (and only those).
+
+    Requests run one at a time (the default group); ``info``, ``stats``, ``snapshot`` and
+    ``probe`` run in the ``ctl`` group, so watching a replica never queues behind its load.
+    """
 
     def __init__(
-        self, index: int, config: dict[str, Any], projects: list[tuple[str, str, str | None]]
+        self,
+        index: int,
+        config: dict[str, Any],
+        projects: list[tuple[str, str, str | None]],
+        trace_python: bool = False,
     ) -> None:
         import psutil
+
+        from profiling.memory import MemoryWatcher
 
         self.index = index
         self._process = psutil.Process()
@@ -69,9 +79,32 @@ class ServiceReplica:
             ServiceConfig(**config),
             [Project(name=n, root=Path(r), adapter=Path(a) if a else None) for n, r, a in projects],
         )
+        # Python allocation tracing starts once the service is built: tracing imports and
+        # model loading made start-up ~2x slower here and bloated every later snapshot.
+        self._memory = MemoryWatcher(trace_python=trace_python)
         self._metrics = _Metrics(index)
         self._node = ray.get_runtime_context().get_node_id()
 
+    @ray.method(concurrency_group="ctl")
+    def snapshot(self, label: str) -> dict[str, Any]:
+        """A memory snapshot (process, MLX, caches, Python allocations); resets MLX's peak."""
+        stats = self.service.stats()
+        return self._memory.snapshot(label, {
+            "replica": self.index, "pid": os.getpid(),
+            "adapter_bytes": stats["adapters"]["bytes_resident"],
+            "index_bytes": stats["indexes"]["bytes_loaded"],
+        })  # fmt: skip
+
+    def probe(self) -> dict[str, Any]:
+        """MLX's own facts in this process (device, limits, BLAS loaded and its speed).
+
+        In the default group, as it runs MLX work: one MLX user at a time per process.
+        """
+        from profiling.mlx_probe import probe
+
+        return {"replica": self.index, "pid": os.getpid(), **probe()}
+
+    @ray.method(concurrency_group="ctl")
     def info(self) -> dict[str, Any]:
         """Who and where this replica is, and what starting it cost."""
         from workloads.blas import loaded_blas
@@ -91,12 +124,13 @@ class ServiceReplica:
         start = time.perf_counter()
         try:
             report = self.service.ingest(project, rebuild=rebuild)
+            # A fresh index on disk was reused: report what it holds, from its metadata.
+            facts = asdict(report) if report else self.service.indexes.describe(project)
         except Exception as exc:
             return {"project": project, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
         return {
             "project": project, "ok": True, "built": report is not None,
-            "seconds": time.perf_counter() - start,
-            "report": asdict(report) if report else None,
+            "seconds": time.perf_counter() - start, "report": facts,
         }  # fmt: skip
 
     def call(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -141,6 +175,7 @@ class ServiceReplica:
             )
         return handlers[op]()
 
+    @ray.method(concurrency_group="ctl")
     def stats(self) -> dict[str, Any]:
         """Cache counters, memory and MLX figures; also refreshes the dashboard gauges."""
         stats = self.service.stats()

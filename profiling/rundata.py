@@ -1,0 +1,202 @@
+"""A finished run folder, read once: ``results/<run-id>/`` as plain data.
+
+Only ``run.json`` and ``records.jsonl`` must exist. Every other file is optional: a missing
+one is ``None`` here (and later means fewer findings), an unreadable one is ``None`` plus a
+note in :attr:`RunData.notes`. A torn line in a ``.jsonl`` file (a crash mid-write) is
+skipped and counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from profiling.flamegraph import Stacks, read_collapsed
+from workloads.errors import ConfigError
+
+RUN_JSON = "run.json"
+RECORDS = "records.jsonl"
+INGEST = "ingest.json"
+TIMELINE = "timeline.jsonl"
+SNAPSHOTS = "snapshots.json"
+MLX_PROBE = "mlx_probe.json"
+PROFILES = "profiles"
+
+
+@dataclass(frozen=True)
+class RunData:
+    """Everything a run folder holds, parsed; optional files are ``None`` when absent."""
+
+    path: Path
+    """The run folder."""
+    run: dict[str, Any]
+    """``run.json``: spec, replicas, stages, replica_stats, machine."""
+    records: list[dict[str, Any]]
+    """``records.jsonl``: one dict per issued operation."""
+    ingest: list[dict[str, Any]] | None = None
+    """``ingest.json``: one entry per project ingest."""
+    timeline: list[dict[str, Any]] | None = None
+    """``timeline.jsonl``: process and system samples."""
+    profiles: dict[str, Stacks] | None = None
+    """``profiles/<role>.collapsed``: collapsed stacks by role (file stem)."""
+    snapshots: list[dict[str, Any]] | None = None
+    """``snapshots.json``: memory snapshots per replica and label."""
+    mlx_probe: list[dict[str, Any]] | None = None
+    """``mlx_probe.json``: MLX device, BLAS and matmul speed per replica."""
+    notes: list[str] = field(default_factory=list)
+    """What could not be read, and how many torn lines were skipped."""
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunData:
+        """Read the run folder at ``path``.
+
+        Raises :class:`ConfigError` when the folder, ``run.json`` or ``records.jsonl`` is
+        missing or unreadable; optional files only add notes.
+        """
+        folder = Path(path)
+        if not folder.is_dir():
+            raise ConfigError(f"run folder {folder} does not exist (expected results/<run-id>/)")
+        run = _read_json(folder / RUN_JSON)
+        if not isinstance(run, dict):
+            raise ConfigError(f"{folder / RUN_JSON} is not a JSON object")
+        notes: list[str] = []
+        records = _read_jsonl(folder / RECORDS, notes, required=True)
+        assert records is not None
+        return cls(
+            path=folder,
+            run=run,
+            records=records,
+            ingest=_optional_list(folder / INGEST, notes),
+            timeline=_read_jsonl(folder / TIMELINE, notes, required=False),
+            profiles=_read_profiles(folder / PROFILES, notes),
+            snapshots=_optional_list(folder / SNAPSHOTS, notes),
+            mlx_probe=_optional_list(folder / MLX_PROBE, notes),
+            notes=notes,
+        )
+
+    @property
+    def run_id(self) -> str:
+        """The run id from ``run.json``, else the folder name."""
+        return str(self.run.get("run_id") or self.path.name)
+
+    def section(self, key: str) -> list[dict[str, Any]]:
+        """A list section of ``run.json`` (``replicas``, ``stages``, ``replica_stats``)."""
+        value = self.run.get(key)
+        return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+    @property
+    def cpus(self) -> int | None:
+        """Logical CPUs of the machine the run was started on, if recorded."""
+        machine = self.run.get("machine")
+        cpus = machine.get("cpus_logical") if isinstance(machine, dict) else None
+        return int(cpus) if isinstance(cpus, int | float) and cpus > 0 else None
+
+    def service_config(self) -> dict[str, Any]:
+        """``spec.config.service`` from ``run.json`` (empty when not recorded)."""
+        node: Any = self.run
+        for key in ("spec", "config", "service"):
+            node = node.get(key) if isinstance(node, dict) else None
+        return node if isinstance(node, dict) else {}
+
+    def ok_records(self, op: str | None = None) -> list[dict[str, Any]]:
+        """Records that completed, optionally only those of ``op``."""
+        return [r for r in self.records if r.get("ok") and (op is None or r.get("op") == op)]
+
+    def stage_windows(self) -> dict[str, tuple[float, float]]:
+        """``stage -> (first issue, last completion)`` in UNIX seconds, from the records."""
+        windows: dict[str, tuple[float, float]] = {}
+        for r in self.records:
+            start, end = (
+                number(r.get("issued")),
+                number(r.get("issued")) + number(r.get("duration")),
+            )
+            if start <= 0:
+                continue
+            stage = str(r.get("stage"))
+            lo, hi = windows.get(stage, (start, end))
+            windows[stage] = (min(lo, start), max(hi, end))
+        return windows
+
+    def samples(self, role_prefix: str) -> list[dict[str, Any]]:
+        """Timeline samples whose role starts with ``role_prefix``, by time."""
+        rows = [s for s in self.timeline or [] if str(s.get("role", "")).startswith(role_prefix)]
+        return sorted(rows, key=lambda s: number(s.get("t")))
+
+
+def number(value: Any) -> float:
+    """``value`` as a float when it is a number (not a bool), else 0.0."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path} is missing: not a finished loadlens run folder") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path} is unreadable: {exc}") from None
+
+
+def _optional_list(path: Path, notes: list[str]) -> list[dict[str, Any]] | None:
+    if not path.exists():
+        return None
+    try:
+        data = _read_json(path)
+    except ConfigError as exc:
+        notes.append(f"ignored {path.name}: {exc}")
+        return None
+    if not isinstance(data, list):
+        notes.append(f"ignored {path.name}: expected a JSON list")
+        return None
+    return [d for d in data if isinstance(d, dict)]
+
+
+def _read_jsonl(path: Path, notes: list[str], *, required: bool) -> list[dict[str, Any]] | None:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"{path} is missing: not a finished loadlens run folder") from None
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        if required:
+            raise ConfigError(f"{path} is unreadable: {exc}") from None
+        notes.append(f"ignored {path.name}: {exc}")
+        return None
+    rows, torn = _parse_lines(text.splitlines())
+    if torn:
+        notes.append(f"{path.name}: skipped {torn} unreadable line(s)")
+    return rows
+
+
+def _parse_lines(lines: Iterable[str]) -> tuple[list[dict[str, Any]], int]:
+    rows: list[dict[str, Any]] = []
+    torn = 0
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            torn += 1
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            torn += 1
+    return rows, torn
+
+
+def _read_profiles(folder: Path, notes: list[str]) -> dict[str, Stacks] | None:
+    if not folder.is_dir():
+        return None
+    profiles: dict[str, Stacks] = {}
+    for path in sorted(folder.glob("*.collapsed")):
+        try:
+            profiles[path.stem] = read_collapsed(path)
+        except OSError as exc:
+            notes.append(f"ignored {PROFILES}/{path.name}: {exc}")
+    return profiles or None
