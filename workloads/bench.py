@@ -294,6 +294,59 @@ def bench_generator(args: argparse.Namespace) -> None:
         disconnect()
 
 
+def _cli_run(profile: str, duration: float, results: Path, extra: list[str]) -> dict[str, Any]:
+    """One run through the CLI in a fresh process; returns its summary."""
+    before = set(results.glob("*")) if results.exists() else set()
+    proc = subprocess.run(
+        [sys.executable, "-m", "workloads.run", "--profile", profile, "--duration", str(duration),
+         "--results-dir", str(results), "--quiet", "--no-fail-on-targets", *extra],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    (run,) = set(results.glob("*")) - before
+    if proc.returncode != 0:
+        raise RuntimeError(f"run failed ({proc.returncode}): {proc.stderr[-1500:]}")
+    summary: dict[str, Any] = json.loads((run / "summary.json").read_text())
+    summary["run_dir"] = str(run)
+    return summary
+
+
+def bench_profiling(args: argparse.Namespace) -> None:
+    """The same profile with and without profiling, interleaved (off, on, off, on, ...)."""
+    from workloads.results import read_records
+
+    print(f"command: {' '.join([Path(sys.executable).name, *sys.orig_argv[1:]])}")
+    print(f"machine: {json.dumps(machine_info())}")
+    results = Path(args.results_dir or tempfile.mkdtemp(prefix="loadlens-bench-prof-"))
+    sides: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    for round_no in range(args.rounds):
+        for side in ("off", "on"):
+            extra = ["--no-profile"] if side == "off" else []
+            summary = _cli_run(args.profile, args.duration, results, extra)
+            sides[side].append(summary)
+            print(
+                f"round {round_no + 1} profiling {side:>3}: "
+                f"{summary['throughput_ops_s']:.2f} ops/s, {summary['records']} ops, "
+                f"{summary['errors']} errors ({summary['run_dir']})"
+            )
+    tput = {k: sum(s["throughput_ops_s"] for s in v) / len(v) for k, v in sides.items()}
+    p95 = {}
+    for side, runs in sides.items():
+        merged = [
+            r["duration"]
+            for s in runs
+            for r in read_records(Path(s["run_dir"]) / "records.jsonl")
+            if r["ok"] and r["op"] == args.op
+        ]
+        p95[side] = summarize(merged).p95
+    print(f"throughput ratio (profiled / unprofiled, mean of {args.rounds} rounds): "
+          f"{tput['on'] / tput['off']:.3f}")  # fmt: skip
+    if p95["on"] and p95["off"]:
+        print(
+            f"{args.op} p95 ratio (profiled / unprofiled, merged records): "
+            f"{p95['on'] / p95['off']:.3f} ({p95['on'] * 1e3:.1f} vs {p95['off'] * 1e3:.1f} ms)"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the subcommand and run it."""
     p = argparse.ArgumentParser(prog="python -m workloads.bench")
@@ -312,12 +365,19 @@ def main(argv: list[str] | None = None) -> int:
     g = sub.add_parser("generator", help="the load generator's own ceiling and cost")
     g.add_argument("--rates", type=float, nargs="+", default=[100, 500, 1000, 2000, 4000])
     g.add_argument("--seconds", type=float, default=5.0)
+    pr = sub.add_parser("profiling", help="what profiling costs: runs with and without it")
+    pr.add_argument("--profile", default="smoke")
+    pr.add_argument("--duration", type=float, default=25.0)
+    pr.add_argument("--rounds", type=int, default=2)
+    pr.add_argument("--op", default="analyze", help="operation whose p95 is compared")
+    pr.add_argument("--results-dir", default=None)
     args = p.parse_args(argv)
     if args.what == "service":
         reexec_with(load_config(args.config).blas)
     handlers: dict[str, Callable[[argparse.Namespace], Any]] = {
         "service": bench_service,
         "generator": bench_generator,
+        "profiling": bench_profiling,
     }
     handlers[args.what](args)
     return 0

@@ -93,6 +93,12 @@ class ServiceReplica:
             "replica": self.index, "pid": os.getpid(),
             "adapter_bytes": stats["adapters"]["bytes_resident"],
             "index_bytes": stats["indexes"]["bytes_loaded"],
+            "adapter_hits": stats["adapters"]["hits"],
+            "adapter_misses": stats["adapters"]["misses"],
+            "adapter_evictions": stats["adapters"]["evictions"],
+            "index_hits": stats["indexes"]["hits"],
+            "index_misses": stats["indexes"]["misses"],
+            "index_evictions": stats["indexes"]["evictions"],
         })  # fmt: skip
 
     def probe(self) -> dict[str, Any]:
