@@ -271,8 +271,8 @@ def slow_blas(run: RunData) -> list[Finding | str]:
                   "blas": sorted({b for p in slow for b in p.get("blas") or []}),
                   "model_embed_share": share},
         files=[MLX_PROBE, RECORDS],
-        suggestion="use the `default` configuration (OpenBLAS via LD_PRELOAD, "
-                   "`--config default`); on Debian/Ubuntu: apt-get install libopenblas0-pthread",
+        suggestion="use the `optimized` configuration (OpenBLAS via LD_PRELOAD, "
+                   "`--config optimized`); on Debian/Ubuntu: apt-get install libopenblas0-pthread",
     )]  # fmt: skip
 
 

@@ -236,7 +236,7 @@ def test_slow_blas_fires_on_reference_blas_with_the_model_embed_share(tmp_path: 
     assert finding.evidence["replicas"] == [0]
     assert "7.6 GFLOP/s" in finding.title
     assert finding.severity_share == pytest.approx(0.7)
-    assert "openblas" in finding.suggestion.lower() and "default" in finding.suggestion
+    assert "openblas" in finding.suggestion.lower() and "optimized" in finding.suggestion
     assert "libopenblas0-pthread" in finding.suggestion
 
 

@@ -87,7 +87,7 @@ def test_unreadable_targets_file_is_a_message_and_judging_goes_on(tmp_path):
     bad = tmp_path / "targets.toml"
     bad.write_bytes(b"[[target]\nname = \xff")
     spec = RunSpec(
-        profile=load_profile("smoke"), config=load_config("default"), results_dir=tmp_path,
+        profile=load_profile("smoke"), config=load_config("optimized"), results_dir=tmp_path,
         targets=str(bad),
     )  # fmt: skip
     out = io.StringIO()

@@ -94,7 +94,7 @@ def check_profiling(run: Path, records: list[dict]) -> None:
         (["--profile", "nope"], "known: large-codebase, memory-pressure"),
         (["--profile", "smoke", "--duration", "0"], "duration"),
         (["--profile", "smoke", "--projects", "0"], "projects"),
-        (["--config", "nope"], "unknown config 'nope' (known: baseline, default"),
+        (["--config", "nope"], "unknown config 'nope' (known: baseline, optimized"),
         (["--profile", "smoke", "--address", "127.0.0.1:9"], "no Ray cluster answers at"),
     ],
 )

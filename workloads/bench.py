@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m workloads.bench")
     sub = p.add_subparsers(dest="what", required=True)
     s = sub.add_parser("service", help="the service's own figures")
-    s.add_argument("--config", default="default")
+    s.add_argument("--config", default="optimized")
     s.add_argument("--projects", type=int, default=10)
     s.add_argument("--repeats", type=int, default=30)
     s.add_argument("--texts", type=int, default=128)

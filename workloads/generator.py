@@ -47,7 +47,8 @@ REPLY_TIMEOUT_S = 300.0
 class GeneratorWorker:
     """Worker ``worker``: issues operations to replicas by project affinity."""
 
-    def __init__(self, worker: int, replicas: list[Any], routes: dict[str, int]) -> None:
+    def __init__(self, worker: int, replicas: list[Any], routes: dict[str, int] | None) -> None:
+        """``routes`` maps each project to its replica; ``None`` spreads ops at random."""
         self.worker = worker
         self.replicas = replicas
         self.routes = routes
@@ -55,7 +56,7 @@ class GeneratorWorker:
         self._stop = asyncio.Event()
         self._in_flight = 0
         self._issued = 0
-        self._calls: dict[tuple[str, str], Any] = {}
+        self._calls: dict[tuple[str, str, int], Any] = {}
 
     async def info(self) -> dict[str, Any]:
         """This worker's pid and node, for the profiler's roles."""
@@ -83,7 +84,7 @@ class GeneratorWorker:
         return request
 
     async def _issue(self, stage: str, op: str, project: str, rng: random.Random) -> None:
-        replica = self.routes[project]
+        replica = self.routes[project] if self.routes else rng.randrange(len(self.replicas))
         record = OpRecord(
             op=op, project=project, stage=stage, worker=self.worker, replica=replica,
             issued=time.time(),
@@ -92,7 +93,7 @@ class GeneratorWorker:
         self._in_flight += 1
         start = time.perf_counter()
         try:
-            key = (op, project)
+            key = (op, project, replica)
             call = self._calls.get(key)
             if call is None:  # named per op and project, for the dashboard; built once
                 call = self.replicas[replica].call.options(name=f"{op}:{project}@replica-{replica}")

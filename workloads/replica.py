@@ -13,6 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import mlx.core as mx
 import ray
 from ray.util import metrics
 
@@ -75,6 +76,12 @@ class ServiceReplica:
 
         self.index = index
         self._process = psutil.Process()
+        # Process-wide MLX limits: this actor is the process's only MLX owner.
+        mb = 1024 * 1024
+        if config.get("mlx_cache_limit_mb") is not None:
+            mx.set_cache_limit(int(config["mlx_cache_limit_mb"]) * mb)
+        if config.get("mlx_memory_limit_mb") is not None:
+            mx.set_memory_limit(int(config["mlx_memory_limit_mb"]) * mb)
         self.service = Service(
             ServiceConfig(**config),
             [Project(name=n, root=Path(r), adapter=Path(a) if a else None) for n, r, a in projects],

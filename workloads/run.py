@@ -9,6 +9,7 @@ a target exits 3 (``--no-fail-on-targets`` reports it and exits 0).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--profile", default="sustained", help="profile name or .toml path")
     p.add_argument("--list-profiles", action="store_true", help="list profiles and exit")
-    p.add_argument("--config", default="default", help="system configuration name or .toml path")
+    p.add_argument("--config", default="optimized", help="system configuration name or .toml path")
     p.add_argument(
         "--address", default=None, help="join this Ray cluster (else $RAY_ADDRESS, else embedded)"
     )
@@ -47,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, default=None, help="models/adapters/indexes cache")
     p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS, help="where runs land")
     p.add_argument("--quiet", action="store_true", help="no live display")
+    p.add_argument(
+        "--baseline", default=None, metavar="CONFIG",
+        help="also run this configuration, interleaved in rounds with --config, and compare",
+    )  # fmt: skip
+    p.add_argument("--rounds", type=int, default=2, help="A/B rounds per side (with --baseline)")
     p.add_argument(
         "--targets", default=None, help="targets name or .toml path (default: by profile)"
     )
@@ -91,6 +97,19 @@ def main(argv: list[str] | None = None) -> int:
             profiling=not args.no_profile,
             targets=args.targets,
         )
+        if args.baseline:
+            if args.rounds < 1:
+                raise_config("--rounds must be >= 1")
+            from workloads.ab import execute_ab
+
+            base_spec = dataclasses.replace(spec, config=load_config(args.baseline))
+            ab = execute_ab(spec, base_spec, rounds=args.rounds)
+            if ab.status == "interrupted":
+                return 130
+            if ab.regressions:
+                print(f"regressions: {', '.join(ab.regressions)}", file=sys.stderr)
+                return 1
+            return 0 if ab.status == "completed" else 1
         outcome = execute(spec)
     except LoadlensError as exc:
         print(f"error: {exc}", file=sys.stderr)

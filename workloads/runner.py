@@ -276,7 +276,8 @@ def _execute(
     progress.cluster(cluster)
     projects = choose_projects(spec)
     names = [p.name for p in projects]
-    routes = assign(names, spec.profile.replicas)
+    replica_count = spec.config.replicas or spec.profile.replicas
+    routes = assign(names, replica_count)
     config = _service_config(spec)
     nodes = [n["node_id"] for n in cluster.nodes if n["alive"] and n["resources"].get("CPU", 0) > 0]
     profiling = ProfilingSession(run_dir, nodes) if spec.profiling else None
@@ -289,9 +290,10 @@ def _execute(
                     nodes[k % len(nodes)], soft=True
                 ),
             ).remote(k, config, [(p.name, str(p.root), str(p.adapter) if p.adapter else None)
-                                 for p in projects if routes[p.name] == k],
+                                 for p in projects
+                                 if routes[p.name] == k or not spec.config.affinity],
                      trace_python=spec.profiling)
-            for k in range(spec.profile.replicas)
+            for k in range(replica_count)
         ]  # fmt: skip
         infos = ray.get([r.info.remote() for r in replicas])
         write_json(run_dir / "mlx_probe.json", ray.get([r.probe.remote() for r in replicas]))
@@ -306,7 +308,7 @@ def _execute(
         workers = [
             GeneratorWorker.options(  # type: ignore[attr-defined]
                 name=f"generator-{w}-{run_dir.name}"
-            ).remote(w, replicas, routes)
+            ).remote(w, replicas, routes if spec.config.affinity else None)
             for w in range(spec.workers)
         ]
         live = _Live(spec, run_dir, names, replicas, workers, writer, progress, interrupts,
@@ -319,6 +321,8 @@ def _execute(
         if spec.profile.ingest_at_start:
             start = time.perf_counter()
             ingests = ray.get([replicas[routes[n]].ingest.remote(n) for n in names])
+            if not spec.config.affinity:  # every replica serves every project: all need indexes
+                ray.get([r.ingest.remote(n) for r in replicas for n in names])
             write_json(run_dir / "ingest.json", ingests)
             built = sum(1 for i in ingests if i.get("built"))
             progress.say(f"indexes ready in {time.perf_counter() - start:.1f} s ({built} built)")

@@ -33,6 +33,10 @@ class SystemConfig:
     """BLAS the replicas' MLX uses on Linux: ``bundled`` or ``openblas``."""
     service: dict[str, Any] = field(default_factory=dict)
     """ServiceConfig fields this configuration sets."""
+    affinity: bool = True
+    """Route each project to one replica (False: any replica serves any project)."""
+    replicas: int | None = None
+    """Service replicas for the run (``None``: the profile's number)."""
 
 
 def list_configs() -> list[str]:
@@ -56,11 +60,17 @@ def load_config(name_or_path: str) -> SystemConfig:
         raw = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
-    unknown = set(raw) - {"description", "blas", "service"}
+    allowed = {"description", "blas", "service", "affinity", "replicas"}
+    unknown = set(raw) - allowed
     if unknown:
-        raise ConfigError(
-            f"{path}: unknown keys {sorted(unknown)} (allowed: description, blas, service)"
-        )
+        raise ConfigError(f"{path}: unknown keys {sorted(unknown)} (allowed: {sorted(allowed)})")
+    affinity = raw.get("affinity", True)
+    if not isinstance(affinity, bool):
+        raise ConfigError(f"{path}: affinity must be true or false, got {affinity!r}")
+    replicas = raw.get("replicas")
+    if replicas is not None and (isinstance(replicas, bool) or not isinstance(replicas, int)
+                                 or replicas < 1):  # fmt: skip
+        raise ConfigError(f"{path}: replicas must be an integer >= 1, got {replicas!r}")
     blas = raw.get("blas", "openblas")
     if blas not in BLAS_CHOICES:
         raise ConfigError(f"{path}: blas must be one of {list(BLAS_CHOICES)}, got {blas!r}")
@@ -73,14 +83,18 @@ def load_config(name_or_path: str) -> SystemConfig:
                 f"{path}: [service] has unknown key {key!r} (known: {sorted(_SETTABLE)})"
             )
         want = _SERVICE_KEYS[key].type
-        kind = {"bool": bool, "int": int}.get(str(want))
+        kind = {"bool": bool, "int": int, "int | None": int, "str": str}.get(str(want))
         if kind is bool and not isinstance(value, bool):
             raise ConfigError(f"{path}: [service] {key} must be true or false, got {value!r}")
         if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
             raise ConfigError(f"{path}: [service] {key} must be an integer, got {value!r}")
+        if kind is str and not isinstance(value, str):
+            raise ConfigError(f"{path}: [service] {key} must be a string, got {value!r}")
     return SystemConfig(
         name=path.stem,
         description=str(raw.get("description", "")),
         blas=blas,
         service=dict(service),
+        affinity=affinity,
+        replicas=replicas,
     )

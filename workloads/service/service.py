@@ -31,6 +31,8 @@ from workloads.service.embedder import Embedder
 from workloads.service.index import IngestReport, ProjectVectorStoreManager, SearchHit
 from workloads.service.projects import Project, ProjectContextManager
 
+DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
+
 
 def default_cache_dir() -> Path:
     """``$LOADLENS_CACHE``, else ``~/.cache/loadlens``: generated models, adapters, indexes."""
@@ -74,8 +76,19 @@ class ServiceConfig:
     """Cap on chunks indexed per project (``None``: all of them)."""
     eager: bool = False
     """Load every adapter and index at start instead of on first use."""
+    base_dtype: str = "float32"
+    """Precision the base model runs in: float32, float16 or bfloat16 (adapters follow)."""
+    mlx_cache_limit_mb: int | None = None
+    """MLX buffer cache limit for the replica process (``None``: MLX's default)."""
+    mlx_memory_limit_mb: int | None = None
+    """MLX memory limit for the replica process (``None``: MLX's default)."""
 
     def __post_init__(self) -> None:
+        if self.base_dtype not in DTYPES:
+            raise ConfigError(
+                f"service config: base_dtype must be one of {sorted(DTYPES)}, "
+                f"got {self.base_dtype!r}"
+            )
         for name in ("adapter_rank", "adapter_cache_count", "adapter_cache_bytes",
                      "index_cache_count", "embed_batch_size", "embed_max_tokens",
                      "top_k", "prefill_tokens", "generate_tokens"):  # fmt: skip
@@ -131,6 +144,9 @@ class Service:
             cache / "models", config.base_spec
         )
         self.base: BaseModel = load_base_model(base_path)
+        if config.base_dtype != "float32":
+            self.base.model.set_dtype(DTYPES[config.base_dtype])
+            mx.eval(self.base.model.parameters())
         model_loaded = time.perf_counter()
         self.embedder = Embedder(
             batch_size=config.embed_batch_size,

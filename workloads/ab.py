@@ -1,0 +1,107 @@
+"""Baseline-vs-candidate runs interleaved in rounds (B A B A ...), then compared.
+
+Interleaving makes slow drift of a shared, noisy machine (other tenants, thermal state,
+page cache) fall on both sides alike. Each round is a complete, ordinary run folder under
+``<ab-dir>/rounds/``; the comparison merges each side's raw records across rounds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from workloads.errors import LoadlensError
+from workloads.progress import Progress
+from workloads.results import new_run_id, utc_now, write_json
+from workloads.runner import RunOutcome, RunSpec, execute
+
+
+@dataclass
+class ABOutcome:
+    """Where an A/B run landed, and what the comparison said."""
+
+    ab_dir: Path
+    status: str
+    regressions: list[str]
+    rounds: list[RunOutcome]
+
+
+def execute_ab(candidate: RunSpec, baseline: RunSpec, *, rounds: int) -> ABOutcome:
+    """Run ``rounds`` of baseline then candidate; compare; write comparison and report."""
+    ab_id = new_run_id(f"{candidate.profile.name}-ab")
+    ab_dir = candidate.results_dir / ab_id
+    rounds_dir = ab_dir / "rounds"
+    progress = Progress(quiet=candidate.quiet)
+    info: dict[str, Any] = {
+        "ab_id": ab_id, "started_utc": utc_now(), "rounds": [],
+        "baseline": baseline.config.name, "candidate": candidate.config.name,
+        "profile": candidate.profile.name,
+    }  # fmt: skip
+    outcomes: list[RunOutcome] = []
+    status = "completed"
+    for number in range(rounds):
+        for side, spec in (("baseline", baseline), ("candidate", candidate)):
+            progress.say(f"round {number + 1}/{rounds}: {side} ({spec.config.name})")
+            outcome = execute(dataclasses.replace(spec, results_dir=rounds_dir))
+            outcomes.append(outcome)
+            info["rounds"].append({
+                "round": number + 1, "side": side, "config": spec.config.name,
+                "run_dir": str(outcome.run_dir.relative_to(ab_dir)), "status": outcome.status,
+            })  # fmt: skip
+            write_json(ab_dir / "ab.json", info)
+            if outcome.status != "completed":
+                status = outcome.status
+                break
+        if status != "completed":
+            break
+    info.update(ended_utc=utc_now(), status=status)
+    write_json(ab_dir / "ab.json", info)
+    regressions = _compare(ab_dir, info, baseline, candidate, progress)
+    return ABOutcome(ab_dir, status, regressions, outcomes)
+
+
+def _compare(
+    ab_dir: Path, info: dict[str, Any], baseline: RunSpec, candidate: RunSpec, progress: Progress
+) -> list[str]:
+    """Compare what finished; a failure to compare is a message, never lost rounds."""
+    from profiling.compare import compare_runs
+    from profiling.compare import render_terminal as render_comparison
+    from profiling.report import write_report
+
+    from profiling.rundata import RunData
+
+    sides: dict[str, list[RunData]] = {"baseline": [], "candidate": []}
+    for row in info["rounds"]:
+        if row["status"] == "completed":
+            sides[row["side"]].append(RunData.load(ab_dir / row["run_dir"]))
+    if not sides["baseline"] or not sides["candidate"]:
+        progress.say("comparison skipped: a side has no completed round")
+        return []
+    try:
+        comparison = compare_runs(
+            sides["baseline"], sides["candidate"], a_label=baseline.config.name,
+            b_label=candidate.config.name, out_dir=ab_dir,
+        )  # fmt: skip
+    except LoadlensError as exc:
+        progress.say(f"comparison failed: {exc}")
+        return []
+    data = comparison.as_dict()
+    write_json(ab_dir / "comparison.json", data)
+    progress.say(render_comparison(comparison))
+    last_candidate = ab_dir / info["rounds"][-1]["run_dir"]
+    report = write_report(last_candidate, comparison=_for_report(data, last_candidate, ab_dir))
+    progress.say(f"report: {report}")
+    return [f"{r.name} {r.metric}" for r in comparison.regressions]
+
+
+def _for_report(data: dict[str, Any], run_dir: Path, ab_dir: Path) -> dict[str, Any]:
+    """Point the comparison's file links at paths relative to the report's own folder."""
+    out = dict(data)
+    rel = Path("../..")  # report in <ab>/rounds/<run>/, diff graphs in <ab>/
+    flames = out.get("diff_flamegraphs") or {}
+    out["diff_flamegraphs"] = {role: str(rel / path) for role, path in flames.items()}
+    first = next(iter(out["diff_flamegraphs"].values()), None)
+    out["diff_flamegraph"] = first
+    return out
