@@ -2,7 +2,7 @@
 
 ``py-spy record --nonblocking`` samples without pausing the target: Ray workers carry
 ~20 threads, and blocking sampling at high rates slowed them to 0.25-0.31x at 1000 Hz.
-The default rate is low (50 Hz) and its cost is measured by ``workloads.bench profiling``.
+The default rate is low (20 Hz) and its cost is measured by ``workloads.bench profiling``.
 Output is the collapsed ("raw") format; SVG and speedscope files are rendered from it.
 """
 
@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_RATE_HZ = 50
+DEFAULT_RATE_HZ = 20
 
 
 def pyspy_binary() -> str | None:

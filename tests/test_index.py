@@ -25,6 +25,7 @@ def test_build_persist_reload_and_search(tmp_path, embedder):
     report = store.build("p", tree, embedder.embed)
     assert (report.files, report.chunks) == (2, 2)
     assert store.is_fresh("p", tree)
+    assert not store.is_fresh("p", tree, max_chunks=1)  # built without a cap
     index = ProjectVectorStoreManager(tmp_path / "idx").load("p")  # a new manager reads disk
     hits = index.search(embedder.embed(["decode a JSON string"])[0], k=2)
     assert [h.chunk.path for h in hits] == ["a.py", "b.py"] and hits[0].score > hits[1].score

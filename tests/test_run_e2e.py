@@ -36,6 +36,7 @@ def test_smoke_run_records_every_operation(tmp_path, cache_dir):
     results = tmp_path / "results"
     proc = run_cli(
         "--profile", "smoke", "--results-dir", str(results), "--no-fail-on-targets",
+        "--trace-python",
         cache=cache_dir,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="report missed targets but exit 0",
     )  # fmt: skip
     p.add_argument(
+        "--trace-python", action="store_true",
+        help="tracemalloc in replicas: Python allocation top-N and diffs in memory snapshots",
+    )  # fmt: skip
+    p.add_argument("--pyspy-rate", type=int, default=20, help="py-spy samples per second")
+    p.add_argument(
         "--no-profile", action="store_true",
         help="no timelines, flame graphs or memory snapshots (records only)",
     )  # fmt: skip
@@ -96,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             quiet=args.quiet,
             profiling=not args.no_profile,
             targets=args.targets,
+            trace_python=args.trace_python,
+            pyspy_rate_hz=args.pyspy_rate,
         )
         if args.baseline:
             if args.rounds < 1:

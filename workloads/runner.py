@@ -61,6 +61,11 @@ class RunSpec:
     quiet: bool = False
     profiling: bool = True
     """Capture timelines, flame graphs and snapshots (``--no-profile`` turns it off)."""
+    trace_python: bool = False
+    """Trace Python allocations with tracemalloc in replicas (top-N and diffs in snapshots).
+    Off by default: it slows every Python allocation of the service."""
+    pyspy_rate_hz: int = 20
+    """py-spy sampling rate for the replicas' flame graphs."""
     targets: str | None = None
     """Targets file name or path; ``None``: the profile's own if there is one, else default."""
 
@@ -280,7 +285,10 @@ def _execute(
     routes = assign(names, replica_count)
     config = _service_config(spec)
     nodes = [n["node_id"] for n in cluster.nodes if n["alive"] and n["resources"].get("CPU", 0) > 0]
-    profiling = ProfilingSession(run_dir, nodes) if spec.profiling else None
+    profiling = (
+        ProfilingSession(run_dir, nodes, pyspy_rate_hz=spec.pyspy_rate_hz)
+        if spec.profiling else None
+    )  # fmt: skip
     try:
         replicas = [
             ServiceReplica.options(  # type: ignore[attr-defined]
@@ -292,7 +300,7 @@ def _execute(
             ).remote(k, config, [(p.name, str(p.root), str(p.adapter) if p.adapter else None)
                                  for p in projects
                                  if routes[p.name] == k or not spec.config.affinity],
-                     trace_python=spec.profiling)
+                     trace_python=spec.profiling and spec.trace_python)
             for k in range(replica_count)
         ]  # fmt: skip
         infos = ray.get([r.info.remote() for r in replicas])

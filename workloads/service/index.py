@@ -117,8 +117,9 @@ class ProjectVectorStoreManager:
         """Where ``project``'s index lives on disk."""
         return self.root / project
 
-    def is_fresh(self, project: str, source_root: Path) -> bool:
-        """Whether a built index exists and matches the source tree as it is now."""
+    def is_fresh(self, project: str, source_root: Path, max_chunks: int | None = None) -> bool:
+        """Whether a built index exists, matches the source tree as it is now, and was
+        built with the same chunking and chunk cap."""
         meta_path = self.folder(project) / "meta.json"
         if not meta_path.is_file():
             return False
@@ -130,6 +131,7 @@ class ProjectVectorStoreManager:
             meta.get("schema") == SCHEMA
             and meta.get("fingerprint") == fingerprint(source_root)
             and meta.get("chunking") == [self.max_lines_per_chunk, self.max_chars_per_chunk]
+            and meta.get("max_chunks") == max_chunks
         )
 
     def collect_chunks(
@@ -189,6 +191,7 @@ class ProjectVectorStoreManager:
             "source_root": str(source_root),
             "fingerprint": fingerprint(source_root),
             "chunking": [self.max_lines_per_chunk, self.max_chars_per_chunk],
+            "max_chunks": max_chunks,
             "dim": int(vectors.shape[1]),
             "files": report.files,
             "lines": report.lines,

@@ -129,6 +129,12 @@ def _hits(hits: list[SearchHit]) -> list[tuple[str, int, int, float]]:
     return [(h.chunk.path, h.chunk.start_line, h.chunk.end_line, h.score) for h in hits]
 
 
+def _index_key(config: ServiceConfig) -> str:
+    """Indexes differ by token window and chunk cap, so each pair gets its own folder."""
+    cap = config.max_chunks_per_project
+    return f"tok{config.embed_max_tokens}-cap{cap if cap is not None else 'all'}"
+
+
 def _stable_seed(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
 
@@ -165,7 +171,7 @@ class Service:
             max_count=config.adapter_cache_count,
         )
         self.indexes = ProjectVectorStoreManager(
-            cache / "indexes" / f"chunks-{config.embed_max_tokens}",
+            cache / "indexes" / _index_key(config),
             max_loaded=config.index_cache_count,
         )
         self.projects = ProjectContextManager(self.adapters, self.indexes)
@@ -174,7 +180,8 @@ class Service:
         if config.eager:
             for name in self.projects.projects:
                 self.adapters.load(name)
-                if self.indexes.is_fresh(name, self.projects.projects[name].root):
+                root = self.projects.projects[name].root
+                if self.indexes.is_fresh(name, root, config.max_chunks_per_project):
                     self.indexes.load(name)
         end = time.perf_counter()
         self.init_seconds = {
@@ -201,7 +208,8 @@ class Service:
     def ingest(self, name: str, *, rebuild: bool = False) -> IngestReport | None:
         """Build ``name``'s index unless a fresh one exists; returns the report if it built."""
         project = self.projects.get(name)
-        if not rebuild and self.indexes.is_fresh(name, project.root):
+        cap = self.config.max_chunks_per_project
+        if not rebuild and self.indexes.is_fresh(name, project.root, cap):
             return None
         return self.indexes.build(
             name, project.root, self.embedder.embed, max_chunks=self.config.max_chunks_per_project

@@ -1,0 +1,135 @@
+"""``python -m workloads.compare RUN_A RUN_B``: did B regress or improve on A, for real?
+
+RUN_A and RUN_B are run folders, or comma-separated lists of run folders (the rounds of an
+interleaved A/B run, merged per side). ``--check-baseline NAME RUN`` compares RUN with a
+saved baseline; ``--save-baseline NAME RUN`` saves RUN as one. The table is printed
+(``--json``: the comparison as JSON instead) and ``comparison.json`` plus differential
+flame graphs are written to ``--out`` (default: the first run folder of side B).
+
+Exit codes: 0 no regression, 1 at least one regression, 2 bad input (a missing run folder,
+runs of different profiles, an unknown baseline or targets name).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from profiling.baselines import DEFAULT_ROOT, load_baseline, save_baseline
+from profiling.compare import Comparison, compare_runs, render_terminal, spec_value
+from profiling.rundata import RunData
+from profiling.targets import Target, known_targets, load_targets
+from workloads.errors import ConfigError, LoadlensError
+from workloads.results import write_json
+
+EXIT_REGRESSION = 1
+COMPARISON_JSON = "comparison.json"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    p = argparse.ArgumentParser(
+        prog="python -m workloads.compare",
+        description="Compare runs (A = baseline, B = candidate) with statistics: a change "
+        "counts when it is significant and larger than --factor.",
+    )
+    p.add_argument(
+        "runs", nargs="*", metavar="RUN",
+        help="RUN_A RUN_B; each a run folder or a comma-separated list of rounds",
+    )  # fmt: skip
+    p.add_argument(
+        "--factor", type=float, default=1.10,
+        help="smallest ratio B/A (or A/B) that counts as a change (default 1.10)",
+    )  # fmt: skip
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level (0.05)")
+    p.add_argument("--out", type=Path, default=None, help="where comparison.json goes")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument(
+        "--targets", default=None,
+        help="targets name or .toml path (default: the profile's own, else default)",
+    )  # fmt: skip
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--check-baseline", metavar="NAME", help="compare RUN with baseline NAME")
+    mode.add_argument("--save-baseline", metavar="NAME", help="save RUN as baseline NAME")
+    p.add_argument(
+        "--baselines-dir", type=Path, default=DEFAULT_ROOT,
+        help=f"where named baselines live (default {DEFAULT_ROOT})",
+    )  # fmt: skip
+    return p
+
+
+def load_side(text: str) -> list[RunData]:
+    """The runs of one side: a run folder or a comma-separated list of them."""
+    paths = [part.strip() for part in text.split(",") if part.strip()]
+    if not paths:
+        raise ConfigError(f"no run folder in {text!r}")
+    return [RunData.load(path) for path in paths]
+
+
+def _expect(runs: Sequence[str], count: int, usage: str) -> None:
+    if len(runs) != count:
+        raise ConfigError(f"expected {usage}, got {len(runs)} run argument(s)")
+
+
+def _label(runs: Sequence[RunData], other: Sequence[RunData]) -> str:
+    """The config name when the two sides ran different configs, else the run id(s)."""
+    config = spec_value(runs[0], "config", "name")
+    other_config = spec_value(other[0], "config", "name")
+    if config and other_config and config != other_config:
+        return str(config)
+    return runs[0].run_id + (f" +{len(runs) - 1} rounds" if len(runs) > 1 else "")
+
+
+def _targets(args: argparse.Namespace, run: RunData) -> list[Target]:
+    """``--targets``, else the targets file named like the run's profile, else default."""
+    name = args.targets
+    if name is None:
+        profile = spec_value(run, "profile", "name")
+        name = profile if profile in known_targets() else "default"
+    return load_targets(name)
+
+
+def _compare(args: argparse.Namespace) -> Comparison:
+    if args.check_baseline:
+        _expect(args.runs, 1, "--check-baseline NAME RUN")
+        side_a = [load_baseline(args.check_baseline, args.baselines_dir)]
+        side_b = load_side(args.runs[0])
+        a_label = f"baseline {args.check_baseline}"
+    else:
+        _expect(args.runs, 2, "RUN_A RUN_B")
+        side_a, side_b = load_side(args.runs[0]), load_side(args.runs[1])
+        a_label = _label(side_a, side_b)
+    out = args.out if args.out is not None else side_b[0].path
+    comparison = compare_runs(
+        side_a, side_b, a_label=a_label, b_label=_label(side_b, side_a), factor=args.factor,
+        alpha=args.alpha, targets=_targets(args, side_a[0]), out_dir=out,
+    )  # fmt: skip
+    write_json(out / COMPARISON_JSON, comparison.as_dict())
+    return comparison
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, compare, and turn a :class:`LoadlensError` into its exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.save_baseline:
+            _expect(args.runs, 1, "--save-baseline NAME RUN")
+            folder = save_baseline(args.runs[0], args.save_baseline, args.baselines_dir)
+            print(f"saved baseline {args.save_baseline!r} in {folder}")
+            return 0
+        comparison = _compare(args)
+    except LoadlensError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    if args.json:
+        print(json.dumps(comparison.as_dict(), indent=1))
+    else:
+        print(render_terminal(comparison))
+    return EXIT_REGRESSION if comparison.regressions else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
