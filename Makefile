@@ -8,8 +8,9 @@ PYTHON ?= python3
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/setup-system.sh
+$(STAMP): pyproject.toml scripts/setup-system.sh scripts/setup-chromium.sh
 	bash scripts/setup-system.sh
+	bash scripts/setup-chromium.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'

@@ -20,6 +20,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from cluster.connect import Cluster, connect, disconnect
 from profiling.analyze import analyze
 from profiling.render import render_terminal, write_analysis
+from profiling.report import write_report
 from profiling.rundata import RunData
 from profiling.session import ProfilingSession, head_processes
 from profiling.targets import known_targets, load_targets
@@ -267,6 +268,11 @@ def judge(run_dir: Path, spec: RunSpec, progress: Progress) -> list[str]:
         progress.say(f"analysis: {exc}")
         return []
     write_analysis(analysis, run_dir)
+    try:
+        report = write_report(run_dir)
+        progress.say(f"report: {report}")
+    except (LoadlensError, OSError) as exc:
+        progress.say(f"report: {exc}")
     if not spec.quiet:
         progress.say(render_terminal(analysis))
     return [r.target.name for r in analysis.targets if r.passed is False]
