@@ -153,3 +153,29 @@ def test_failing_project_and_ctrl_c_keep_every_record(tmp_path, cache_dir):
     assert any(r["ok"] for r in records if r["project"] != "broken")
     summary = json.loads((run / "summary.json").read_text())
     assert summary["errors"] == sum(1 for r in records if not r["ok"])
+
+
+def test_ab_smoke_compares_and_reports(tmp_path, cache_dir):
+    """Baseline and optimized interleaved: comparison, differential flame graph, report."""
+    results = tmp_path / "results"
+    proc = run_cli(
+        "--profile", "smoke", "--duration", "14", "--config", "optimized",
+        "--baseline", "baseline", "--rounds", "1", "--results-dir", str(results),
+        "--no-fail-on-targets", cache=cache_dir, timeout=420,
+    )  # fmt: skip
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    (ab,) = list(results.iterdir())
+    info = json.loads((ab / "ab.json").read_text())
+    assert [r["side"] for r in info["rounds"]] == ["baseline", "candidate"]
+    assert all(r["status"] == "completed" for r in info["rounds"])
+    comparison = json.loads((ab / "comparison.json").read_text())
+    rows = {(r["name"], r["metric"]): r for r in comparison["rows"]}
+    assert ("analyze", "p50_s") in rows and rows[("analyze", "p50_s")]["n_a"] > 0
+    assert (proc.returncode == 1) == (comparison["summary"].get("regression", 0) > 0)
+    diff = comparison["diff_flamegraphs"]["replica-0"]
+    assert (ab / diff).read_text().startswith("<svg")
+    probes = [json.loads((ab / r["run_dir"] / "mlx_probe.json").read_text())[0]
+              for r in info["rounds"]]  # fmt: skip
+    assert [p["blas_kind"] for p in probes] == ["reference", "openblas"]
+    report = (ab / info["rounds"][-1]["run_dir"] / "report.html").read_text()
+    assert "baseline" in report and "optimized" in report and diff in report

@@ -55,7 +55,11 @@ def check_preload(lib: str) -> str | None:
     Otherwise returns why not (a crash such as SIGILL, or an import error), so a bad
     library is refused with a reason instead of killing a replica.
     """
-    code = "import mlx.core as mx; a = mx.ones((64, 64)); mx.eval(a @ a); print('ok')"
+    code = (
+        "import os, mlx.core as mx; a = mx.ones((64, 64)); mx.eval(a @ a); "
+        "print('ok' if os.path.realpath(os.environ['LD_PRELOAD']) in "
+        "open('/proc/self/maps').read() else 'not mapped')"
+    )
     env = {**os.environ, "LD_PRELOAD": lib, "OPENBLAS_NUM_THREADS": "1"}
     try:
         proc = subprocess.run(
@@ -63,8 +67,10 @@ def check_preload(lib: str) -> str | None:
         )
     except subprocess.TimeoutExpired:
         return "a test matmul did not finish in 60 s"
-    if proc.returncode == 0 and "ok" in proc.stdout:
+    if proc.returncode == 0 and proc.stdout.strip() == "ok":
         return None
+    if proc.returncode == 0:
+        return "the dynamic loader did not map it (not a loadable shared library?)"
     if proc.returncode < 0:
         return f"a test matmul died with signal {signal.Signals(-proc.returncode).name}"
     return f"a test matmul failed: {proc.stderr.strip().splitlines()[-1:]}"
@@ -78,8 +84,14 @@ def blas_env(choice: str, threads: int | None = None) -> dict[str, str]:
     """
     if choice not in BLAS_CHOICES:
         raise ConfigError(f"blas must be one of {', '.join(BLAS_CHOICES)}, got {choice!r}")
-    if choice == "bundled" or sys.platform != "linux":
+    if sys.platform != "linux":
         return {}
+    preload = os.environ.get("LD_PRELOAD", "")
+    others = [p for p in preload.split(":") if p and "libopenblas" not in p]
+    if choice == "bundled":
+        # An OpenBLAS preloaded into this process (a shell, `make test`) would otherwise be
+        # inherited by every Ray worker and silently replace the bundled BLAS.
+        return {"LD_PRELOAD": ":".join(others)} if preload else {}
     lib = openblas_path()
     if lib is None:
         raise ConfigError(
@@ -90,10 +102,8 @@ def blas_env(choice: str, threads: int | None = None) -> dict[str, str]:
     problem = check_preload(str(lib))
     if problem:
         raise ConfigError(f"blas 'openblas': {lib} cannot serve MLX here: {problem}")
-    preload = os.environ.get("LD_PRELOAD", "")
-    parts = [p for p in preload.split(":") if p and "libopenblas" not in p]
     return {
-        "LD_PRELOAD": ":".join([str(lib), *parts]),
+        "LD_PRELOAD": ":".join([str(lib), *others]),
         "OPENBLAS_NUM_THREADS": str(threads or os.cpu_count() or 1),
     }
 
@@ -119,7 +129,9 @@ def reexec_with(choice: str) -> None:
     Marks the environment so that it happens at most once.
     """
     env = blas_env(choice)
-    if not env or os.environ.get("LOADLENS_BLAS") == choice:
+    if os.environ.get("LOADLENS_BLAS") == choice or all(
+        os.environ.get(k, "") == v for k, v in env.items()
+    ):
         return
     new_env = {**os.environ, **env, "LOADLENS_BLAS": choice}
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], new_env)
