@@ -108,6 +108,10 @@ def _compare(args: argparse.Namespace) -> Comparison:
         alpha=args.alpha, targets=_targets(args, side_a[0]), out_dir=out,
     )  # fmt: skip
     write_json(out / COMPARISON_JSON, comparison.as_dict())
+    if out == side_b[0].path and (out / "run.json").is_file():
+        from profiling.report import write_report
+
+        write_report(out)  # run B's report now carries the comparison
     return comparison
 
 
