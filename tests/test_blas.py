@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from workloads.blas import blas_env, check_preload, loaded_blas, openblas_path
 from workloads.errors import ConfigError
-
 
 
 def test_bundled_strips_an_inherited_openblas(monkeypatch):

@@ -88,3 +88,11 @@ def test_smoke_across_two_nodes_survives_a_killed_replica(two_nodes, tmp_path, c
         r for r in records if r["replica"] == victim and r["ok"] and r["issued"] > killed_at
     ]
     assert served_again and all(r["pid"] != victim_pid for r in served_again)
+    # Profiling followed the restart: the victim's role has samples from both processes,
+    # and the other replica's capture went on.
+    timeline = read_jsonl(run / "timeline.jsonl")
+    victim_pids = {row["pid"] for row in timeline if row["role"] == f"replica-{victim}"}
+    assert victim_pid in victim_pids and len(victim_pids) >= 2
+    other = f"replica-{1 - victim}"
+    assert any(row["role"] == other and row["t"] > killed_at for row in timeline)
+    assert (run / "profiles" / f"{other}.collapsed").read_text().strip()

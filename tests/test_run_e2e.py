@@ -166,7 +166,7 @@ def test_ab_smoke_compares_and_reports(tmp_path, cache_dir):
     assert proc.returncode in (0, 1), proc.stderr[-3000:]
     (ab,) = list(results.iterdir())
     info = json.loads((ab / "ab.json").read_text())
-    assert [r["side"] for r in info["rounds"]] == ["baseline", "candidate"]
+    assert [r["side"] for r in info["rounds"]] == ["candidate", "baseline"]
     assert all(r["status"] == "completed" for r in info["rounds"])
     comparison = json.loads((ab / "comparison.json").read_text())
     rows = {(r["name"], r["metric"]): r for r in comparison["rows"]}
@@ -176,6 +176,6 @@ def test_ab_smoke_compares_and_reports(tmp_path, cache_dir):
     assert (ab / diff).read_text().startswith("<svg")
     probes = [json.loads((ab / r["run_dir"] / "mlx_probe.json").read_text())[0]
               for r in info["rounds"]]  # fmt: skip
-    assert [p["blas_kind"] for p in probes] == ["reference", "openblas"]
-    report = (ab / info["rounds"][-1]["run_dir"] / "report.html").read_text()
+    assert [p["blas_kind"] for p in probes] == ["openblas", "reference"]
+    report = (ab / info["rounds"][0]["run_dir"] / "report.html").read_text()
     assert "baseline" in report and "optimized" in report and diff in report

@@ -1,8 +1,11 @@
-"""Baseline-vs-candidate runs interleaved in rounds (B A B A ...), then compared.
+"""Candidate-vs-baseline runs interleaved in rounds (A B A B ...), then compared.
 
-Interleaving makes slow drift of a shared, noisy machine (other tenants, thermal state,
-page cache) fall on both sides alike. Each round is a complete, ordinary run folder under
-``<ab-dir>/rounds/``; the comparison merges each side's raw records across rounds.
+The candidate (``--config``) goes first in each round: index building at the start of
+a run is set-up, not measurement, and with the faster configuration the baseline then
+finds the indexes ready. Interleaving makes slow drift of a shared, noisy machine (other
+tenants, thermal state, page cache) fall on both sides alike. Each round is a complete,
+ordinary run folder under ``<ab-dir>/rounds/``; the comparison merges each side's raw
+records across rounds.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ class ABOutcome:
 
 
 def execute_ab(candidate: RunSpec, baseline: RunSpec, *, rounds: int) -> ABOutcome:
-    """Run ``rounds`` of baseline then candidate; compare; write comparison and report."""
+    """Run ``rounds`` of candidate then baseline; compare; write comparison and report."""
     ab_id = new_run_id(f"{candidate.profile.name}-ab")
     ab_dir = candidate.results_dir / ab_id
     rounds_dir = ab_dir / "rounds"
@@ -42,7 +45,7 @@ def execute_ab(candidate: RunSpec, baseline: RunSpec, *, rounds: int) -> ABOutco
     outcomes: list[RunOutcome] = []
     status = "completed"
     for number in range(rounds):
-        for side, spec in (("baseline", baseline), ("candidate", candidate)):
+        for side, spec in (("candidate", candidate), ("baseline", baseline)):
             progress.say(f"round {number + 1}/{rounds}: {side} ({spec.config.name})")
             outcome = execute(dataclasses.replace(spec, results_dir=rounds_dir))
             outcomes.append(outcome)
@@ -69,7 +72,6 @@ def _compare(
     from profiling.compare import compare_runs
     from profiling.compare import render_terminal as render_comparison
     from profiling.report import write_report
-
     from profiling.rundata import RunData
 
     sides: dict[str, list[RunData]] = {"baseline": [], "candidate": []}
@@ -90,7 +92,9 @@ def _compare(
     data = comparison.as_dict()
     write_json(ab_dir / "comparison.json", data)
     progress.say(render_comparison(comparison))
-    last_candidate = ab_dir / info["rounds"][-1]["run_dir"]
+    last_candidate = ab_dir / next(
+        r["run_dir"] for r in reversed(info["rounds"]) if r["side"] == "candidate"
+    )
     report = write_report(last_candidate, comparison=_for_report(data, last_candidate, ab_dir))
     progress.say(f"report: {report}")
     return [f"{r.name} {r.metric}" for r in comparison.regressions]
