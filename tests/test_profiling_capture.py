@@ -95,3 +95,31 @@ def test_unreadable_targets_file_is_a_message_and_judging_goes_on(tmp_path):
     assert failed == []
     assert "targets.toml" in out.getvalue() and "judging without targets" in out.getvalue()
     assert (run / "analysis.json").is_file()
+
+
+def test_ptrace_refusal_says_how_to_fix_it(monkeypatch, tmp_path):
+    """Pure logic: as a non-root user on Linux with Yama's ptrace_scope at 1."""
+    monkeypatch.setattr(pyspy.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(pyspy.sys, "platform", "linux")
+    scope = tmp_path / "ptrace_scope"
+    scope.write_text("1\n")
+    real_path = pyspy.Path
+    monkeypatch.setattr(
+        pyspy, "Path",
+        lambda p: scope if p == "/proc/sys/kernel/yama/ptrace_scope" else real_path(p),
+    )  # fmt: skip
+    message = pyspy.ptrace_problem()
+    assert message and "ptrace_scope is 1" in message and "CAP_SYS_PTRACE" in message
+    assert "continues without flame graphs" in message
+    scope.write_text("0\n")
+    assert pyspy.ptrace_problem() is None
+
+
+def test_missing_pyspy_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(pyspy, "pyspy_binary", lambda: None)
+    try:
+        pyspy.start("replica-0", 1, tmp_path)
+    except OSError as exc:
+        assert "py-spy is not installed" in str(exc)
+    else:
+        raise AssertionError("start() should refuse without py-spy")
