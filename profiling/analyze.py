@@ -80,13 +80,24 @@ def _module(frame: str) -> str:
     return rest.rstrip(")") if sep else frame
 
 
+IDLE_LEAVES = ("Worker.main_loop (ray/_private/worker.py",)
+"""Leaf frames where a Ray worker waits for work: py-spy cannot tell this blocking C++ call
+from work, so these samples are left out of the hot-frame ranking (and counted as idle)."""
+
+
+def _busy(stacks: dict[str, int]) -> dict[str, int]:
+    return {s: n for s, n in stacks.items() if not s.rsplit(";", 1)[-1].startswith(IDLE_LEAVES)}
+
+
 def hot_frames(run: RunData) -> list[Finding | str]:
-    """Top self-time frames of each replica's py-spy profile."""
+    """Top self-time frames of each replica's py-spy profile (idle waiting left out)."""
     if run.profiles is None:
         return [_missing("hot frames", f"{PROFILES}/*.collapsed")]
     out: list[Finding | str] = []
-    for role, stacks in sorted(run.profiles.items()):
-        ranked = self_time(strip_line_numbers(stacks))
+    for role, all_stacks in sorted(run.profiles.items()):
+        stacks = _busy(strip_line_numbers(all_stacks))
+        idle = sum(all_stacks.values()) - sum(stacks.values())
+        ranked = self_time(stacks)
         if not role.startswith("replica") or not ranked:
             continue
         top = ranked[:5]
@@ -95,7 +106,7 @@ def hot_frames(run: RunData) -> list[Finding | str]:
             kind="hot_frames",
             title=f"{role}: {lead.share:.0%} of samples in {lead.frame}",
             severity_share=lead.share,
-            evidence={"role": role, "samples": sum(stacks.values()),
+            evidence={"role": role, "samples": sum(stacks.values()), "idle_samples": idle,
                       "top": [f._asdict() for f in top]},
             files=[f"{PROFILES}/{role}.collapsed"],
             suggestion=f"look at {_module(lead.frame)}: it holds the most self time",

@@ -338,3 +338,15 @@ def test_write_analysis_writes_json_atomically(tmp_path: Path) -> None:
     assert data["run_id"] == analysis.run_id and len(data["targets"]) == 5
     assert data["findings"][0]["files"] == ["timeline.jsonl"]
     assert isinstance(Analysis(run_id="x", findings=[], targets=[]).as_dict()["notes"], list)
+
+
+def test_idle_ray_main_loop_is_not_a_hot_frame():
+    from profiling.analyze import _busy
+
+    stacks = {
+        "replica-0;<module> (ray/_private/workers/default_worker.py);"
+        "Worker.main_loop (ray/_private/worker.py)": 900,
+        "replica-0;call (workloads/replica.py);analyze (workloads/service/service.py)": 100,
+    }
+    busy = _busy(stacks)
+    assert list(busy) == [next(s for s in stacks if "analyze" in s)]
