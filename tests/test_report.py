@@ -408,10 +408,13 @@ class Browser:
             f"--user-data-dir={profile_dir}",
         ]
         self.log = log
+        # `make test` preloads OpenBLAS for MLX; inherited by Chromium, it kills the GPU
+        # process ("GPU process isn't usable. Goodbye."), so the browser gets a clean env.
+        env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
         with log.open("wb") as err:
             self.proc = subprocess.Popen(
                 [*args, "about:blank"], stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                close_fds=False, preexec_fn=onto_3_and_4,
+                close_fds=False, preexec_fn=onto_3_and_4, env=env,
             )  # fmt: skip
         for fd in fds:
             os.close(fd)
