@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from profiling.compare import CompareRow, Comparison, compare_runs, merge_runs, render_terminal
+from profiling.compare import CompareRow, Comparison, compare_runs, merge_runs
+from profiling.compare_render import render_terminal
 from profiling.rundata import RunData
 from profiling.targets import Target, measure
 from workloads.errors import ConfigError

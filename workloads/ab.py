@@ -70,7 +70,7 @@ def _compare(
 ) -> list[str]:
     """Compare what finished; a failure to compare is a message, never lost rounds."""
     from profiling.compare import compare_runs
-    from profiling.compare import render_terminal as render_comparison
+    from profiling.compare_render import render_terminal as render_comparison
     from profiling.report import write_report
     from profiling.rundata import RunData
 

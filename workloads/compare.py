@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from profiling.baselines import DEFAULT_ROOT, load_baseline, save_baseline
-from profiling.compare import Comparison, compare_runs, render_terminal, spec_value
+from profiling.compare import Comparison, compare_runs, spec_value
+from profiling.compare_render import render_terminal
 from profiling.rundata import RunData
 from profiling.targets import Target, known_targets, load_targets
 from workloads.errors import ConfigError, LoadlensError

@@ -1,0 +1,93 @@
+"""Terminal rendering of a :class:`~profiling.compare.Comparison` (data built elsewhere)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from profiling.compare import CompareRow, Comparison
+
+_PASSED = {True: "pass", False: "FAIL", None: "n/a"}
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return "inf" if math.isinf(value) else f"{value:.4g}"
+
+
+def _times(ratio: float | None) -> str:
+    return _num(ratio) if ratio is None or math.isinf(ratio) else f"{ratio:.3g}x"
+
+
+def _p(value: float | None) -> str:
+    return "-" if value is None else ("<0.001" if value < 0.001 else f"{value:.3f}")
+
+
+def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
+    rows = [header, *body]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
+
+
+def _runs_text(runs: list[dict[str, Any]]) -> str:
+    ids = ", ".join(str(r["run_id"]) for r in runs)
+    return f"run {ids}" if len(runs) == 1 else f"{len(runs)} runs: {ids}"
+
+
+def _row_cells(r: CompareRow) -> list[str]:
+    ci = "-" if r.ci_low is None or r.ci_high is None else f"[{r.ci_low:.3g}, {r.ci_high:.3g}]"
+    ratio = "-" if r.ratio is None else _times(r.ratio)
+    return [r.name, r.metric, _num(r.a), _num(r.b), ratio, ci, _p(r.p_value), r.verdict]
+
+
+def _target_cells(t: dict[str, Any]) -> list[str]:
+    bound = f"{t['op']} {t['threshold']:g} {t['unit']}"
+    a, b = (
+        "n/a" if t[side] is None else f"{_num(t[side])} {_PASSED[t['passed_' + side]]}"
+        for side in ("a", "b")
+    )
+    return [t["name"], bound, a, b]
+
+
+def render_terminal(comparison: Comparison) -> str:
+    """The comparison as a plain-text table, then targets, flame graphs and warnings."""
+    c = comparison
+    level = f"{1 - c.alpha:.0%}"
+    header = [
+        f"A: {c.a_label} ({_runs_text(c.a_runs)})",
+        f"B: {c.b_label} ({_runs_text(c.b_runs)})",
+        f"a change needs p < {c.alpha:g}, a {level} CI of the ratio B/A excluding 1, and the "
+        f"ratio beyond x{c.factor:g} either way",
+    ]
+    columns = ["name", "metric", "A", "B", "ratio", f"{level} CI", "p", "verdict"]
+    table = _table(columns, [_row_cells(r) for r in c.rows])
+    untestable: dict[str, list[str]] = {}
+    for r in c.rows:
+        if r.verdict == "not testable":
+            untestable.setdefault(r.reason, []).append(f"{r.name} {r.metric}")
+    table += [f"not testable ({why}): {', '.join(names)}" for why, names in untestable.items()]
+    sections = [header, table]
+    if c.targets:
+        targets = _table(["target", "must be", "A", "B"], [_target_cells(t) for t in c.targets])
+        sections.append(["targets:", *targets])
+    if c.diff_flamegraphs:
+        sections.append(
+            ["differential flame graphs (red: larger share in B, blue: smaller):"]
+            + [f"  {role}: {path}" for role, path in c.diff_flamegraphs.items()]
+        )
+    if c.warnings or c.notes:
+        sections.append([f"warning: {w}" for w in c.warnings] + [f"note: {n}" for n in c.notes])
+    worse = c.regressions
+    sections.append(
+        [
+            f"{len(worse)} regression(s): "
+            + "; ".join(f"{r.name} {r.metric} {_times(r.ratio)}" for r in worse)
+        ]
+        if worse
+        else [f"no regression ({len(c.improvements)} improvement(s))"]
+    )
+    return "\n\n".join("\n".join(section) for section in sections)
