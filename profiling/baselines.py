@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,6 +23,7 @@ from profiling.rundata import (
     RunData,
 )
 from workloads.errors import ConfigError
+from workloads.names import SAFE_NAME, check_name
 from workloads.results import utc_now, write_json
 
 DEFAULT_ROOT = Path("results") / "baselines"
@@ -32,16 +32,10 @@ FILES = (RUN_JSON, RECORDS, TIMELINE, SNAPSHOTS, "analysis.json", INGEST, MLX_PR
 """Top-level run-folder files a baseline keeps (those that exist)."""
 INFO = "baseline.json"
 """The baseline's own description: name, source folder, run id, time saved."""
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def _check_name(name: str) -> str:
-    if not _NAME.fullmatch(name):
-        raise ConfigError(
-            f"bad baseline name {name!r}: use letters, digits, '.', '_' or '-', starting "
-            "with a letter or digit"
-        )
-    return name
+    return check_name(name, "baseline")
 
 
 def list_baselines(root: Path = DEFAULT_ROOT) -> list[str]:
@@ -49,7 +43,7 @@ def list_baselines(root: Path = DEFAULT_ROOT) -> list[str]:
     if not root.is_dir():
         return []
     return sorted(
-        p.name for p in root.iterdir() if _NAME.fullmatch(p.name) and (p / RUN_JSON).is_file()
+        p.name for p in root.iterdir() if SAFE_NAME.fullmatch(p.name) and (p / RUN_JSON).is_file()
     )
 
 

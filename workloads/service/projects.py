@@ -7,13 +7,13 @@ standard library, then installed site-packages, each with at least 5k lines.
 from __future__ import annotations
 
 import importlib.util
-import re
 import sysconfig
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from workloads.errors import ConfigError, ProjectError
+from workloads.names import check_name as check_safe_name
 from workloads.service.adapters import AdapterManager
 from workloads.service.index import ProjectIndex, ProjectVectorStoreManager
 from workloads.service.sources import count_lines
@@ -25,7 +25,6 @@ STDLIB_CANDIDATES = (
 )  # fmt: skip
 PACKAGE_CANDIDATES = ("pip", "setuptools", "numpy", "psutil", "mlx_lm", "ray")
 MIN_DEFAULT_LINES = 5000
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -42,12 +41,7 @@ class Project:
 
 def check_name(name: str) -> str:
     """Return ``name`` if it is a safe project name, else raise :class:`ConfigError`."""
-    if not _NAME.match(name):
-        raise ConfigError(
-            f"project name {name!r} is not allowed: use 1-64 letters, digits, '_', '-', '.', "
-            "starting with a letter or digit"
-        )
-    return name
+    return check_safe_name(name, "project")
 
 
 def parse_project_arg(arg: str) -> Project:
