@@ -13,7 +13,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from workloads.errors import LoadlensError
+from workloads.errors import ConfigError, LoadlensError
 from workloads.service.projects import parse_project_arg
 from workloads.spec import list_profiles, load_profile
 from workloads.system_config import list_configs, load_config
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nconfigs: {', '.join(list_configs())}")
             return 0
         if args.workers < 1:
-            raise_config("--workers must be >= 1")
+            raise ConfigError("--workers must be >= 1")
         profile = load_profile(args.profile).with_overrides(
             duration_s=args.duration, projects=args.projects, replicas=args.replicas
         )
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.baseline:
             if args.rounds < 1:
-                raise_config("--rounds must be >= 1")
+                raise ConfigError("--rounds must be >= 1")
             from workloads.ab import execute_ab
 
             base_spec = dataclasses.replace(spec, config=load_config(args.baseline))
@@ -129,13 +129,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"targets missed: {', '.join(outcome.targets_failed)}", file=sys.stderr)
         return EXIT_TARGETS_MISSED
     return 0
-
-
-def raise_config(message: str) -> None:
-    """Raise a :class:`ConfigError` (exit code 2)."""
-    from workloads.errors import ConfigError
-
-    raise ConfigError(message)
 
 
 if __name__ == "__main__":
