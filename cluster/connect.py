@@ -3,7 +3,9 @@
 Default: an embedded local cluster started by the run (``address="local"``, its own temp
 folder, dashboard on 127.0.0.1, Ray's token authentication left as Ray sets it: on for
 new local clusters since Ray 2.5x). ``--address``/``RAY_ADDRESS`` joins an existing one;
-a wrong address fails within seconds with a clear message instead of hanging.
+a wrong address fails within seconds with a clear message instead of hanging. A process
+that is already connected (a test session, a notebook) keeps its connection: the run uses
+it and leaves it open.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from typing import Any
 
 import ray
 
-from workloads.errors import ConfigError
+from datamodel.errors import ConfigError
 
 PROBE_TIMEOUT_S = 5.0
+_owned = False
+"""Whether this process's Ray connection was made by :func:`connect` (and is ours to end)."""
 
 
 @dataclass(frozen=True)
@@ -60,9 +64,23 @@ def connect(
     temp_dir: Path | None = None,
     env_vars: dict[str, str] | None = None,
 ) -> Cluster:
-    """Join ``address`` (or ``$RAY_ADDRESS``), else start an embedded local cluster."""
+    """Join ``address`` (or ``$RAY_ADDRESS``), else start an embedded local cluster.
+
+    When this process is already connected, that connection is used as it is.
+    """
+    global _owned
     address = address or os.environ.get("RAY_ADDRESS") or None
     runtime_env = {"env_vars": env_vars} if env_vars else None
+    if ray.is_initialized():
+        node = getattr(getattr(ray, "_private", None), "worker", None)
+        local = getattr(node, "_global_node", None) is not None
+        return Cluster(
+            address=ray.get_runtime_context().gcs_address,
+            embedded=local,
+            dashboard_url=None,
+            nodes=_nodes(),
+        )
+    _owned = True
     if address:
         _check_reachable(address)
         ctx = ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
@@ -81,20 +99,25 @@ def connect(
         )
         embedded = True
     url = ctx.dashboard_url
-    nodes = [
-        {"node_id": n["NodeID"], "address": n["NodeManagerAddress"], "alive": n["Alive"],
-         "resources": n.get("Resources", {})}
-        for n in ray.nodes()
-    ]  # fmt: skip
     return Cluster(
         address=getattr(ctx, "address_info", {}).get("gcs_address", address or "local"),
         embedded=embedded,
         dashboard_url=f"http://{url}" if url and not url.startswith("http") else url,
-        nodes=nodes,
+        nodes=_nodes(),
     )
 
 
+def _nodes() -> list[dict[str, Any]]:
+    return [
+        {"node_id": n["NodeID"], "address": n["NodeManagerAddress"], "alive": n["Alive"],
+         "resources": n.get("Resources", {})}
+        for n in ray.nodes()
+    ]  # fmt: skip
+
+
 def disconnect() -> None:
-    """Leave the cluster (an embedded one is shut down with it)."""
-    if ray.is_initialized():
+    """Leave the cluster if :func:`connect` joined it (an embedded one is shut down with it)."""
+    global _owned
+    if _owned and ray.is_initialized():
         ray.shutdown()
+    _owned = False

@@ -11,7 +11,7 @@ import pytest
 from mlx_lm.tuner.utils import load_adapters
 from mlx_lm.utils import load_model
 
-from workloads.errors import AdapterError
+from datamodel.errors import AdapterError
 from workloads.service.adapters import AdapterManager, AdapterSpec, LoRASlot, generate_adapter
 from workloads.service.basemodel import BaseModel, BaseModelSpec, ensure_default_base_model
 

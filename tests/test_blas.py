@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from datamodel.errors import ConfigError
 from workloads.blas import blas_env, check_preload, loaded_blas, openblas_path
-from workloads.errors import ConfigError
 
 
 def test_bundled_strips_an_inherited_openblas(monkeypatch):

@@ -85,7 +85,7 @@ def test_smoke_across_two_nodes_survives_a_killed_replica(two_nodes, tmp_path, c
     assert failed and all(r["replica"] == victim for r in failed)
     assert any("Actor" in r["error"] or "died" in r["error"] for r in failed)
     served_again = [
-        r for r in records if r["replica"] == victim and r["ok"] and r["issued"] > killed_at
+        r for r in records if r["replica"] == victim and r["ok"] and r["sent"] > killed_at
     ]
     assert served_again and all(r["pid"] != victim_pid for r in served_again)
     # Profiling followed the restart: the victim's role has samples from both processes,

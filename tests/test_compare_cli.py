@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from test_compare import make_run
 
-from profiling.baselines import list_baselines, load_baseline, save_baseline
+from datamodel.errors import ConfigError
+from profiling.verdict.baselines import list_baselines, load_baseline, save_baseline
 from workloads.compare import main
-from workloads.errors import ConfigError
 
 
 def test_regression_exits_1_and_writes_comparison_json(

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from workloads.errors import ModelError
+from datamodel.errors import ModelError
 from workloads.service.embedder import Embedder, minilm_dir
 
 DATA = Path(__file__).parent / "data"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import write_tree
 
-from workloads.errors import IndexStoreError
+from datamodel.errors import IndexStoreError
 from workloads.service.embedder import Embedder
 from workloads.service.index import ProjectVectorStoreManager
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from profiling import pyspy
-from profiling.memory import MemoryWatcher
-from profiling.mlx_probe import blas_kind, probe
-from profiling.sampler import ProcessSampler
+from profiling.capture import pyspy
+from profiling.capture.memory import MemoryWatcher
+from profiling.capture.mlx_probe import blas_kind, probe
+from profiling.capture.sampler import ProcessSampler
 from workloads.progress import Progress
 from workloads.runner import RunSpec, judge
 from workloads.spec import load_profile

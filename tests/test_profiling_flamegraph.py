@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from profiling import flamegraph as fg
+from datamodel import stacks as st
+from profiling.render import flamegraph as fg
 
 SVG = "{http://www.w3.org/2000/svg}"
 HEAD = 'replica-0;process 7:"ray::ServiceReplica.call";call (workloads/replica.py:110)'
@@ -41,26 +42,26 @@ def test_read_collapsed_skips_blank_and_garbled_lines_and_adds_repeats(tmp_path:
         "a;b;c 3\n\n   \ngarbage\na;b 2\na;b;c 4\nno count \n;;; 5\na;b -1\na;b x\nd 0\n"
         "a;with space (f.py:1) 7"
     )
-    assert fg.read_collapsed(path) == {"a;b;c": 7, "a;b": 2, "a;with space (f.py:1)": 7}
+    assert st.read_collapsed(path) == {"a;b;c": 7, "a;b": 2, "a;with space (f.py:1)": 7}
 
 
 def test_merge_sums_stack_by_stack() -> None:
-    assert fg.merge({"a;b": 1, "a": 2}, {"a;b": 3}, {}) == {"a;b": 4, "a": 2}
+    assert st.merge({"a;b": 1, "a": 2}, {"a;b": 3}, {}) == {"a;b": 4, "a": 2}
 
 
 def test_strip_line_numbers_merges_stacks_differing_only_in_line_numbers() -> None:
-    stripped = fg.strip_line_numbers(STACKS)
+    stripped = st.strip_line_numbers(STACKS)
     head = 'replica-0;process 7:"ray::ServiceReplica.call";call (workloads/replica.py)'
     assert stripped[f"{head};analyze (workloads/service/service.py);matmul (mlx/core.py)"] == 80
     assert len(stripped) == 3
     assert sum(stripped.values()) == sum(STACKS.values())
-    assert fg.strip_frame_line("thread (0x7f00)") == "thread (0x7f00)"
-    assert fg.strip_frame_line("mod.py:12") == "mod.py"
-    assert fg.strip_frame_line('process 7:"ray::X"') == 'process 7:"ray::X"'
+    assert st.strip_frame_line("thread (0x7f00)") == "thread (0x7f00)"
+    assert st.strip_frame_line("mod.py:12") == "mod.py"
+    assert st.strip_frame_line('process 7:"ray::X"') == 'process 7:"ray::X"'
 
 
 def test_self_time_ranks_leaf_frames_with_shares() -> None:
-    ranked = fg.self_time(fg.strip_line_numbers(STACKS))
+    ranked = st.self_time(st.strip_line_numbers(STACKS))
     assert [(f.frame, f.samples) for f in ranked] == [
         ("matmul (mlx/core.py)", 80),
         ("embed (workloads/service/embedder.py)", 15),
@@ -68,11 +69,11 @@ def test_self_time_ranks_leaf_frames_with_shares() -> None:
     ]
     assert ranked[0].share == pytest.approx(0.8)
     assert math.fsum(f.share for f in ranked) == pytest.approx(1.0)
-    assert fg.self_time({}) == []
+    assert st.self_time({}) == []
 
 
 def test_total_time_is_inclusive_and_counts_recursion_once() -> None:
-    ranked = dict((f.frame, f.samples) for f in fg.total_time({"r;f;f;g": 4, "r;h": 1}))
+    ranked = dict((f.frame, f.samples) for f in st.total_time({"r;f;f;g": 4, "r;h": 1}))
     assert ranked == {"r": 5, "f": 4, "g": 4, "h": 1}
 
 

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from profiling.rundata import RunData
-from profiling.targets import (
+from datamodel.errors import ConfigError
+from datamodel.runfolder import RunData
+from profiling.verdict.targets import (
     METRICS,
     Target,
     TargetResult,
@@ -18,7 +19,6 @@ from profiling.targets import (
     load_targets,
     measure,
 )
-from workloads.errors import ConfigError
 
 MB = 1_000_000
 
@@ -26,7 +26,7 @@ MB = 1_000_000
 def record(**fields: Any) -> dict[str, Any]:
     """An ok analyze record, with ``fields`` changed."""
     base = {"op": "analyze", "project": "p0", "stage": "s", "worker": 0, "replica": 0,
-            "issued": 1000.0, "duration": 0.5, "wait": 0.1, "service": 0.4, "stages": {},
+            "planned": 1000.0, "duration": 0.5, "wait": 0.1, "service": 0.4, "stages": {},
             "node": "n", "pid": 7, "ok": True, "error": None, "switched": False}  # fmt: skip
     return {**base, **fields}
 
@@ -162,12 +162,15 @@ def test_init_seconds_max_over_replicas(tmp_path: Path) -> None:
 
 
 def test_switch_p99_uses_switching_records_then_switch_ops(tmp_path: Path) -> None:
-    switching = [record(switched=True, stages={"switch": 0.1 * k}) for k in range(1, 11)]
-    others = [record(stages={"switch": 50.0}), record(switched=True, ok=False, stages={})]
+    switching = [record(switched=True, stages={"adapter": 0.1 * k}) for k in range(1, 11)]
+    others = [record(stages={"adapter": 50.0}), record(switched=True, ok=False, stages={})]
     value, evidence = measure(write_run(tmp_path / "a", records=switching + others), "switch_p99_s")
     assert value == pytest.approx(0.991)
     assert "10 ok record(s) that switched" in evidence
-    ops = [record(op="switch", stages={"switch": 0.2}), record(op="switch", stages={"switch": 0.4})]
+    ops = [
+        record(op="switch", stages={"adapter": 0.2}),
+        record(op="switch", stages={"adapter": 0.4}),
+    ]
     value, evidence = measure(write_run(tmp_path / "b", records=ops), "switch_p99_s")
     assert value == pytest.approx(0.398) and "no record switched" in evidence
     assert measure(write_run(tmp_path / "c", records=[record()]), "switch_p99_s")[0] is None
@@ -207,14 +210,14 @@ def test_unmeasurable_targets_are_not_applicable(tmp_path: Path) -> None:
 
 
 def test_generic_metrics(tmp_path: Path) -> None:
-    records = [record(issued=1000.0 + k, duration=0.1 * (k + 1)) for k in range(10)]
-    records.append(record(op="search", issued=1005.0, duration=2.0))
-    records.append(record(op="search", issued=1010.0, duration=9.0, ok=False, error="X: y"))
+    records = [record(planned=1000.0 + k, duration=0.1 * (k + 1)) for k in range(10)]
+    records.append(record(op="search", planned=1005.0, duration=2.0))
+    records.append(record(op="search", planned=1010.0, duration=9.0, ok=False, error="X: y"))
     run = write_run(tmp_path, records=records)
     assert measure(run, "error_rate")[0] == pytest.approx(1 / 12)
     assert measure(run, "throughput_ops_s")[0] == pytest.approx(11 / 19.0)
     assert measure(run, "p95_s:analyze")[0] == pytest.approx(0.955)
-    assert measure(run, "p99_s:search")[0] == pytest.approx(2.0)
+    assert measure(run, "p99_s:search")[0] == pytest.approx(2.0 + 0.99 * 7.0)  # failure counts
     assert measure(run, "p99_s:embed")[0] is None
     with pytest.raises(ConfigError, match="unknown metric"):
         measure(run, "nope")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from workloads.errors import ConfigError, ProjectError
+from datamodel.errors import ConfigError, ProjectError
 from workloads.service.projects import check_name, default_projects, parse_project_arg
 from workloads.service.sources import count_lines
 

@@ -25,14 +25,25 @@ from typing import Any
 
 import pytest
 
-from profiling.charts import format_value, nice_ticks, thin
-from profiling.report import REPORT_HTML, build_report, render_html, write_report
-from profiling.rundata import RunData
+from datamodel.runfolder import RunData
+from profiling.render.charts import format_value, nice_ticks, thin
+from profiling.render.html import REPORT_HTML, build_report, render_html, write_report
 
 EVIL = "<script>alert(1)</script>"
 T0 = 1767225600.0
 FIXTURE = Path(__file__).parent / "data" / "run_fixture"
-SECTIONS = ("run", "targets", "findings", "latency", "processes", "system", "adapters", "mlx")
+SECTIONS = (
+    "run",
+    "targets",
+    "budget",
+    "findings",
+    "context",
+    "latency",
+    "processes",
+    "system",
+    "adapters",
+    "mlx",
+)
 
 
 def _jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -50,9 +61,9 @@ def _records() -> list[dict[str, Any]]:
         rows.append({
             "op": op, "project": EVIL if i % 3 == 0 else "alpha",
             "stage": "warm" if i < 60 else "hot",
-            "worker": i % 2, "replica": 0, "issued": t, "duration": duration, "wait": duration / 4,
+            "worker": i % 2, "replica": 0, "planned": t, "duration": duration, "wait": duration / 4,
             "service": duration * 0.75,
-            "stages": {"switch": 0.01, "embed": 0.01, "search": 0.001, "model": duration / 2},
+            "stages": {"adapter": 0.01, "embed": 0.01, "search": 0.001, "model": duration / 2},
             "node": "n" * 56, "pid": 100, "ok": i % 17 != 5,
             "error": None if i % 17 != 5 else f"boom {EVIL}", "switched": i % 3 == 0,
         })  # fmt: skip
@@ -92,14 +103,34 @@ def _analysis() -> dict[str, Any]:
     target = {"metric": "m", "op": "<", "unit": "s", "description": "d"}
     return {
         "run_id": "synthetic-run",
+        "budget": {
+            "records": 120, "seconds": 40.0, "tail_records": 7, "tail_seconds": 3.0,
+            "tail_definition": "slowest 5% of each op",
+            "parts": [
+                {"component": "queue", "seconds": 10.0, "share": 0.25, "tail_seconds": 1.5,
+                 "tail_share": 0.5, "by_op": {"analyze": 0.15, "search": 0.01}},
+                {"component": "model", "seconds": 30.0, "share": 0.75, "tail_seconds": 1.5,
+                 "tail_share": 0.5, "by_op": {"analyze": 0.4, "search": 0.0}},
+                {"component": "lag", "seconds": 0.0, "share": 0.0, "tail_seconds": 0.0,
+                 "tail_share": 0.0, "by_op": {}},
+            ],
+            "ops": {"analyze": {"mean_s": 0.55, "p95_s": 0.8, "p99_s": 0.9},
+                    "search": {"mean_s": 0.01, "p95_s": 0.02, "p99_s": 0.03}},
+        },
         "findings": [
-            {"kind": "queueing", "title": "analyze: 25% of end-to-end time is queue wait",
-             "severity_share": 0.25, "evidence": {"op": "analyze", "wait_s": 1.5, "records": 56},
-             "files": ["records.jsonl"], "suggestion": "add replicas"},
-            {"kind": "hot_frames", "title": f"replica-0: 40% of samples in {EVIL}",
-             "severity_share": 0.4, "evidence": {"top": [{"frame": EVIL, "share": 0.4}]},
-             "files": ["profiles/replica-0.collapsed"], "suggestion": "speed it up"},
+            {"kind": "overload", "title": "overload: 25% of latency is queue wait",
+             "tier": "latency", "explains": ["queue"], "seconds": 10.0, "share": 0.25,
+             "tail_seconds": 1.5, "tail_share": 0.5, "by_op": {"analyze": 9.0, "search": 1.0},
+             "evidence": {"op": "analyze", "wait_s": 1.5, "records": 56}, "weak": False,
+             "files": ["records.jsonl"], "suggestion": "add replicas", "gain_s": None},
+            {"kind": "hot_code", "title": f"hot code: {EVIL} holds 1 s", "tier": "latency",
+             "explains": ["other"], "seconds": 1.0, "share": 0.025, "tail_seconds": 0.0,
+             "tail_share": 0.0, "evidence": {"frame": EVIL}, "weak": True,
+             "files": ["profiles/replica-0.collapsed"], "suggestion": "speed it up",
+             "gain_s": 1.0},
         ],
+        "facts": [{"kind": "cpu", "title": "node n: CPU 95% on average",
+                   "evidence": {"mean_cpu_percent": 95.0}, "files": ["timeline.jsonl"]}],
         "targets": [
             {"target": {**target, "name": "analyze p95", "threshold": 0.3}, "value": 0.4,
              "passed": False, "evidence": "p95 0.4 s over 53 records"},
@@ -187,7 +218,13 @@ def test_report_data_has_every_section_with_its_numbers(run_dir: Path) -> None:
     assert [row[3].cls for row in targets.rows] == ["fail", "pass", "na"]
     assert [targets.rows[0][1].text, targets.rows[0][2].text] == ["< 300 ms", "400 ms"]
     findings = data.section("findings").tables[0]
-    assert findings.rows[0][1].bar == pytest.approx(0.25)
+    assert findings.rows[0][1].bar == pytest.approx(0.5)  # the larger of overall and tail
+    assert findings.rows[0][1].text == "25%" and "tail 50%" in findings.rows[0][1].note
+    assert "few records" in findings.rows[1][2].text and "gain 1.0 s" in findings.rows[1][4].note
+    budget = data.section("budget").tables[0]
+    assert [row[0].text for row in budget.rows] == ["queue", "model", "total (mean)", "p95", "p99"]
+    assert [c.text for c in budget.rows[1][1:3]] == ["400", "0"]
+    assert data.section("context").tables[0].rows[0][1].text.startswith("node n")
 
     latency = data.section("latency")
     assert [c.title.split(":")[0] for c in latency.charts[:2]] == ["analyze", "search"]
@@ -236,7 +273,8 @@ def test_missing_files_make_short_sections(tmp_path: Path) -> None:
     folder = make_run(tmp_path / "bare", full=False)
     data = build_report(RunData.load(folder), None)
     missing = {s.key for s in data.sections if s.missing}
-    expected = {"targets", "findings", "processes", "system", "mlx", "flamegraphs"}
+    expected = {"targets", "budget", "findings", "context", "processes", "system", "mlx",
+                "flamegraphs"}  # fmt: skip
     assert missing == expected
     assert data.section("adapters").missing is None  # switched records and replica stats
     html = render_html(data)

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from workloads.errors import ConfigError, ProjectError
+from datamodel.errors import ConfigError, ProjectError
 from workloads.routing import Router, assign
 
 PROJECTS = [f"p{i}" for i in range(10)]

@@ -42,7 +42,7 @@ def test_smoke_run_records_every_operation(tmp_path, cache_dir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = only_run(results)
     info = json.loads((run / "run.json").read_text())
-    assert info["status"] == "completed" and info["schema_version"] == 1
+    assert info["status"] == "completed" and info["schema_version"] == 2
     assert info["machine"]["versions"]["mlx"] and info["ended_utc"] > info["started_utc"]
     assert info["spec"]["profile"]["name"] == "smoke"
     records = read_jsonl(run / "records.jsonl")
@@ -52,6 +52,10 @@ def test_smoke_run_records_every_operation(tmp_path, cache_dir):
     assert all(r["node"] and r["pid"] == info["replicas"][0]["pid"] for r in records)
     analyze = [r for r in records if r["op"] == "analyze"]
     assert all(r["stages"]["model"] > 0 and r["service"] <= r["duration"] for r in analyze)
+    assert len({r["id"] for r in records}) == len(records)
+    assert all(r["planned"] <= r["sent"] and r["lag"] + r["wait"] + r["service"] <= r["duration"]
+               for r in records)  # fmt: skip
+    assert all(r["flops"] > 0 for r in analyze) and any(r["misses"] for r in analyze)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["records"] == len(records)
     assert sum(s["count"] for s in summary["by_op"].values()) == len(records)
@@ -81,6 +85,11 @@ def check_profiling(run: Path, records: list[dict]) -> None:
     assert probe[0]["backend"] in ("cpu", "metal", "cuda") and probe[0]["matmul_gflops"] > 0
     analysis = json.loads((run / "analysis.json").read_text())
     assert analysis["findings"], "a smoke run on 2 cores always has something to say"
+    budget = analysis["budget"]
+    assert budget["records"] == len(records)
+    assert sum(p["share"] for p in budget["parts"]) == pytest.approx(1.0)
+    gauges = read_jsonl(run / "gauges.jsonl")
+    assert gauges and all(g["replica"] == 0 and g["rss"] > 0 for g in gauges)
     by_name = {t["target"]["name"]: t for t in analysis["targets"]}
     ok_projects = {r["project"] for r in records if r["ok"] and r["project"]}
     assert by_name["active projects"]["value"] == len(ok_projects)

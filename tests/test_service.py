@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import write_tree
 
-from workloads.errors import AdapterError, IndexStoreError, ProjectError
+from datamodel.errors import AdapterError, IndexStoreError, ProjectError
 from workloads.service.projects import Project
 from workloads.service.service import Service, ServiceConfig
 

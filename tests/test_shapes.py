@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from workloads.errors import ConfigError
+from datamodel.errors import ConfigError
 from workloads.shapes import (
     OpPicker,
     PlannedOp,

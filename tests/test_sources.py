@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from workloads.errors import ProjectError, SourceFileError
+from datamodel.errors import ProjectError, SourceFileError
 from workloads.service.sources import chunk_text, count_lines, iter_source_files, read_source
 
 

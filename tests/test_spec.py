@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from workloads.errors import ConfigError
+from datamodel.errors import ConfigError
 from workloads.spec import OPS, PROFILES_DIR, Profile, Stage, list_profiles, load_profile
 
 BUILTIN = sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))

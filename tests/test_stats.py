@@ -8,34 +8,36 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from workloads.errors import ConfigError
-from workloads.stats import Summary, group_summaries, percentile, summarize
+from datamodel.errors import ConfigError
+from datamodel.quantiles import Summary, group_summaries, quantile_sorted, summarize
 
 QS = [0, 1, 10, 25, 33.3, 50, 66.7, 90, 95, 99, 99.9, 100]
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 10, 101, 1000])
-def test_percentile_equals_numpy_linear(n):
+def test_quantile_equals_numpy_linear(n):
     rng = random.Random(n)
     values = sorted(rng.lognormvariate(-3, 1) for _ in range(n))
     for q in QS:
-        assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)), rel=1e-12)
+        assert quantile_sorted(values, q / 100) == pytest.approx(
+            float(np.percentile(values, q)), rel=1e-12
+        )
 
 
-def test_percentile_interpolates_between_ranks():
-    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
-    assert percentile([1.0, 2.0, 3.0, 4.0], 0) == 1.0
-    assert percentile([1.0, 2.0, 3.0, 4.0], 100) == 4.0
-    assert percentile([10.0, 20.0], 90) == pytest.approx(19.0)
+def test_quantile_interpolates_between_ranks():
+    assert quantile_sorted([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
+    assert quantile_sorted([1.0, 2.0, 3.0, 4.0], 0) == 1.0
+    assert quantile_sorted([1.0, 2.0, 3.0, 4.0], 1) == 4.0
+    assert quantile_sorted([10.0, 20.0], 0.9) == pytest.approx(19.0)
 
 
-def test_percentile_rejects_bad_input():
+def test_quantile_rejects_bad_input():
     with pytest.raises(ConfigError, match="no values"):
-        percentile([], 50)
-    with pytest.raises(ConfigError, match=r"0\.\.100"):
-        percentile([1.0], 101)
-    with pytest.raises(ConfigError, match=r"0\.\.100"):
-        percentile([1.0], -1)
+        quantile_sorted([], 0.5)
+    with pytest.raises(ConfigError, match=r"0\.\.1"):
+        quantile_sorted([1.0], 1.01)
+    with pytest.raises(ConfigError, match=r"0\.\.1"):
+        quantile_sorted([1.0], -0.01)
 
 
 def test_summarize_matches_numpy_and_does_not_need_sorted_input():

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workloads.errors import LoadlensError
+from datamodel.errors import LoadlensError
+from datamodel.runfolder import write_json
 from workloads.progress import Progress
-from workloads.results import new_run_id, utc_now, write_json
+from workloads.results import new_run_id, utc_now
 from workloads.runner import RunOutcome, RunSpec, execute
 
 
@@ -69,10 +70,10 @@ def _compare(
     ab_dir: Path, info: dict[str, Any], baseline: RunSpec, candidate: RunSpec, progress: Progress
 ) -> list[str]:
     """Compare what finished; a failure to compare is a message, never lost rounds."""
-    from profiling.compare import compare_runs
-    from profiling.compare_render import render_terminal as render_comparison
-    from profiling.report import write_report
-    from profiling.rundata import RunData
+    from datamodel.runfolder import RunData
+    from profiling.render.compare_text import render_terminal as render_comparison
+    from profiling.render.html import write_report
+    from profiling.verdict.compare import compare_runs
 
     sides: dict[str, list[RunData]] = {"baseline": [], "candidate": []}
     for row in info["rounds"]:

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from datamodel.quantiles import summarize
 from workloads.blas import loaded_blas, reexec_with
 from workloads.results import machine_info
-from workloads.stats import summarize
 from workloads.system_config import load_config
 
 SNIPPET = (
@@ -312,7 +312,7 @@ def _cli_run(profile: str, duration: float, results: Path, extra: list[str]) -> 
 
 def bench_profiling(args: argparse.Namespace) -> None:
     """The same profile with and without profiling, interleaved (off, on, off, on, ...)."""
-    from workloads.results import read_records
+    from datamodel.runfolder import read_records
 
     print(f"command: {' '.join([Path(sys.executable).name, *sys.orig_argv[1:]])}")
     print(f"machine: {json.dumps(machine_info())}")

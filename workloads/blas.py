@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from workloads.errors import ConfigError
+from datamodel.errors import ConfigError
 
 BLAS_CHOICES = ("bundled", "openblas")
 """``bundled``: the BLAS the mlx wheel ships; ``openblas``: a system OpenBLAS preloaded."""

@@ -18,13 +18,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from profiling.baselines import DEFAULT_ROOT, load_baseline, save_baseline
-from profiling.compare import Comparison, compare_runs, spec_value
-from profiling.compare_render import render_terminal
-from profiling.rundata import RunData
-from profiling.targets import Target, known_targets, load_targets
-from workloads.errors import ConfigError, LoadlensError
-from workloads.results import write_json
+from datamodel.errors import ConfigError, LoadlensError
+from datamodel.runfolder import RunData, write_json
+from profiling.render.compare_text import render_terminal
+from profiling.verdict.baselines import DEFAULT_ROOT, load_baseline, save_baseline
+from profiling.verdict.compare import Comparison, compare_runs, spec_value
+from profiling.verdict.targets import Target, known_targets, load_targets
 
 EXIT_REGRESSION = 1
 COMPARISON_JSON = "comparison.json"
@@ -110,7 +109,7 @@ def _compare(args: argparse.Namespace) -> Comparison:
     )  # fmt: skip
     write_json(out / COMPARISON_JSON, comparison.as_dict())
     if out == side_b[0].path and (out / "run.json").is_file():
-        from profiling.report import write_report
+        from profiling.render.html import write_report
 
         write_report(out)  # run B's report now carries the comparison
     return comparison

@@ -17,7 +17,7 @@ from typing import Any
 
 import ray
 
-from workloads.records import OpRecord
+from datamodel.records import OpRecord
 from workloads.shapes import OpPicker, ProjectPicker
 
 QUERIES = (
@@ -83,15 +83,20 @@ class GeneratorWorker:
             request["texts"] = [rng.choice(EMBED_TEXTS) for _ in range(8)]
         return request
 
-    async def _issue(self, stage: str, op: str, project: str, rng: random.Random) -> None:
+    async def _issue(
+        self, stage: str, op: str, project: str, rng: random.Random, planned: float
+    ) -> None:
+        """Send one op due at ``planned`` (``time.perf_counter()`` clock) and record it."""
         replica = self.routes[project] if self.routes else rng.randrange(len(self.replicas))
+        sent = time.perf_counter()
+        unix_sent = time.time()
         record = OpRecord(
-            op=op, project=project, stage=stage, worker=self.worker, replica=replica,
-            issued=time.time(),
+            id=f"{self.worker}-{self._issued}", op=op, project=project, stage=stage,
+            worker=self.worker, replica=replica, planned=unix_sent - (sent - planned),
+            sent=unix_sent, lag=max(0.0, sent - planned),
         )  # fmt: skip
         self._issued += 1
         self._in_flight += 1
-        start = time.perf_counter()
         try:
             key = (op, project, replica)
             call = self._calls.get(key)
@@ -104,7 +109,9 @@ class GeneratorWorker:
             record.error = reply["error"]
             record.stages = reply["stages"]
             record.service = reply["service"]
-            record.wait = max(0.0, reply["start"] - record.issued)
+            record.wait = max(0.0, reply["start"] - unix_sent)
+            record.misses = reply.get("misses") or []
+            record.flops = reply.get("flops") or 0.0
             record.node = reply["node"]
             record.pid = reply["pid"]
             record.switched = reply["switched"]
@@ -113,7 +120,7 @@ class GeneratorWorker:
         except Exception as exc:  # a dead replica, a lost object: the op failed, the run goes on
             record.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         finally:
-            record.duration = time.perf_counter() - start
+            record.duration = time.perf_counter() - planned
             self._in_flight -= 1
             self._records.append(record.as_dict())
 
@@ -148,7 +155,7 @@ class GeneratorWorker:
         async def user(k: int) -> None:
             rng = random.Random(seed * 1_000_003 + k)
             while time.perf_counter() < deadline and not self._stop.is_set():
-                await self._issue(stage, ops.pick(rng), picker.pick(rng), rng)
+                await self._issue(stage, ops.pick(rng), picker.pick(rng), rng, time.perf_counter())
                 if await self._sleep_or_stop(min(think_time_s, deadline - time.perf_counter())):
                     break
 
@@ -165,7 +172,8 @@ class GeneratorWorker:
         for at_s, op, project in arrivals:
             if await self._sleep_or_stop(wall0 + at_s - time.perf_counter()):
                 break
-            task = asyncio.create_task(self._issue(stage, op, project, rng))
+            # Latency counts from the planned arrival: a late send is lag, not hidden.
+            task = asyncio.create_task(self._issue(stage, op, project, rng, wall0 + at_s))
             pending.add(task)
             task.add_done_callback(pending.discard)
         if pending:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from workloads.errors import ConfigError
+from datamodel.errors import ConfigError
 
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 """1-64 letters, digits, '_', '-', '.', starting with a letter or digit: no path tricks."""

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from cluster.connect import Cluster
+from datamodel.quantiles import quantile_sorted
 from workloads.spec import Stage
-from workloads.stats import percentile
 
 WINDOW_S = 10.0
 
@@ -69,7 +69,7 @@ class Progress:
         for op in sorted({op for _, op, _, _ in self._recent}):
             values = sorted(d for _, o, d, ok in self._recent if o == op and ok)
             if values:
-                p95.append(f"{op} {percentile(values, 95) * 1000:.0f}ms")
+                p95.append(f"{op} {quantile_sorted(values, 0.95) * 1000:.0f}ms")
         line = (
             f"[{self._stage.name}] {elapsed:5.1f}/{self._stage.duration_s:.0f} s | "
             f"{len(self._recent) / window:5.1f} ops/s | p95 {', '.join(p95) or '-'} | "

@@ -19,6 +19,7 @@ from ray.util import metrics
 
 from workloads.service.projects import Project
 from workloads.service.service import OpResult, Service, ServiceConfig, StageTimings
+from workloads.target import load_factory
 
 LATENCY_BOUNDARIES = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30]
 
@@ -51,7 +52,21 @@ class _Metrics:
         self.memory = metrics.Gauge(
             "loadlens_replica_rss_bytes", "Replica resident memory", ("replica",)
         )
-        for m in (self.swaps, self.hits, self.misses, self.cache_bytes, self.memory):
+        self.uss = metrics.Gauge(
+            "loadlens_replica_uss_bytes", "Replica unique memory (sampled every 5 s)", ("replica",)
+        )
+        self.index_hits = metrics.Gauge(
+            "loadlens_index_hits", "Index cache hits so far", ("replica",)
+        )
+        self.index_misses = metrics.Gauge(
+            "loadlens_index_misses", "Index cache misses so far", ("replica",)
+        )
+        self.mlx_active = metrics.Gauge(
+            "loadlens_mlx_active_bytes", "MLX active memory", ("replica",)
+        )
+        gauges = (self.swaps, self.hits, self.misses, self.cache_bytes, self.memory, self.uss,
+                  self.index_hits, self.index_misses, self.mlx_active)  # fmt: skip
+        for m in gauges:
             m.set_default_tags(tags)
 
 
@@ -69,10 +84,13 @@ class ServiceReplica:
         config: dict[str, Any],
         projects: list[tuple[str, str, str | None]],
         trace_python: bool = False,
+        factory: str | None = None,
     ) -> None:
+        """``factory`` (``module:Class``) builds the service instead of :class:`Service`: the
+        class is called like it, ``(ServiceConfig, projects)``, and answers the same calls."""
         import psutil
 
-        from profiling.memory import MemoryWatcher
+        from profiling.capture.memory import MemoryWatcher
 
         self.index = index
         self._process = psutil.Process()
@@ -82,15 +100,46 @@ class ServiceReplica:
             mx.set_cache_limit(int(config["mlx_cache_limit_mb"]) * mb)
         if config.get("mlx_memory_limit_mb") is not None:
             mx.set_memory_limit(int(config["mlx_memory_limit_mb"]) * mb)
-        self.service = Service(
+        build = load_factory(factory) if factory else Service
+        self.service = build(
             ServiceConfig(**config),
             [Project(name=n, root=Path(r), adapter=Path(a) if a else None) for n, r, a in projects],
         )
+        self._gauge_calls = 0
         # Python allocation tracing starts once the service is built: tracing imports and
         # model loading made start-up ~2x slower here and bloated every later snapshot.
         self._memory = MemoryWatcher(trace_python=trace_python)
         self._metrics = _Metrics(index)
         self._node = ray.get_runtime_context().get_node_id()
+
+    @ray.method(concurrency_group="ctl")
+    def gauges(self) -> dict[str, Any]:
+        """This replica's own figures now (memory, caches, MLX), and the dashboard's gauges
+        set from them. Cheap enough to call every second while the run goes."""
+        stats = self.service.stats()
+        adapters, indexes = stats["adapters"], stats["indexes"]
+        self._gauge_calls += 1
+        uss = self._process.memory_full_info().uss if self._gauge_calls % 5 == 1 else None
+        row = {
+            "t": time.time(), "replica": self.index, "pid": os.getpid(),
+            "rss": self._process.memory_info().rss, "uss": uss,
+            "adapter_bytes": adapters["bytes_resident"], "index_bytes": indexes["bytes_loaded"],
+            "adapter_hits": adapters["hits"], "adapter_misses": adapters["misses"],
+            "index_hits": indexes["hits"], "index_misses": indexes["misses"],
+            "mlx_active": mx.get_active_memory(), "mlx_cache": mx.get_cache_memory(),
+            "mlx_peak": self._memory.peak_since_start(),
+        }  # fmt: skip
+        m = self._metrics
+        m.memory.set(row["rss"])
+        if uss is not None:
+            m.uss.set(uss)
+        m.hits.set(row["adapter_hits"])
+        m.misses.set(row["adapter_misses"])
+        m.index_hits.set(row["index_hits"])
+        m.index_misses.set(row["index_misses"])
+        m.cache_bytes.set(row["adapter_bytes"] + row["index_bytes"])
+        m.mlx_active.set(row["mlx_active"])
+        return row
 
     @ray.method(concurrency_group="ctl")
     def snapshot(self, label: str) -> dict[str, Any]:
@@ -113,7 +162,7 @@ class ServiceReplica:
 
         In the default group, as it runs MLX work: one MLX user at a time per process.
         """
-        from profiling.mlx_probe import probe
+        from profiling.capture.mlx_probe import probe
 
         return {"replica": self.index, "pid": os.getpid(), **probe()}
 
@@ -155,8 +204,9 @@ class ServiceReplica:
         try:
             result = self._dispatch(op, request)
             reply.update(
-                ok=True, error=None, stages=asdict(result.stages), switched=result.switched
-            )
+                ok=True, error=None, stages=asdict(result.stages), switched=result.switched,
+                misses=result.misses, flops=result.flops,
+            )  # fmt: skip
         except Exception as exc:
             reply.update(ok=False, error=f"{type(exc).__name__}: {exc}", stages={}, switched=False)
             self._metrics.errors.inc(tags={"replica": str(self.index), "op": op})
@@ -196,6 +246,8 @@ class ServiceReplica:
         stats["rss_bytes"] = rss
         stats["replica"] = self.index
         stats["pid"] = os.getpid()
+        # The run's peak, not the peak since the last snapshot reset it.
+        stats["mlx"]["peak_bytes"] = self._memory.peak_since_start()
         self._metrics.memory.set(rss)
         self._metrics.hits.set(stats["adapters"]["hits"])
         self._metrics.misses.set(stats["adapters"]["misses"])

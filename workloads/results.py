@@ -1,22 +1,14 @@
-"""Self-describing run folders: ``results/<run-id>/`` with run.json, records, summary.
-
-JSON files are written atomically (temporary file + rename). Records are appended as
-JSON lines and flushed as they arrive, so an interrupted run keeps every finished one.
-"""
+"""What a run says about itself: its id, the time, and the machine and versions it ran on."""
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import subprocess
 import sys
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
-
-SCHEMA_VERSION = 1
+from typing import Any
 
 
 def utc_now() -> str:
@@ -28,21 +20,6 @@ def new_run_id(profile: str) -> str:
     """A sortable, unique run id such as ``20261127-131415-smoke-1a2b``."""
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     return f"{stamp}-{profile}-{os.urandom(2).hex()}"
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1, default=str)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _git_commit() -> str | None:
@@ -93,37 +70,3 @@ def machine_info() -> dict[str, Any]:
         "versions": {d: _version(d) for d in ("loadlens", "mlx", "mlx-lm", "ray", "numpy")},
         "git_commit": _git_commit(),
     }
-
-
-class RecordWriter:
-    """Appends records to ``records.jsonl`` and flushes after every batch."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh: TextIO = path.open("a")
-        self.count = 0
-
-    def write(self, records: list[dict[str, Any]]) -> None:
-        """Append ``records``."""
-        for record in records:
-            self._fh.write(json.dumps(record) + "\n")
-        self._fh.flush()
-        self.count += len(records)
-
-    def close(self) -> None:
-        """Flush to disk and close."""
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
-
-
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """Read a ``records.jsonl`` back (a torn last line from a crash is skipped)."""
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records

@@ -11,7 +11,7 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
-from workloads.errors import ConfigError, ProjectError
+from datamodel.errors import ConfigError, ProjectError
 
 
 def _check_projects(projects: Sequence[str]) -> None:

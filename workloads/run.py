@@ -13,10 +13,11 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from workloads.errors import ConfigError, LoadlensError
+from datamodel.errors import ConfigError, LoadlensError
 from workloads.service.projects import parse_project_arg
 from workloads.spec import list_profiles, load_profile
 from workloads.system_config import list_configs, load_config
+from workloads.target import check_target, parse_target
 
 DEFAULT_RESULTS = Path("results")
 EXIT_TARGETS_MISSED = 3
@@ -32,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="sustained", help="profile name or .toml path")
     p.add_argument("--list-profiles", action="store_true", help="list profiles and exit")
     p.add_argument("--config", default="optimized", help="system configuration name or .toml path")
+    p.add_argument(
+        "--target", default="builtin",
+        help="system under load: builtin, or python:package.module:Class (your service class)",
+    )  # fmt: skip
     p.add_argument(
         "--address", default=None, help="join this Ray cluster (else $RAY_ADDRESS, else embedded)"
     )
@@ -88,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         from workloads.runner import RunSpec, execute
 
+        target = parse_target(args.target)
+        check_target(target, profile.ops)
+
         spec = RunSpec(
             profile=profile,
             config=load_config(args.config),
@@ -103,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             targets=args.targets,
             trace_python=args.trace_python,
             pyspy_rate_hz=args.pyspy_rate,
+            target=target,
         )
         if args.baseline:
             if args.rounds < 1:

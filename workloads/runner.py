@@ -18,32 +18,33 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cluster.connect import Cluster, connect, disconnect
-from profiling.analyze import analyze
-from profiling.render import render_terminal, write_analysis
-from profiling.report import write_report
-from profiling.rundata import RunData
-from profiling.session import ProfilingSession, head_processes
-from profiling.targets import known_targets, load_targets
+from datamodel.errors import LoadlensError
+from datamodel.runfolder import (
+    GAUGES,
+    SCHEMA_VERSION,
+    RecordWriter,
+    RunData,
+    read_records,
+    write_json,
+)
+from profiling.capture.session import ProfilingSession, head_processes
+from profiling.render.html import write_report
+from profiling.render.terminal import render_terminal, write_analysis
+from profiling.verdict.analyze import analyze
+from profiling.verdict.targets import known_targets, load_targets
 from workloads.blas import blas_env
-from workloads.errors import LoadlensError
 from workloads.generator import GeneratorWorker
 from workloads.progress import Progress
 from workloads.replica import ServiceReplica
-from workloads.results import (
-    SCHEMA_VERSION,
-    RecordWriter,
-    machine_info,
-    new_run_id,
-    read_records,
-    utc_now,
-    write_json,
-)
+from workloads.results import machine_info, new_run_id, utc_now
 from workloads.routing import assign
 from workloads.service.projects import Project, default_projects
+from workloads.service.service import STAGE_FRAMES
 from workloads.shapes import active_projects, plan_stage
 from workloads.spec import Profile, Stage
 from workloads.summary import summarize
 from workloads.system_config import SystemConfig
+from workloads.target import BUILTIN, Target, worker_env
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ class RunSpec:
     """py-spy sampling rate for the replicas' flame graphs."""
     targets: str | None = None
     """Targets file name or path; ``None``: the profile's own if there is one, else default."""
+    target: Target = field(default_factory=lambda: Target(BUILTIN))
+    """The system under load: the builtin stack or a user's service class."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready, for run.json."""
@@ -146,6 +149,8 @@ class _Live:
     interrupts: _Interrupts
     profiling: ProfilingSession | None = None
     replica_pids: dict[int, int] = field(default_factory=dict)
+    gauges: RecordWriter | None = None
+    _pending_gauges: list[Any] = field(default_factory=list)
 
     def drain(self) -> None:
         """Move finished records (and profiling samples) to disk and the display."""
@@ -154,6 +159,25 @@ class _Live:
             self.progress.add(batch["records"], batch["in_flight"])
         if self.profiling is not None:
             self.profiling.drain()
+        self.poll_gauges()
+
+    def poll_gauges(self) -> None:
+        """Ask every replica for its gauges about once a second, never waiting for them."""
+        if self.gauges is None:
+            return
+        if self._pending_gauges:
+            done, self._pending_gauges = ray.wait(
+                self._pending_gauges, num_returns=len(self._pending_gauges), timeout=0
+            )
+            rows = []
+            for ref in done:
+                try:
+                    rows.append(ray.get(ref))
+                except Exception:  # a dead replica: its records say so; gauges just stop
+                    continue
+            self.gauges.write(rows)
+        if not self._pending_gauges:
+            self._pending_gauges = [r.gauges.remote() for r in self.replicas]
 
     def rewatch_replicas(self) -> None:
         """A restarted replica has a new pid: point the profiler at it."""
@@ -282,8 +306,8 @@ def _execute(
     spec: RunSpec, run_dir: Path, run_info: dict[str, Any], writer: RecordWriter,
     progress: Progress, interrupts: _Interrupts,
 ) -> str:  # fmt: skip
-    env = blas_env(spec.config.blas)
-    cluster: Cluster = connect(spec.address, env_vars=env)
+    env = {**blas_env(spec.config.blas), **worker_env(spec.target)}
+    cluster: Cluster = connect(spec.address)
     progress.cluster(cluster)
     projects = choose_projects(spec)
     names = [p.name for p in projects]
@@ -295,10 +319,12 @@ def _execute(
         ProfilingSession(run_dir, nodes, pyspy_rate_hz=spec.pyspy_rate_hz)
         if spec.profiling else None
     )  # fmt: skip
+    live: _Live | None = None
     try:
         replicas = [
             ServiceReplica.options(  # type: ignore[attr-defined]
                 name=f"replica-{k}-{run_dir.name}",
+                runtime_env={"env_vars": env} if env else None,
                 # Round-robin over nodes so replicas spread; soft, so a full node is no dead end.
                 scheduling_strategy=NodeAffinitySchedulingStrategy(
                     nodes[k % len(nodes)], soft=True
@@ -306,14 +332,17 @@ def _execute(
             ).remote(k, config, [(p.name, str(p.root), str(p.adapter) if p.adapter else None)
                                  for p in projects
                                  if routes[p.name] == k or not spec.config.affinity],
-                     trace_python=spec.profiling and spec.trace_python)
+                     trace_python=spec.profiling and spec.trace_python,
+                     factory=spec.target.factory)
             for k in range(replica_count)
         ]  # fmt: skip
         infos = ray.get([r.info.remote() for r in replicas])
-        write_json(run_dir / "mlx_probe.json", ray.get([r.probe.remote() for r in replicas]))
+        # One replica at a time, before any load: a probe taken while others run reads low.
+        write_json(run_dir / "mlx_probe.json", [ray.get(r.probe.remote()) for r in replicas])
         run_info.update(
             status="running", cluster=asdict(cluster), replicas=infos, routes=routes,
             projects=[{"name": p.name, "root": str(p.root)} for p in projects],
+            stage_frames=STAGE_FRAMES,
         )  # fmt: skip
         write_json(run_dir / "run.json", run_info)
         progress.say(
@@ -325,8 +354,9 @@ def _execute(
             ).remote(w, replicas, routes if spec.config.affinity else None)
             for w in range(spec.workers)
         ]
+        gauges = RecordWriter(run_dir / GAUGES) if profiling is not None else None
         live = _Live(spec, run_dir, names, replicas, workers, writer, progress, interrupts,
-                     profiling, {i["replica"]: i["pid"] for i in infos})  # fmt: skip
+                     profiling, {i["replica"]: i["pid"] for i in infos}, gauges)  # fmt: skip
         if profiling is not None:
             _watch_everything(profiling, infos, ray.get([w.info.remote() for w in workers]),
                               cluster.embedded)  # fmt: skip
@@ -352,6 +382,8 @@ def _execute(
     finally:
         if profiling is not None:
             profiling.finish()
+        if live is not None and live.gauges is not None:
+            live.gauges.close()
     return "interrupted" if interrupts.count else "completed"
 
 

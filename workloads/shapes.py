@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from workloads.errors import ConfigError
+from datamodel.errors import ConfigError
 from workloads.spec import OPS, Mode, Stage
 
 T = TypeVar("T")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from workloads.errors import ConfigError
+from datamodel.errors import ConfigError
 
 OPS = ("analyze", "search", "embed", "switch", "ingest")
 """Operations a load generator can send to the service."""

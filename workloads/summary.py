@@ -1,45 +1,46 @@
-"""The run summary: percentiles per op, project and stage, from all records merged."""
+"""The run summary: quantiles per op, project and stage, from all records merged.
+
+Failed and timed-out operations stay in every latency distribution at the time they were
+observed to take (a lower bound for a timeout), so the slowest outcomes never vanish from
+the tail; each group also says how many of its records failed.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from workloads.results import SCHEMA_VERSION
-from workloads.stats import group_summaries
+from datamodel.quantiles import group_summaries
+from datamodel.records import error_counts, number, throughput
+from datamodel.runfolder import SCHEMA_VERSION
+
+
+def _grouped(
+    records: list[dict[str, Any]], key: Callable[[dict[str, Any]], Any], value: str = "duration"
+) -> dict[str, dict[str, Any]]:
+    failed: dict[Any, int] = {}
+    for r in records:
+        if not r.get("ok"):
+            failed[key(r)] = failed.get(key(r), 0) + 1
+    summaries = group_summaries(records, key, lambda r: number(r.get(value)))
+    return {str(k): {**v.as_dict(), "failed": failed.get(k, 0)} for k, v in summaries.items()}
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Percentiles per op, per project and per stage, from all records merged."""
-    ok = [r for r in records if r["ok"]]
-    errors = [r for r in records if not r["ok"]]
-    span = (
-        max(r["issued"] + r["duration"] for r in records) - min(r["issued"] for r in records)
-        if records else 0.0
-    )  # fmt: skip
+    """Quantiles per op, project and stage (failures included), lag and queue wait per op."""
+    errors = sum(1 for r in records if not r.get("ok"))
+    rate = throughput(records)
     return {
         "schema_version": SCHEMA_VERSION,
         "records": len(records),
-        "errors": len(errors),
-        "error_rate": len(errors) / len(records) if records else 0.0,
-        "throughput_ops_s": len(ok) / span if span > 0 else 0.0,
+        "errors": errors,
+        "error_rate": errors / len(records) if records else 0.0,
+        "throughput_ops_s": rate[0] if rate else 0.0,
         "switches": sum(1 for r in records if r.get("switched")),
-        "by_op": {k: v.as_dict() for k, v in group_summaries(ok, lambda r: r["op"]).items()},
-        "by_project": {
-            k: v.as_dict() for k, v in group_summaries(ok, lambda r: r["project"]).items()
-        },
-        "by_stage": {k: v.as_dict() for k, v in group_summaries(ok, lambda r: r["stage"]).items()},
-        "wait_by_op": {
-            k: v.as_dict()
-            for k, v in group_summaries(
-                [{**r, "duration": r["wait"]} for r in ok], lambda r: r["op"]
-            ).items()
-        },
-        "error_kinds": _count(str(r["error"]).split(":")[0] for r in errors),
+        "by_op": _grouped(records, lambda r: r["op"]),
+        "by_project": _grouped(records, lambda r: r["project"]),
+        "by_stage": _grouped(records, lambda r: r["stage"]),
+        "wait_by_op": _grouped(records, lambda r: r["op"], "wait"),
+        "lag_by_op": _grouped(records, lambda r: r["op"], "lag"),
+        "error_kinds": error_counts(records),
     }
-
-
-def _count(items: Any) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for item in items:
-        out[item] = out.get(item, 0) + 1
-    return out

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from datamodel.errors import ConfigError
 from workloads.blas import BLAS_CHOICES
-from workloads.errors import ConfigError
 from workloads.service.service import ServiceConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"

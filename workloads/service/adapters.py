@@ -15,6 +15,7 @@ exact base computation.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from workloads.errors import AdapterError
+from datamodel.errors import AdapterError
 from workloads.service.safetensors_check import check_safetensors
 
 FLOAT_DTYPES = {"F16", "BF16", "F32"}
@@ -238,11 +239,18 @@ class AdapterManager:
 
     ``max_bytes`` and ``max_count`` bound what stays resident; a load evicts the least
     recently used adapter, the active one only as a last resort (the model then runs
-    as the plain base until the next activation). Not thread-safe: one service replica
-    owns one manager.
+    as the plain base until the next activation). One thread serves requests; ``lock``
+    (shared with the owning service) lets another thread read the figures meanwhile.
     """
 
-    def __init__(self, model: nn.Module, *, max_bytes: int, max_count: int) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        max_bytes: int,
+        max_count: int,
+        lock: threading.RLock | None = None,
+    ) -> None:
         if max_count < 1 or max_bytes < 1:
             raise AdapterError("adapter cache needs max_count >= 1 and max_bytes >= 1")
         self.model = model
@@ -253,6 +261,7 @@ class AdapterManager:
         self._cache: OrderedDict[str, Adapter] = OrderedDict()
         self._slots: dict[str, LoRASlot] = {}
         self.active: str | None = None
+        self._lock = lock or threading.RLock()
 
     def register(self, name: str, path: Path) -> None:
         """Make adapter ``name`` known, read from ``path`` when first needed."""
@@ -261,15 +270,21 @@ class AdapterManager:
     @property
     def resident(self) -> list[str]:
         """Names of cached adapters, least recently used first."""
-        return list(self._cache)
+        with self._lock:
+            return list(self._cache)
 
     @property
     def bytes_resident(self) -> int:
         """Bytes held by cached adapters."""
-        return sum(a.nbytes for a in self._cache.values())
+        with self._lock:
+            return sum(a.nbytes for a in self._cache.values())
 
     def load(self, name: str) -> Adapter:
         """Return adapter ``name`` from the cache, reading and validating it on a miss."""
+        with self._lock:
+            return self._load(name)
+
+    def _load(self, name: str) -> Adapter:
         if name in self._cache:
             self.stats.hits += 1
             self._cache.move_to_end(name)
@@ -279,7 +294,7 @@ class AdapterManager:
             raise AdapterError(f"no adapter registered as {name!r} (known: {known})")
         self.stats.misses += 1
         start = time.perf_counter()
-        adapter = read_adapter(name, self._paths[name], self.model)
+        adapter = self._read(name)
         if adapter.nbytes > self.max_bytes:
             raise AdapterError(
                 f"adapter {name!r} ({adapter.nbytes} bytes) is larger than the adapter cache "
@@ -289,6 +304,10 @@ class AdapterManager:
         self._evict_over_budget(keep=name)
         self.stats.load_seconds.append(time.perf_counter() - start)
         return adapter
+
+    def _read(self, name: str) -> Adapter:
+        """Read and validate adapter ``name`` from its folder (a cache miss)."""
+        return read_adapter(name, self._paths[name], self.model)
 
     def _evict_over_budget(self, keep: str) -> None:
         while len(self._cache) > self.max_count or self.bytes_resident > self.max_bytes:
@@ -311,7 +330,11 @@ class AdapterManager:
 
     def activate(self, name: str) -> None:
         """Make ``name`` the adapter the model runs with (loading it on a miss)."""
-        adapter = self.load(name)
+        with self._lock:
+            self._activate(name)
+
+    def _activate(self, name: str) -> None:
+        adapter = self._load(name)
         start = time.perf_counter()
         if self.active != name:
             for slot in self._slots.values():
@@ -337,9 +360,10 @@ class AdapterManager:
 
         Returns whether it was resident.
         """
-        if name not in self._cache:
-            return False
-        start = time.perf_counter()
-        self._drop(name)
-        self.stats.unload_seconds.append(time.perf_counter() - start)
-        return True
+        with self._lock:
+            if name not in self._cache:
+                return False
+            start = time.perf_counter()
+            self._drop(name)
+            self.stats.unload_seconds.append(time.perf_counter() - start)
+            return True

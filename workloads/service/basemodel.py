@@ -23,7 +23,7 @@ import mlx.nn as nn
 import numpy as np
 from tokenizers import Tokenizer
 
-from workloads.errors import ModelError
+from datamodel.errors import ModelError
 from workloads.service.safetensors_check import check_safetensors
 
 TOKENIZER_FILES = (

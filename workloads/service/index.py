@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from workloads.errors import IndexStoreError, ProjectError, SourceFileError
+from datamodel.errors import IndexStoreError, ProjectError, SourceFileError
 from workloads.service.sources import Chunk, chunk_text, iter_source_files, read_source
 
 SCHEMA = 1
@@ -105,7 +106,9 @@ class ProjectVectorStoreManager:
         max_loaded: int = 8,
         max_lines_per_chunk: int = 40,
         max_chars_per_chunk: int = 600,
+        lock: threading.RLock | None = None,
     ) -> None:
+        self._lock = lock or threading.RLock()
         self.root = Path(root)
         self.max_loaded = max_loaded
         self.max_lines_per_chunk = max_lines_per_chunk
@@ -217,7 +220,8 @@ class ProjectVectorStoreManager:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-        self._loaded.pop(project, None)
+        with self._lock:
+            self._loaded.pop(project, None)
         report.seconds = time.perf_counter() - start
         return report
 
@@ -233,15 +237,21 @@ class ProjectVectorStoreManager:
     @property
     def loaded(self) -> list[str]:
         """Projects whose index is in memory, least recently used first."""
-        return list(self._loaded)
+        with self._lock:
+            return list(self._loaded)
 
     @property
     def bytes_loaded(self) -> int:
         """Approximate bytes of all loaded indexes."""
-        return sum(i.nbytes for i in self._loaded.values())
+        with self._lock:
+            return sum(i.nbytes for i in self._loaded.values())
 
     def load(self, project: str) -> ProjectIndex:
         """Return ``project``'s index, reading it from disk on a miss (LRU eviction)."""
+        with self._lock:
+            return self._load(project)
+
+    def _load(self, project: str) -> ProjectIndex:
         index = self._loaded.get(project)
         if index is not None:
             self.stats.hits += 1
@@ -279,4 +289,5 @@ class ProjectVectorStoreManager:
 
     def unload(self, project: str) -> bool:
         """Drop ``project``'s index from memory; returns whether it was loaded."""
-        return self._loaded.pop(project, None) is not None
+        with self._lock:
+            return self._loaded.pop(project, None) is not None

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from workloads.errors import ConfigError, ProjectError
+from datamodel.errors import ConfigError, ProjectError
 from workloads.names import check_name as check_safe_name
 from workloads.service.adapters import AdapterManager
 from workloads.service.index import ProjectIndex, ProjectVectorStoreManager

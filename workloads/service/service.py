@@ -8,7 +8,7 @@ cache, and answers the operations users send: ``analyze``, ``search``, ``embed``
 from __future__ import annotations
 
 import hashlib
-import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -18,7 +18,8 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
-from workloads.errors import ConfigError
+from datamodel.cache import default_cache_dir
+from datamodel.errors import ConfigError
 from workloads.service.adapters import AdapterManager, AdapterSpec, generate_adapter
 from workloads.service.basemodel import (
     BaseModel,
@@ -29,15 +30,19 @@ from workloads.service.basemodel import (
 )
 from workloads.service.embedder import Embedder
 from workloads.service.index import IngestReport, ProjectVectorStoreManager, SearchHit
-from workloads.service.projects import Project, ProjectContextManager
+from workloads.service.projects import Project, ProjectContextManager, SwitchTiming
 
 DTYPES = {"float32": mx.float32, "float16": mx.float16, "bfloat16": mx.bfloat16}
-
-
-def default_cache_dir() -> Path:
-    """``$LOADLENS_CACHE``, else ``~/.cache/loadlens``: generated models, adapters, indexes."""
-    env = os.environ.get("LOADLENS_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "loadlens"
+STAGE_FRAMES: dict[str, tuple[str, ...]] = {
+    "request": ("ServiceReplica.call",),
+    "adapter": ("AdapterManager.activate", "AdapterManager.load"),
+    "index": ("ProjectVectorStoreManager.load",),
+    "embed": ("Embedder.embed",),
+    "search": ("ProjectIndex.search",),
+    "model": ("generate_greedy",),
+}
+"""Functions (as py-spy names them) that mark where a sampled stack is in a request: the
+request's root, then the stage each one times. The verdict places hot code with these."""
 
 
 @dataclass(frozen=True)
@@ -98,12 +103,21 @@ class ServiceConfig:
 
 @dataclass(frozen=True)
 class StageTimings:
-    """Seconds spent in each stage of one operation (0.0 for a stage it did not run)."""
+    """Seconds spent in each stage of one operation (0.0 for a stage it did not run).
 
-    switch: float = 0.0
+    The names are :data:`datamodel.records.STAGES`; service time outside them is "other".
+    """
+
+    adapter: float = 0.0
+    """Activating the project's adapter (reading it from disk on a cache miss)."""
+    index: float = 0.0
+    """Getting the project's index into memory (reading it on a cache miss)."""
     embed: float = 0.0
+    """Embedding texts or the query."""
     search: float = 0.0
+    """Searching the index."""
     model: float = 0.0
+    """Running the base model with the active adapter."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +133,10 @@ class OpResult:
     """Tokens the base model generated."""
     switched: bool = False
     """Whether the operation changed the active project."""
+    misses: list[str] = field(default_factory=list)
+    """Caches that missed (``adapter``, ``index``): what had to be read from disk."""
+    flops: float = 0.0
+    """Estimated matmul floating-point operations of the embed and model stages."""
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready copy (Ray sends this back to the generator)."""
@@ -127,6 +145,36 @@ class OpResult:
 
 def _hits(hits: list[SearchHit]) -> list[tuple[str, int, int, float]]:
     return [(h.chunk.path, h.chunk.start_line, h.chunk.end_line, h.score) for h in hits]
+
+
+def _misses(timing: SwitchTiming) -> list[str]:
+    return [
+        k for k, hit in (("adapter", timing.adapter_hit), ("index", timing.index_hit)) if not hit
+    ]
+
+
+def linear_flops_per_token(model: Any) -> float:
+    """Multiply-adds x 2 of one token through every linear layer of an mlx-lm model.
+
+    Counts each ``nn.Linear``/``nn.QuantizedLinear`` weight once, plus the embedding table
+    when the model ties it to the output head. Attention's own ``T^2`` products are left
+    out (under 5% at the prompt lengths used here), so this is a slight underestimate.
+    """
+    import mlx.nn as nn
+
+    total = 0
+    for _, module in model.named_modules():
+        if isinstance(module, nn.QuantizedLinear):
+            out_dims, packed = module.weight.shape
+            total += out_dims * packed * 32 // module.bits
+        elif isinstance(module, nn.Linear):
+            total += int(module.weight.size)
+    args = getattr(model, "args", None)
+    if getattr(args, "tie_word_embeddings", False):
+        embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+        if embed is not None:
+            total += int(embed.weight.size)
+    return 2.0 * total
 
 
 def _index_key(config: ServiceConfig) -> str:
@@ -153,6 +201,8 @@ class Service:
         if config.base_dtype != "float32":
             self.base.model.set_dtype(DTYPES[config.base_dtype])
             mx.eval(self.base.model.parameters())
+        self.model_flops_per_token = linear_flops_per_token(self.base.model)
+        """Matmul FLOPs of one token through the base model (see :func:`linear_flops_per_token`)."""
         model_loaded = time.perf_counter()
         self.embedder = Embedder(
             batch_size=config.embed_batch_size,
@@ -165,14 +215,18 @@ class Service:
             str(Path(base_path).resolve()).encode() + (Path(base_path) / "config.json").read_bytes()
         ).hexdigest()[:12]
         self.adapter_root = cache / "adapters" / base_key
+        self.lock = threading.RLock()
+        """Held while the caches change, so another thread can read :meth:`stats` safely."""
         self.adapters = AdapterManager(
             self.base.model,
             max_bytes=config.adapter_cache_bytes,
             max_count=config.adapter_cache_count,
+            lock=self.lock,
         )
         self.indexes = ProjectVectorStoreManager(
             cache / "indexes" / _index_key(config),
             max_loaded=config.index_cache_count,
+            lock=self.lock,
         )
         self.projects = ProjectContextManager(self.adapters, self.indexes)
         for project in projects:
@@ -220,34 +274,45 @@ class Service:
         previous = self.projects.current
         _, timing = self.projects.switch(name)
         return OpResult(
-            "switch", name, StageTimings(switch=timing.seconds), switched=previous != name
-        )
+            "switch", name,
+            StageTimings(adapter=timing.adapter_seconds, index=timing.index_seconds),
+            switched=previous != name, misses=_misses(timing),
+        )  # fmt: skip
 
     def embed(self, texts: Sequence[str]) -> tuple[np.ndarray, OpResult]:
         """Embed ``texts`` (no project needed)."""
         start = time.perf_counter()
+        flops0 = self.embedder.stats.flops
         vectors = self.embedder.embed(texts)
-        return vectors, OpResult("embed", None, StageTimings(embed=time.perf_counter() - start))
+        result = OpResult(
+            "embed", None, StageTimings(embed=time.perf_counter() - start),
+            flops=self.embedder.stats.flops - flops0,
+        )  # fmt: skip
+        return vectors, result
 
     def search(self, name: str, query: str, k: int | None = None) -> OpResult:
         """Embed ``query`` and search ``name``'s index (the adapter is not touched)."""
         self.projects.get(name)
+        misses0 = self.indexes.stats.misses
         t0 = time.perf_counter()
         index = self.indexes.load(name)
         t1 = time.perf_counter()
+        flops0 = self.embedder.stats.flops
         vector = self.embedder.embed([query])[0]
         t2 = time.perf_counter()
         hits = index.search(vector, k or self.config.top_k)
         t3 = time.perf_counter()
         return OpResult(
-            "search", name, StageTimings(switch=t1 - t0, embed=t2 - t1, search=t3 - t2), _hits(hits)
-        )
+            "search", name, StageTimings(index=t1 - t0, embed=t2 - t1, search=t3 - t2),
+            _hits(hits), misses=["index"] if self.indexes.stats.misses > misses0 else [],
+            flops=self.embedder.stats.flops - flops0,
+        )  # fmt: skip
 
     def analyze(self, name: str, query: str) -> OpResult:
         """Switch to ``name`` if needed, retrieve code for ``query``, run the adapted model."""
         previous = self.projects.current
-        t0 = time.perf_counter()
-        index, _ = self.projects.switch(name)
+        index, timing = self.projects.switch(name)
+        flops0 = self.embedder.stats.flops
         t1 = time.perf_counter()
         vector = self.embedder.embed([query])[0]
         t2 = time.perf_counter()
@@ -259,14 +324,24 @@ class Service:
         prompt = prompt[: self.config.prefill_tokens]
         tokens = generate_greedy(self.base.model, prompt, self.config.generate_tokens)
         t4 = time.perf_counter()
+        processed = len(prompt) + max(self.config.generate_tokens - 1, 0)
         return OpResult(
             "analyze", name,
-            StageTimings(switch=t1 - t0, embed=t2 - t1, search=t3 - t2, model=t4 - t3),
-            _hits(hits), tokens, switched=previous != name,
+            StageTimings(adapter=timing.adapter_seconds, index=timing.index_seconds,
+                         embed=t2 - t1, search=t3 - t2, model=t4 - t3),
+            _hits(hits), tokens, switched=previous != name, misses=_misses(timing),
+            flops=self.embedder.stats.flops - flops0 + processed * self.model_flops_per_token,
         )  # fmt: skip
 
     def stats(self) -> dict[str, Any]:
-        """Cache counters and memory figures of this replica, JSON-ready."""
+        """Cache counters and memory figures of this replica, JSON-ready.
+
+        Safe to call from another thread while a request runs (the caches' lock is held).
+        """
+        with self.lock:
+            return self._stats()
+
+    def _stats(self) -> dict[str, Any]:
         return {
             "adapters": {
                 **self.adapters.stats.as_dict(),

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from workloads.errors import ProjectError, SourceFileError
+from datamodel.errors import ProjectError, SourceFileError
 
 SOURCE_SUFFIXES = frozenset(
     {".py", ".pyi", ".c", ".h", ".cc", ".cpp", ".hpp", ".rs", ".go", ".js", ".ts", ".tsx",

@@ -15,9 +15,9 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from profiling.agent import ProfilingAgent
-from profiling.pyspy import DEFAULT_RATE_HZ
-from workloads.results import write_json
+from datamodel.runfolder import write_json
+from profiling.capture.agent import ProfilingAgent
+from profiling.capture.pyspy import DEFAULT_RATE_HZ
 
 
 def head_processes() -> dict[int, str]:
@@ -100,7 +100,8 @@ class ProfilingSession:
 
     def finish(self) -> None:
         """Stop agents; write timelines, flame graphs (collapsed, SVG, speedscope), snapshots."""
-        from profiling import flamegraph
+        from datamodel.stacks import read_collapsed
+        from profiling.render import flamegraph
 
         profiles_dir = self.run_dir / "profiles"
         gone: list[dict[str, Any]] = []
@@ -119,7 +120,7 @@ class ProfilingSession:
                 profiles_dir.mkdir(exist_ok=True)
                 collapsed = profiles_dir / f"{role}.collapsed"
                 collapsed.write_text(text)
-                stacks = flamegraph.read_collapsed(collapsed)
+                stacks = read_collapsed(collapsed)
                 (profiles_dir / f"{role}.svg").write_text(
                     flamegraph.render_svg(stacks, f"{role} — {self.run_dir.name}")
                 )

@@ -1,22 +1,20 @@
 """A/B comparison of runs: did B really get faster, slower, leaner or heavier than A?
 
-Each side is one run or several rounds of an interleaved A/B run. The raw records of a
-side's rounds are merged before any statistic, so a percentile is always the percentile of
-every sample, never an average of per-round percentiles. A change counts only when the
-statistics say so (``p < alpha`` and the ``1 - alpha`` interval of the ratio excludes 1)
-and it is large enough to matter (``ratio >= factor`` or ``ratio <= 1 / factor``).
+Each side is one run or several (the rounds of an interleaved A/B run). Latency
+percentiles shown are of each side's merged raw records (failed and timed-out operations
+included at the time they took), never averages of per-run percentiles. Whether a row
+changed is tested with runs and time blocks as the units (see
+:mod:`profiling.verdict.statistics`): each run's log figure and its block-bootstrap
+variance, compared between sides with a between-run variance that pools what the runs
+show with the machine's A/A calibration (:mod:`profiling.verdict.calibration`).
 
-What is compared, each as a :class:`CompareRow`:
+Every row is tested on its own (p50, p95 and p99 each, so a change in the tail alone is
+seen), the family of rows is controlled with Holm's method, and a change counts only when
+it is significant and larger than ``factor`` (``ratio >= factor`` or ``<= 1 / factor``).
 
-- per op, ``p50_s`` / ``p95_s`` / ``p99_s`` of the ok durations: a bootstrap interval of
-  the ratio of the quantiles and a Mann-Whitney p-value on the raw durations (it tests a
-  shift of the whole distribution, so a change of the tail alone reads "no change");
-- per op and for all ops, ``throughput_ops_s``: ok ops over the runs' active spans. One
-  run per side gives one number, so it is tested only with 3 or more runs per side
-  (Welch on log per-run throughputs), else it is "not testable";
-- ``memory_peak_mb`` of the replicas (max USS, else RSS from the timeline, else the
-  end-of-run RSS in run.json) and ``mlx_peak_mb``, tested like throughput; and
-  ``error_rate`` of all records (two-proportion test).
+Rows, each a :class:`CompareRow`: per op ``p50_s``, ``p95_s``, ``p99_s``; per op and for
+all ops ``throughput_ops_s``; the replicas' ``memory_peak_mb`` and ``mlx_peak_mb``; and
+the ``error_rate`` of all records.
 """
 
 from __future__ import annotations
@@ -27,28 +25,33 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from profiling.flamegraph import merge, render_diff_svg, strip_line_numbers
-from profiling.rundata import RunData, number
-from profiling.statistics import (
-    bootstrap_ratio_ci,
-    mann_whitney_u,
-    quantile,
-    two_proportion_test,
-    welch_log_ratio,
+from datamodel.cache import default_cache_dir
+from datamodel.errors import ConfigError
+from datamodel.quantiles import quantile
+from datamodel.records import number, span
+from datamodel.runfolder import RunData
+from datamodel.stacks import merge, strip_line_numbers
+from profiling.render.flamegraph import render_diff_svg
+from profiling.verdict import calibration
+from profiling.verdict.figures import LATENCY_METRICS, RunFigures, latency_levels
+from profiling.verdict.statistics import (
+    Level,
+    Prior,
+    compare_levels,
+    holm,
 )
-from profiling.targets import MB, Target, check_targets
-from workloads.errors import ConfigError
+from profiling.verdict.targets import MB, Target, check_targets
 
-SCHEMA_VERSION = 1
-"""Version of the ``comparison.json`` layout."""
-LATENCY_METRICS = {"p50_s": 0.50, "p95_s": 0.95, "p99_s": 0.99}
-"""Latency metrics per op and their quantile."""
+SCHEMA_VERSION = 2
+"""Version of the ``comparison.json`` layout (2: runs and blocks as units, Holm)."""
 HIGHER_IS_BETTER = frozenset({"throughput_ops_s"})
 """Metrics where a larger B is an improvement; for every other one it is a regression."""
-MIN_RUNS = 3
-"""Runs per side needed to test a per-run figure (throughput, memory peak)."""
-SMALL_SAMPLE = 8
-"""Below this many samples per side a Mann-Whitney p-value is only approximate."""
+KIND_OF = {"p50_s": "p50", "p95_s": "p95", "p99_s": "p99", "throughput_ops_s": "throughput",
+           "memory_peak_mb": "memory", "mlx_peak_mb": "memory"}  # fmt: skip
+"""Which calibration kind each metric's run-to-run drift comes from."""
+DEFAULT_FACTOR = 1.05
+"""Smallest ratio that counts as a change by default. A threshold at the very size of the
+change one wants to see would miss half of such changes, so it sits below 10%."""
 MACHINE_KEYS = ("hostname", "os", "machine", "chip", "cpus_logical", "memory_bytes")
 """Machine facts that make two runs incomparable in absolute terms when they differ."""
 
@@ -79,7 +82,7 @@ class CompareRow:
     ci_high: float | None
     """Upper bound of that interval."""
     significant: bool
-    """The statistics say A and B differ: ``p < alpha`` and the interval excludes 1."""
+    """The statistics say A and B differ: Holm's method over all rows rejects "no change"."""
     verdict: Verdict
     """``significant`` and past the factor threshold, read by the metric's direction."""
     n_a: int = 0
@@ -88,6 +91,10 @@ class CompareRow:
     """Samples behind ``b``."""
     reason: str = ""
     """How it was tested, or why it could not be."""
+    runs_a: int = 0
+    """Runs (the units of the test) on side A."""
+    runs_b: int = 0
+    """Runs on side B."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (a number that is not finite becomes ``None``)."""
@@ -120,6 +127,10 @@ class Comparison:
     """Why the comparison may mislead (different machines, settings, unfinished runs)."""
     notes: list[str] = field(default_factory=list)
     """What could not be read from the run folders."""
+    drift: str = ""
+    """Where the run-to-run drift the tests allow for came from (a calibration)."""
+    rounds_needed: int | None = None
+    """Runs a side this machine needs to tell a 10% change of p95 (from the calibration)."""
 
     @property
     def regressions(self) -> list[CompareRow]:
@@ -146,6 +157,8 @@ class Comparison:
             "diff_flamegraphs": dict(self.diff_flamegraphs),
             "warnings": list(self.warnings),
             "notes": list(self.notes),
+            "drift": self.drift,
+            "rounds_needed": self.rounds_needed,
         }
 
 
@@ -173,15 +186,6 @@ def _describe(run: RunData) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _span(records: Sequence[dict[str, Any]]) -> tuple[float, float] | None:
-    """``(first issue, last completion)`` of ``records`` in UNIX seconds."""
-    timed = [r for r in records if number(r.get("issued")) > 0]
-    if not timed:
-        return None
-    start = min(number(r["issued"]) for r in timed)
-    return start, max(number(r["issued"]) + number(r.get("duration")) for r in timed)
-
-
 def _shifted(rows: Sequence[dict[str, Any]], key: str, offset: float) -> list[dict[str, Any]]:
     if not offset:
         return list(rows)
@@ -204,11 +208,11 @@ def merge_runs(runs: Sequence[RunData]) -> RunData:
     timeline: list[dict[str, Any]] = []
     cursor: float | None = None
     for run in runs:
-        span = _span(run.records)
-        offset = cursor - span[0] if span and cursor is not None else 0.0
-        records += _shifted(run.records, "issued", offset)
+        window = span(run.records)
+        offset = cursor - window[0] if window and cursor is not None else 0.0
+        records += _shifted(run.records, "planned", offset)
         timeline += _shifted(run.timeline or [], "t", offset)
-        cursor = span[1] + offset if span else cursor
+        cursor = window[1] + offset if window else cursor
 
     def joined(get: Callable[[RunData], list[dict[str, Any]] | None]) -> Any:
         parts = [get(r) for r in runs]
@@ -296,157 +300,93 @@ def _mlx_peak(run: RunData) -> tuple[float, str] | None:
     return (max(peaks) / MB, "MLX peak_bytes") if any(peaks) else None
 
 
-@dataclass(frozen=True)
-class _Rules:
-    """When a difference counts, and how a row is judged."""
+@dataclass
+class _Row:
+    """A row before Holm's method: its test, or why it has none."""
 
-    alpha: float
-    """Significance level."""
-    factor: float
-    """Smallest ratio (or inverse) that counts as a change."""
+    key: tuple[Kind, str, str]
+    values: tuple[float | None, float | None]
+    counts: tuple[int, int]
+    runs: tuple[int, int]
+    how: str
+    test: tuple[float, float, float, float] | None = None
+    """``(ratio, low, high, p)``."""
 
-    def row(
-        self,
-        key: tuple[Kind, str, str],
-        values: tuple[float | None, float | None],
-        counts: tuple[int, int],
-        test: tuple[float, float, float, float] | None,
-        how: str,
-    ) -> CompareRow:
-        """The judged row of ``key = (kind, name, metric)``.
 
-        ``test`` is ``(ratio, low, high, p)``, or ``None`` when the metric is not testable
-        (``how`` then says why); otherwise ``how`` names the test.
-        """
-        (a, b), (n_a, n_b) = values, counts
-        if test is None:
+def _level_row(key: tuple[Kind, str, str], values: tuple[float | None, float | None],
+               counts: tuple[int, int], a: list[Level], b: list[Level], prior: Prior | None,
+               how: str, confidence: float, log_scale: bool) -> _Row:  # fmt: skip
+    """A row tested on per-run levels; its ratio is of ``values`` (B over A)."""
+    runs = (len(a), len(b))
+    if not a or not b:
+        return _Row(key, values, counts, runs, f"not measured on {'A' if not a else 'B'}")
+    test = compare_levels(a, b, prior, confidence=confidence)
+    drift = f"run-to-run sd {test.sigma_between:.3g}" + (f" ({prior.source})" if prior else "")
+    how = f"{how}; {len(a)} vs {len(b)} runs as units, {drift}"
+    va, vb = values
+    ratio = _ratio(vb, va) if va is not None and vb is not None else math.nan
+    low, high = (math.exp(test.low), math.exp(test.high)) if log_scale else (math.nan, math.nan)
+    return _Row(key, values, counts, runs, how, (ratio, low, high, test.p))
+
+
+def _error_row(a: Sequence[RunFigures], b: Sequence[RunFigures]) -> _Row:
+    key: tuple[Kind, str, str] = ("resource", "records", "error_rate")
+    fa, ta = sum(f.failed for f in a), sum(f.total for f in a)
+    fb, tb = sum(f.failed for f in b), sum(f.total for f in b)
+    runs = (len(a), len(b))
+    if not ta or not tb:
+        return _Row(key, (None, None), (ta, tb), runs, f"no records on {'A' if not ta else 'B'}")
+    values = (fa / ta, fb / tb)
+    if fa == fb == 0:
+        return _Row(key, values, (ta, tb), runs, "no failure on either side", None)
+
+    def block_var(side: Sequence[RunFigures], rate: float) -> float:
+        blocks = [(f, t) for fig in side for f, t in fig.block_failures if t]
+        n = sum(t for _, t in blocks)
+        spread = sum(t * t * (f / t - rate) ** 2 for f, t in blocks)
+        return max(spread / n**2, rate * (1 - rate) / n, 1e-12)
+
+    se = math.sqrt(block_var(a, values[0]) + block_var(b, values[1]))
+    diff = values[1] - values[0]
+    p = math.erfc(abs(diff) / se / math.sqrt(2))
+    ratio = values[1] / values[0] if values[0] else math.inf
+    how = f"{fa}/{ta} vs {fb}/{tb} failed; z-test with variance from time blocks"
+    return _Row(key, values, (ta, tb), runs, how, (ratio, ratio, ratio, p))
+
+
+def _judge(rows: list[_Row], alpha: float, factor: float) -> list[CompareRow]:
+    """Holm over every tested row, then the factor threshold, then the metric's direction."""
+    tested = [r for r in rows if r.test is not None]
+    rejected = dict(zip(map(id, tested), holm([r.test[3] for r in tested if r.test], alpha),
+                        strict=True))  # fmt: skip
+    out = []
+    for r in rows:
+        (a, b), (n_a, n_b), (k_a, k_b) = r.values, r.counts, r.runs
+        if r.test is None:
             ratio = None if a is None or b is None else _ratio(b, a)
-            return CompareRow(*key, a, b, ratio, None, None, None, False, "not testable",
-                              n_a, n_b, how)  # fmt: skip
-        ratio, low, high, p = test
-        if math.isnan(low) or math.isnan(high):
-            return CompareRow(*key, a, b, ratio, p, None, None, False, "no change", n_a, n_b, how)
-        significant = p < self.alpha and (low > 1 or high < 1)
+            verdict_none: Verdict = "no change" if "no failure" in r.how else "not testable"
+            out.append(CompareRow(*r.key, a, b, ratio, None, None, None, False, verdict_none,
+                                  n_a, n_b, r.how, k_a, k_b))  # fmt: skip
+            continue
+        ratio, low, high, p = r.test
+        low_v = None if math.isnan(low) else low
+        high_v = None if math.isnan(high) else high
+        significant = rejected[id(r)]
+        how = f"{r.how}; Holm over {len(tested)} rows"
         verdict: Verdict = "no change"
         if significant:
-            up = low > 1
-            if ratio >= self.factor if up else ratio <= 1 / self.factor:
-                verdict = "regression" if up != (key[2] in HIGHER_IS_BETTER) else "improvement"
+            up = ratio > 1
+            if ratio >= factor if up else ratio <= 1 / factor:
+                verdict = "regression" if up != (r.key[2] in HIGHER_IS_BETTER) else "improvement"
             else:
-                how += f"; significant, but within the x{self.factor:g} threshold"
-        return CompareRow(*key, a, b, ratio, p, low, high, significant, verdict, n_a, n_b, how)
+                how += f"; significant, but within the x{factor:g} threshold"
+        out.append(CompareRow(*r.key, a, b, ratio, p, low_v, high_v, significant, verdict, n_a,
+                              n_b, how, k_a, k_b))  # fmt: skip
+    return out
 
 
 def _ratio(b: float, a: float) -> float:
     return b / a if a else (1.0 if b == 0 else math.inf)
-
-
-@dataclass(frozen=True)
-class _Side:
-    """What one side's rounds hold, merged or per run."""
-
-    durations: dict[str, list[float]]
-    """Op -> ok durations of every round."""
-    spans: list[float]
-    """Active span (first issue to last completion) of each round with records."""
-    ok_per_run: list[dict[str, int]]
-    """Op -> ok records, per round (aligned with ``spans``)."""
-    failed: int
-    """Records that failed, over all rounds."""
-    total: int
-    """Records, over all rounds."""
-
-    @classmethod
-    def of(cls, runs: Sequence[RunData]) -> _Side:
-        durations: dict[str, list[float]] = {}
-        spans, ok_per_run = [], []
-        for run in runs:
-            counts: dict[str, int] = {}
-            for r in run.ok_records():
-                op = str(r.get("op"))
-                durations.setdefault(op, []).append(number(r.get("duration")))
-                counts[op] = counts.get(op, 0) + 1
-            span = _span(run.records)
-            if span and span[1] > span[0]:
-                spans.append(span[1] - span[0])
-                ok_per_run.append(counts)
-        failed = sum(1 for run in runs for r in run.records if not r.get("ok"))
-        return cls(durations, spans, ok_per_run, failed, sum(len(r.records) for r in runs))
-
-    def throughput(self, op: str | None) -> tuple[float | None, list[float]]:
-        """Pooled ok ops per second and the per-run figures (``op=None``: all ops)."""
-        oks = [sum(c.values()) if op is None else c.get(op, 0) for c in self.ok_per_run]
-        pooled = sum(oks) / sum(self.spans) if self.spans else None
-        return pooled, [ok / span for ok, span in zip(oks, self.spans, strict=True)]
-
-
-def _per_run_row(
-    rules: _Rules,
-    key: tuple[Kind, str, str],
-    pooled: tuple[float | None, float | None],
-    per_run: tuple[list[float], list[float]],
-    source: str = "",
-) -> CompareRow:
-    """A figure measured once per run: tested only with :data:`MIN_RUNS` runs a side."""
-    (a, b), (ra, rb) = pooled, per_run
-    counts = (len(ra), len(rb))
-    suffix = f" ({source})" if source else ""
-    if a is None or b is None:
-        return rules.row(key, pooled, counts, None, f"not measured on {'A' if a is None else 'B'}")
-    if min(counts) < MIN_RUNS:
-        why = f"one figure per run: testing needs >= {MIN_RUNS} runs (rounds) a side"
-        return rules.row(key, pooled, counts, None, why + suffix)
-    if min(ra + rb) <= 0:
-        return rules.row(key, pooled, counts, None, "a run measured zero" + suffix)
-    _, low, high, p = welch_log_ratio(ra, rb, confidence=1 - rules.alpha)
-    how = f"Welch t-test on log per-run values, {len(ra)} vs {len(rb)} runs{suffix}"
-    return rules.row(key, pooled, counts, (_ratio(b, a), low, high, p), how)
-
-
-def _latency_rows(rules: _Rules, op: str, a: list[float], b: list[float], n_boot: int,
-                  seed: int) -> list[CompareRow]:  # fmt: skip
-    counts = (len(a), len(b))
-    if not a or not b:
-        why = f"no ok {op} record on {'A' if not a else 'B'}"
-        return [rules.row(("op", op, m), (None, None), counts, None, why) for m in LATENCY_METRICS]
-    _, p = mann_whitney_u(a, b)
-    how = f"Mann-Whitney U on {len(a)} vs {len(b)} durations, bootstrap CI"
-    if min(counts) < SMALL_SAMPLE:
-        how += f" (under {SMALL_SAMPLE} samples a side: approximate)"
-    rows = []
-    for metric, q in LATENCY_METRICS.items():
-        ratio, low, high = bootstrap_ratio_ci(
-            a, b, q=q, n_boot=n_boot, seed=seed, confidence=1 - rules.alpha
-        )
-        values = (quantile(a, q), quantile(b, q))
-        rows.append(rules.row(("op", op, metric), values, counts, (ratio, low, high, p), how))
-    return rows
-
-
-def _peak_row(
-    rules: _Rules, metric: str, a: list[tuple[float, str]], b: list[tuple[float, str]]
-) -> CompareRow:
-    """Replica memory peaks, one per run; comparable only when measured the same way."""
-    key: tuple[Kind, str, str] = ("resource", "replicas", metric)
-    ra, rb = [m for m, _ in a], [m for m, _ in b]
-    pooled = (max(ra, default=None), max(rb, default=None))
-    sources = sorted({source for _, source in a + b})
-    if len(sources) > 1:
-        why = f"sides measured differently: {', '.join(sources)}"
-        return rules.row(key, pooled, (len(ra), len(rb)), None, why)
-    return _per_run_row(rules, key, pooled, (ra, rb), f"{sources[0]} peak" if sources else "")
-
-
-def _error_row(rules: _Rules, a: _Side, b: _Side) -> CompareRow:
-    key: tuple[Kind, str, str] = ("resource", "records", "error_rate")
-    counts = (a.total, b.total)
-    if not a.total or not b.total:
-        return rules.row(
-            key, (None, None), counts, None, f"no records on {'B' if a.total else 'A'}"
-        )
-    test = two_proportion_test(a.failed, a.total, b.failed, b.total, confidence=1 - rules.alpha)
-    how = f"two-proportion z-test, {a.failed}/{a.total} vs {b.failed}/{b.total} failed"
-    return rules.row(key, (a.failed / a.total, b.failed / b.total), counts, test, how)
 
 
 def _targets_table(a: RunData, b: RunData, targets: Sequence[Target]) -> list[dict[str, Any]]:
@@ -486,46 +426,87 @@ def compare_runs(
     *,
     a_label: str = "A",
     b_label: str = "B",
-    factor: float = 1.10,
+    factor: float = DEFAULT_FACTOR,
     alpha: float = 0.05,
     targets: Sequence[Target] = (),
     out_dir: Path | None = None,
-    n_boot: int = 2000,
-    seed: int = 0,
+    priors: dict[str, Prior] | None = None,
+    cache_dir: Path | None = None,
 ) -> Comparison:
     """Compare the runs of side ``a`` (baseline) with those of side ``b`` (candidate).
 
-    Each side's runs are rounds whose raw data are merged first (see the module
-    docstring for the metrics and tests). ``targets`` are checked on each merged side and
-    shown side by side. With ``out_dir``, a differential flame graph per replica role
-    profiled on both sides is written there. Raises :class:`ConfigError` when a side is
-    empty, the runs used different profiles or schema versions, or ``factor`` or
-    ``alpha`` is out of range; runs from different machines only warn.
+    See the module docstring for the rows and tests. ``priors`` (kind -> :class:`Prior`)
+    gives the run-to-run drift to allow for; by default it comes from the calibration that
+    fits the runs' machine and profile (in ``cache_dir``, else loadlens's cache). Targets
+    are checked on each merged side and shown side by side. With ``out_dir``, a
+    differential flame graph per replica role profiled on both sides is written there.
+    Raises :class:`ConfigError` when a side is empty, the runs used different profiles or
+    schema versions, or ``factor`` or ``alpha`` is out of range; other machines only warn.
     """
     if not a or not b:
         raise ConfigError(f"nothing to compare: side {'A' if not a else 'B'} has no run")
     if not factor >= 1.0:
-        raise ConfigError(f"factor must be >= 1 (e.g. 1.1 for 10%), got {factor}")
+        raise ConfigError(f"factor must be >= 1 (e.g. 1.05 for 5%), got {factor}")
     if not 0.0 < alpha < 1.0:
         raise ConfigError(f"alpha must be within (0, 1), got {alpha}")
     sides = [("A", a), ("B", b)]
     _check_same_experiment(sides)
-    rules = _Rules(alpha, factor)
-    side_a, side_b = _Side.of(a), _Side.of(b)
-    ops = sorted(set(side_a.durations) | set(side_b.durations))
-    rows: list[CompareRow] = []
+    warnings = _warnings(sides)
+    drift, rounds_needed = "priors given by the caller", None
+    if priors is None:
+        cal, drift = calibration.find(_machine(b[0]), spec_value(b[0], "profile", "name"),
+                                      cache_dir or default_cache_dir())  # fmt: skip
+        priors = {kind: cal.prior(kind, drift) for kind in cal.sigma}
+        rounds_needed = cal.rounds.get("p95")
+    if rounds_needed and min(len(a), len(b)) < rounds_needed:
+        warnings.append(
+            f"{len(a)} vs {len(b)} runs a side: on this machine a 10% change of p95 needs "
+            f"{rounds_needed} runs a side to be told from run-to-run drift ({drift}); a "
+            "'no change' here may be a change too small to see"
+        )
+    figs_a = [RunFigures.of(r) for r in a]
+    figs_b = [RunFigures.of(r) for r in b]
+    confidence = 1 - alpha
+    rows: list[_Row] = []
+    ops = sorted({op for f in figs_a + figs_b for op in f.durations})
     for op in ops:
-        da, db = side_a.durations.get(op, []), side_b.durations.get(op, [])
-        rows += _latency_rows(rules, op, da, db, n_boot, seed)
-    for name in [*ops, None]:
-        (pa, ra), (pb, rb) = side_a.throughput(name), side_b.throughput(name)
-        key: tuple[Kind, str, str] = ("op", name or "all", "throughput_ops_s")
-        rows.append(_per_run_row(rules, key, (pa, pb), (ra, rb)))
+        da = [d for f in figs_a for d in f.durations.get(op, [])]
+        db = [d for f in figs_b for d in f.durations.get(op, [])]
+        for metric, q in LATENCY_METRICS.items():
+            key: tuple[Kind, str, str] = ("op", op, metric)
+            values = (quantile(da, q) if da else None, quantile(db, q) if db else None)
+            threshold, la, lb = latency_levels(figs_a, figs_b, op, q)
+            how = (f"share of ops slower than the pooled p{q * 100:g} ({threshold * 1000:.1f} "
+                   "ms), variance from time blocks")  # fmt: skip
+            prior = priors.get(KIND_OF[metric])
+            rows.append(_level_row(key, values, (len(da), len(db)), la, lb, prior, how,
+                                   confidence, False))  # fmt: skip
+    for name in [*ops, "all"]:
+        la = [f.throughput[name] for f in figs_a if name in f.throughput]
+        lb = [f.throughput[name] for f in figs_b if name in f.throughput]
+        pooled = (_pooled_rate(a, name), _pooled_rate(b, name))
+        rows.append(_level_row(("op", name, "throughput_ops_s"), pooled, (len(la), len(lb)),
+                               la, lb, priors.get("throughput"), "log ok ops per second per "
+                               "run, variance from time blocks", confidence, True))  # fmt: skip
     for metric, peak in (("memory_peak_mb", _memory_peak), ("mlx_peak_mb", _mlx_peak)):
         peaks_a, peaks_b = [m for m in map(peak, a) if m], [m for m in map(peak, b) if m]
-        if peaks_a or peaks_b or metric == "memory_peak_mb":
-            rows.append(_peak_row(rules, metric, peaks_a, peaks_b))
-    rows.append(_error_row(rules, side_a, side_b))
+        if not (peaks_a or peaks_b or metric == "memory_peak_mb"):
+            continue
+        key = ("resource", "replicas", metric)
+        pooled_peak = (max((m for m, _ in peaks_a), default=None),
+                       max((m for m, _ in peaks_b), default=None))  # fmt: skip
+        counts = (len(peaks_a), len(peaks_b))
+        sources = sorted({source for _, source in peaks_a + peaks_b})
+        if len(sources) > 1:
+            rows.append(_Row(key, pooled_peak, counts, counts,
+                             f"sides measured differently: {', '.join(sources)}"))  # fmt: skip
+            continue
+        la = [Level(math.log(m), 0.0) for m, _ in peaks_a if m > 0]
+        lb = [Level(math.log(m), 0.0) for m, _ in peaks_b if m > 0]
+        rows.append(_level_row(key, pooled_peak, counts, la, lb, priors.get("memory"),
+                               f"log {sources[0] if sources else ''} peak, one per run",
+                               confidence, True))  # fmt: skip
+    rows.append(_error_row(figs_a, figs_b))
     merged_a, merged_b = merge_runs(a), merge_runs(b)
     flamegraphs = {}
     if out_dir is not None:
@@ -537,13 +518,27 @@ def compare_runs(
         b_runs=[_describe(r) for r in b],
         factor=factor,
         alpha=alpha,
-        rows=rows,
+        rows=_judge(rows, alpha, factor),
         targets=_targets_table(merged_a, merged_b, targets),
         diff_flamegraphs=flamegraphs,
-        warnings=_warnings(sides),
+        warnings=warnings,
         notes=[
             f"{label}: {note}"
             for (label, _), m in zip(sides, (merged_a, merged_b), strict=True)
             for note in m.notes
         ],
+        drift=drift,
+        rounds_needed=rounds_needed,
     )
+
+
+def _pooled_rate(runs: Sequence[RunData], op: str) -> float | None:
+    """Ok ops of ``op`` (or all) per second, pooled over the runs' spans."""
+    ok = seconds = 0.0
+    for run in runs:
+        rows = [r for r in run.records if op == "all" or r.get("op") == op]
+        window = span(run.records)
+        if window and window[1] > window[0]:
+            ok += sum(1 for r in rows if r.get("ok"))
+            seconds += window[1] - window[0]
+    return ok / seconds if seconds > 0 else None

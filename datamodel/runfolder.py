@@ -1,4 +1,7 @@
-"""A finished run folder, read once: ``results/<run-id>/`` as plain data.
+"""Run folders, ``results/<run-id>/``: written as a run goes, read back once as plain data.
+
+JSON files are written atomically (temporary file + rename). Records are appended as JSON
+lines and flushed as they arrive, so an interrupted run keeps every finished one.
 
 Only ``run.json`` and ``records.jsonl`` must exist. Every other file is optional: a missing
 one is ``None`` here (and later means fewer findings), an unreadable one is ``None`` plus a
@@ -9,18 +12,24 @@ skipped and counted, never fatal.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-from profiling.flamegraph import Stacks, read_collapsed
-from workloads.errors import ConfigError
+from datamodel.errors import ConfigError
+from datamodel.records import number
+from datamodel.stacks import Stacks, read_collapsed
 
+SCHEMA_VERSION = 2
+"""Version of the run folder's layout (records gained ids, planned send times and lag in 2)."""
 RUN_JSON = "run.json"
 RECORDS = "records.jsonl"
 INGEST = "ingest.json"
 TIMELINE = "timeline.jsonl"
+GAUGES = "gauges.jsonl"
 SNAPSHOTS = "snapshots.json"
 MLX_PROBE = "mlx_probe.json"
 PROFILES = "profiles"
@@ -40,6 +49,8 @@ class RunData:
     """``ingest.json``: one entry per project ingest."""
     timeline: list[dict[str, Any]] | None = None
     """``timeline.jsonl``: process and system samples."""
+    gauges: list[dict[str, Any]] | None = None
+    """``gauges.jsonl``: each replica's own figures every second (cache bytes, MLX memory)."""
     profiles: dict[str, Stacks] | None = None
     """``profiles/<role>.collapsed``: collapsed stacks by role (file stem)."""
     snapshots: list[dict[str, Any]] | None = None
@@ -71,6 +82,7 @@ class RunData:
             records=records,
             ingest=_optional_list(folder / INGEST, notes),
             timeline=_read_jsonl(folder / TIMELINE, notes, required=False),
+            gauges=_read_jsonl(folder / GAUGES, notes, required=False),
             profiles=_read_profiles(folder / PROFILES, notes),
             snapshots=_optional_list(folder / SNAPSHOTS, notes),
             mlx_probe=_optional_list(folder / MLX_PROBE, notes),
@@ -110,8 +122,8 @@ class RunData:
         windows: dict[str, tuple[float, float]] = {}
         for r in self.records:
             start, end = (
-                number(r.get("issued")),
-                number(r.get("issued")) + number(r.get("duration")),
+                number(r.get("planned")),
+                number(r.get("planned")) + number(r.get("duration")),
             )
             if start <= 0:
                 continue
@@ -124,11 +136,6 @@ class RunData:
         """Timeline samples whose role starts with ``role_prefix``, by time."""
         rows = [s for s in self.timeline or [] if str(s.get("role", "")).startswith(role_prefix)]
         return sorted(rows, key=lambda s: number(s.get("t")))
-
-
-def number(value: Any) -> float:
-    """``value`` as a float when it is a number (not a bool), else 0.0."""
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
 
 def _read_json(path: Path) -> Any:
@@ -156,7 +163,7 @@ def _optional_list(path: Path, notes: list[str]) -> list[dict[str, Any]] | None:
 
 def _read_jsonl(path: Path, notes: list[str], *, required: bool) -> list[dict[str, Any]] | None:
     try:
-        text = path.read_text()
+        rows, torn = read_jsonl(path)
     except FileNotFoundError:
         if required:
             raise ConfigError(f"{path} is missing: not a finished loadlens run folder") from None
@@ -166,7 +173,6 @@ def _read_jsonl(path: Path, notes: list[str], *, required: bool) -> list[dict[st
             raise ConfigError(f"{path} is unreadable: {exc}") from None
         notes.append(f"ignored {path.name}: {exc}")
         return None
-    rows, torn = _parse_lines(text.splitlines())
     if torn:
         notes.append(f"{path.name}: skipped {torn} unreadable line(s)")
     return rows
@@ -200,3 +206,55 @@ def _read_profiles(folder: Path, notes: list[str]) -> dict[str, Stacks] | None:
         except OSError as exc:
             notes.append(f"ignored {PROFILES}/{path.name}: {exc}")
     return profiles or None
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=1, default=str)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RecordWriter:
+    """Appends records to ``records.jsonl`` and flushes after every batch."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh: TextIO = path.open("a")
+        self.count = 0
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        """Append ``records``."""
+        for record in records:
+            self._fh.write(json.dumps(record) + "\n")
+        self._fh.flush()
+        self.count += len(records)
+
+    def close(self) -> None:
+        """Flush to disk and close."""
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+
+
+def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """The JSON objects of a ``.jsonl`` file and how many lines were unreadable.
+
+    A torn line (a crash mid-write) or a line that is not an object is skipped and counted.
+    Raises ``OSError`` / ``UnicodeDecodeError`` when the file itself cannot be read.
+    """
+    return _parse_lines(path.read_text().splitlines())
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``records.jsonl`` (torn lines skipped)."""
+    return read_jsonl(path)[0]

@@ -1,6 +1,6 @@
 """Targets a run must hold, read from TOML, and how each metric is measured from a run.
 
-A targets file (``profiling/targets/<name>.toml`` or any path) is a list of tables::
+A targets file (``profiling/verdict/targets/<name>.toml`` or any path) is a list of tables::
 
     [[target]]
     name = "service init"          # optional, defaults to the metric
@@ -24,9 +24,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from profiling.rundata import INGEST, RECORDS, RUN_JSON, TIMELINE, RunData, number
-from workloads.errors import ConfigError
-from workloads.stats import percentile
+from datamodel.errors import ConfigError
+from datamodel.quantiles import quantile, quantile_sorted
+from datamodel.records import number, throughput
+from datamodel.runfolder import INGEST, RECORDS, RUN_JSON, TIMELINE, RunData
 
 Op = Literal["<", "<=", ">", ">="]
 OPS: dict[str, Callable[[float, float], bool]] = {
@@ -138,19 +139,28 @@ def _service_uss_mb_max(run: RunData, _: str | None) -> Measured:
 
 
 def _p99(values: list[float]) -> float:
-    return percentile(sorted(values), 99.0)
+    return quantile(values, 0.99)
+
+
+def _switch_seconds(records: list[dict[str, Any]]) -> list[float]:
+    """Adapter plus index stage seconds of each record: what switching project cost it."""
+    return [
+        number((r.get("stages") or {}).get("adapter"))
+        + number((r.get("stages") or {}).get("index"))
+        for r in records
+    ]
 
 
 def _switch_p99_s(run: RunData, _: str | None) -> Measured:
-    switched = _values([r for r in run.ok_records() if r.get("switched")], "stages", "switch")
+    switched = _switch_seconds([r for r in run.ok_records() if r.get("switched")])
     if switched:
         p99 = _p99(switched)
         return p99, (
-            f"p99 {p99:.3f} s of stages.switch over {len(switched)} ok record(s) that switched "
-            f"project in {RECORDS}"
+            f"p99 {p99:.3f} s of stages adapter + index over {len(switched)} ok record(s) that "
+            f"switched project in {RECORDS}"
         )
     ops = run.ok_records("switch")
-    values = _values(ops, "stages", "switch") or _values(ops, "service")
+    values = _switch_seconds(ops) or _values(ops, "service")
     if values:
         p99 = _p99(values)
         return p99, (
@@ -200,25 +210,26 @@ def _error_rate(run: RunData, _: str | None) -> Measured:
 
 
 def _throughput(run: RunData, _: str | None) -> Measured:
-    rows = [r for r in run.records if number(r.get("issued")) > 0]
-    if not rows:
+    if not run.records:
         return None, f"no records in {RECORDS}"
-    end = max(number(r["issued"]) + number(r.get("duration")) for r in rows)
-    span = end - min(number(r["issued"]) for r in rows)
-    if span <= 0:
+    rate = throughput(run.records)
+    if rate is None:
         return None, f"records in {RECORDS} span no time"
-    ok = sum(1 for r in rows if r.get("ok"))
-    return ok / span, f"{ok} ok op(s) over {span:.1f} s = {ok / span:.2f} ops/s in {RECORDS}"
+    value, ok, seconds = rate
+    return value, f"{ok} ok op(s) over {seconds:.1f} s = {value:.2f} ops/s in {RECORDS}"
 
 
 def _latency(q: float) -> Callable[[RunData, str | None], Measured]:
     def measure(run: RunData, op: str | None) -> Measured:
-        values = sorted(_values(run.ok_records(op), "duration"))
+        rows = [r for r in run.records if r.get("op") == op]
+        values = sorted(_values(rows, "duration"))
         if not values:
-            return None, f"no ok {op} record in {RECORDS}"
-        value = percentile(values, q)
+            return None, f"no {op} record in {RECORDS}"
+        value = quantile_sorted(values, q / 100)
+        failed = sum(1 for r in rows if not r.get("ok"))
         return value, (
-            f"p{q:g} {value:.3f} s of duration over {len(values)} ok {op} op(s) in {RECORDS}"
+            f"p{q:g} {value:.3f} s of duration (from the planned send) over {len(values)} {op} "
+            f"op(s), {failed} failed ones counted at their observed time, in {RECORDS}"
         )
 
     return measure

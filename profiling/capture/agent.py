@@ -16,8 +16,8 @@ from typing import Any
 import psutil
 import ray
 
-from profiling import pyspy
-from profiling.sampler import ProcessSampler
+from profiling.capture import pyspy
+from profiling.capture.sampler import ProcessSampler
 
 
 @ray.remote(num_cpus=0)

@@ -1,4 +1,4 @@
-"""Latency statistics from raw samples.
+"""Quantiles and summaries of raw samples.
 
 Percentiles are always computed from the merged raw samples of every worker, never by
 averaging per-worker percentiles: a worker with few, slow samples would otherwise count as
@@ -13,31 +13,37 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from workloads.errors import ConfigError
+from datamodel.errors import ConfigError
 
 K = TypeVar("K", bound=Hashable)
 
-PERCENTILES: dict[str, float] = {"p50": 50.0, "p90": 90.0, "p95": 95.0, "p99": 99.0}
-"""The percentiles a :class:`Summary` reports, by field name."""
+PERCENTILES: dict[str, float] = {"p50": 0.50, "p90": 0.90, "p95": 0.95, "p99": 0.99}
+"""The quantiles a :class:`Summary` reports, by field name."""
 
 
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0..100) of ascending ``sorted_values``.
+def quantile_sorted(sorted_values: Sequence[float], q: float) -> float:
+    """The ``q``-quantile (``0 <= q <= 1``) of ascending ``sorted_values``.
 
     Linear interpolation between the two nearest ranks, the same as numpy's default
-    (``method="linear"``). The input is not re-sorted: pass it sorted.
+    (``method="linear"``). The input is not re-sorted: pass it sorted. This is the one
+    quantile of loadlens: summaries, targets, the live display and comparisons all use it.
     """
-    if not sorted_values:
-        raise ConfigError("percentile of no values")
-    if not 0 <= q <= 100:
-        raise ConfigError(f"percentile q must be within 0..100, got {q}")
-    position = (len(sorted_values) - 1) * q / 100
+    if not len(sorted_values):
+        raise ConfigError("quantile of no values")
+    if not 0 <= q <= 1:
+        raise ConfigError(f"quantile q must be within 0..1, got {q}")
+    position = (len(sorted_values) - 1) * q
     low = math.floor(position)
     high = min(low + 1, len(sorted_values) - 1)
     frac = position - low
-    a, b = sorted_values[low], sorted_values[high]
+    a, b = float(sorted_values[low]), float(sorted_values[high])
     # Interpolate from the nearer end, as numpy does, so that the result stays exact at ends.
     return b - (b - a) * (1 - frac) if frac >= 0.5 else a + (b - a) * frac
+
+
+def quantile(values: Iterable[float], q: float) -> float:
+    """The ``q``-quantile (``0 <= q <= 1``) of ``values`` in any order."""
+    return quantile_sorted(sorted(float(v) for v in values), q)
 
 
 @dataclass(frozen=True)
@@ -74,7 +80,7 @@ def summarize(values: Iterable[float]) -> Summary:
     if not ordered:
         return Summary(count=0, mean=None, min=None, p50=None, p90=None, p95=None, p99=None,
                        max=None)  # fmt: skip
-    figures = {name: percentile(ordered, q) for name, q in PERCENTILES.items()}
+    figures = {name: quantile_sorted(ordered, q) for name, q in PERCENTILES.items()}
     return Summary(
         count=len(ordered),
         mean=math.fsum(ordered) / len(ordered),

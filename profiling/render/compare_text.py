@@ -1,4 +1,4 @@
-"""Terminal rendering of a :class:`~profiling.compare.Comparison` (data built elsewhere)."""
+"""Terminal rendering of a :class:`~profiling.verdict.compare.Comparison` (data built elsewhere)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from profiling.compare import CompareRow, Comparison
+from profiling.verdict.compare import CompareRow, Comparison
 
 _PASSED = {True: "pass", False: "FAIL", None: "n/a"}
 
@@ -60,10 +60,12 @@ def render_terminal(comparison: Comparison) -> str:
     header = [
         f"A: {c.a_label} ({_runs_text(c.a_runs)})",
         f"B: {c.b_label} ({_runs_text(c.b_runs)})",
-        f"a change needs p < {c.alpha:g}, a {level} CI of the ratio B/A excluding 1, and the "
-        f"ratio beyond x{c.factor:g} either way",
+        f"a change must be significant with Holm's method over all {len(c.rows)} rows at "
+        f"{c.alpha:g} (runs and time blocks as the units) and its ratio B/A beyond "
+        f"x{c.factor:g} either way",
+        f"run-to-run drift allowed for: {c.drift or 'none'}",
     ]
-    columns = ["name", "metric", "A", "B", "ratio", f"{level} CI", "p", "verdict"]
+    columns = ["name", "metric", "A", "B", "ratio", f"{level} CI", "p (raw)", "verdict"]
     table = _table(columns, [_row_cells(r) for r in c.rows])
     untestable: dict[str, list[str]] = {}
     for r in c.rows:

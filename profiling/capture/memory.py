@@ -25,6 +25,11 @@ class MemoryWatcher:
             tracemalloc.start(frames)
         self._previous: tracemalloc.Snapshot | None = None
         self._process = psutil.Process()
+        self._peak = 0
+
+    def peak_since_start(self) -> int:
+        """MLX's peak memory since this watcher began (snapshots reset MLX's own peak)."""
+        return max(self._peak, mx.get_peak_memory())
 
     def snapshot(self, label: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Measure now; ``mx.reset_peak_memory`` afterwards so each phase has its own peak."""
@@ -42,6 +47,7 @@ class MemoryWatcher:
             "tracemalloc_diff": [],
             **(extra or {}),
         }
+        self._peak = max(self._peak, record["mlx_peak"])
         mx.reset_peak_memory()
         if self.trace_python and tracemalloc.is_tracing():
             snap = tracemalloc.take_snapshot().filter_traces(

@@ -12,7 +12,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from profiling.rundata import (
+from datamodel.errors import ConfigError
+from datamodel.runfolder import (
     INGEST,
     MLX_PROBE,
     PROFILES,
@@ -21,10 +22,10 @@ from profiling.rundata import (
     SNAPSHOTS,
     TIMELINE,
     RunData,
+    write_json,
 )
-from workloads.errors import ConfigError
 from workloads.names import SAFE_NAME, check_name
-from workloads.results import utc_now, write_json
+from workloads.results import utc_now
 
 DEFAULT_ROOT = Path("results") / "baselines"
 """Where named baselines live unless told otherwise."""

@@ -1,0 +1,116 @@
+"""The typed record every operation yields, success or failure, and what one reads off many.
+
+Times are UNIX seconds (``time.time()``) so that records of several processes line up;
+durations are seconds. A failure is a record with ``ok=False`` and ``error`` set.
+
+Latency is measured from the **planned** send time, not the actual one: an open-loop
+generator that falls behind its schedule would otherwise hide its own lag (coordinated
+omission). ``duration = lag + wait + service + transport``, each part measured per record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+STAGES = ("adapter", "index", "embed", "search", "model")
+"""Service-side stages an operation reports, in the order a request meets them: adapter
+activation or load, index load, embedding, vector search, base model."""
+
+
+@dataclass
+class OpRecord:
+    """One issued operation, as the generator saw it and the replica reported it."""
+
+    id: str
+    """Unique within the run: ``<worker>-<sequence>``."""
+    op: str
+    """Operation name (analyze, search, embed, switch, ingest)."""
+    project: str | None
+    """Project the operation was for (``None`` for embed)."""
+    stage: str
+    """Profile stage it was issued in."""
+    worker: int
+    """Generator worker that issued it."""
+    replica: int
+    """Replica it was routed to."""
+    planned: float
+    """When it was due to be sent: its arrival time in an open-loop schedule, or the moment a
+    closed-loop user sent it. The origin of ``duration``."""
+    sent: float = 0.0
+    """When the generator actually sent it."""
+    duration: float = 0.0
+    """End-to-end seconds from ``planned`` to the reply (lag + wait + service + transport)."""
+    lag: float = 0.0
+    """Seconds the generator sent it late (``sent - planned``)."""
+    wait: float = 0.0
+    """Seconds between sending and the replica starting it (queueing and transport there)."""
+    service: float = 0.0
+    """Seconds the replica spent on it."""
+    stages: dict[str, float] = field(default_factory=dict)
+    """Service-side seconds per stage (:data:`STAGES`); service time outside them is other."""
+    misses: list[str] = field(default_factory=list)
+    """Caches that missed for it: ``adapter`` and/or ``index`` (each loaded from disk)."""
+    flops: float = 0.0
+    """Estimated matmul floating-point operations of its embed and model stages."""
+    node: str = ""
+    """Ray node id of the replica that served it ('' if it never reached one)."""
+    pid: int = 0
+    """Process id of the replica that served it."""
+    ok: bool = False
+    """Whether it completed without error."""
+    error: str | None = None
+    """Error type and message when it failed."""
+    switched: bool = False
+    """Whether it changed the replica's active project (an adapter swap)."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready copy (shallow but for ``stages``; faster than ``asdict``)."""
+        out = dict(self.__dict__)
+        out["stages"] = dict(self.stages)
+        out["misses"] = list(self.misses)
+        return out
+
+
+def number(value: Any) -> float:
+    """``value`` as a float when it is a number (not a bool), else 0.0."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+def span(records: Iterable[Mapping[str, Any]]) -> tuple[float, float] | None:
+    """``(first planned send, last reply)`` of ``records`` in UNIX seconds, if any."""
+    start = end = None
+    for r in records:
+        t0 = number(r.get("planned"))
+        if t0 <= 0:
+            continue
+        t1 = t0 + number(r.get("duration"))
+        start = t0 if start is None else min(start, t0)
+        end = t1 if end is None else max(end, t1)
+    return None if start is None or end is None else (start, end)
+
+
+def throughput(records: Sequence[Mapping[str, Any]]) -> tuple[float, int, float] | None:
+    """``(ok ops per second, ok ops, seconds)`` over the records' span; ``None`` if no span."""
+    window = span(records)
+    if window is None or window[1] <= window[0]:
+        return None
+    ok = sum(1 for r in records if r.get("ok"))
+    seconds = window[1] - window[0]
+    return ok / seconds, ok, seconds
+
+
+def error_kind(record: Mapping[str, Any]) -> str:
+    """The kind of a failed record's error: the text before its first ``:``."""
+    return str(record.get("error") or "unknown").split(":", 1)[0]
+
+
+def error_counts(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Failed records counted by :func:`error_kind`, sorted by kind."""
+    counts: dict[str, int] = {}
+    for r in records:
+        if not r.get("ok"):
+            kind = error_kind(r)
+            counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items()))

@@ -1,0 +1,1 @@
+"""Capture while a run goes: agents, psutil timelines, py-spy, memory snapshots, MLX facts."""

@@ -1,0 +1,168 @@
+"""The verdict on one run: its latency budget, the ranked causes, context, and targets.
+
+:func:`analyze` splits every record's latency into parts (:mod:`.attribution`), lets each
+cause claim the parts it explains (:mod:`.causes`, :mod:`.health`), ranks the findings
+(:func:`.findings.rank`) and checks the targets. It reads a run folder and needs no Ray.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from datamodel.records import number
+from datamodel.runfolder import MLX_PROBE, PROFILES, RECORDS, RUN_JSON, TIMELINE, RunData
+from datamodel.stacks import self_time, strip_line_numbers
+from profiling.verdict import causes, health
+from profiling.verdict.attribution import SERVICE, Attribution, Budget
+from profiling.verdict.causes import IDLE_LEAVES, ServiceClaims
+from profiling.verdict.findings import Fact, Finding, rank
+from profiling.verdict.targets import Target, TargetResult, check_targets
+
+DEFAULT_MEMORY_LIMIT_MB = 500.0
+"""Memory a replica may reach when neither the profile's budget nor a target says."""
+
+Cause = Callable[[RunData, Attribution, ServiceClaims], list[Finding]]
+CAUSES: dict[str, Cause] = {
+    "adapter_thrash": causes.adapter_thrash,
+    "index_thrash": causes.index_thrash,
+    "slow_blas": causes.slow_blas,
+    "oversubscription": causes.oversubscription,
+    "hot_code": causes.hot_code,
+    "queueing": causes.queueing,
+    "generator_lag": causes.generator_lag,
+    "transport": causes.transport,
+}
+"""Latency causes, in the order they claim: service causes first (the queue is shared out
+by the service time they claim), then what is left of the queue, then lag and transport."""
+HEALTH = {"errors": health.errors, "memory_growth": health.memory_growth}
+"""Findings about errors and memory."""
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Everything :func:`analyze` concluded about one run."""
+
+    run_id: str
+    """The run analysed."""
+    budget: Budget | None
+    """Where the latency went; ``None`` when the run has no records."""
+    findings: list[Finding]
+    """Causes, ranked: errors, then stability, then latency by the seconds they explain."""
+    facts: list[Fact]
+    """Context that explains no latency by itself."""
+    targets: list[TargetResult]
+    """Each target checked against the run."""
+    notes: list[str] = field(default_factory=list)
+    """What could not be analysed, and why."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (the layout of ``analysis.json``)."""
+        return {
+            "run_id": self.run_id,
+            "budget": self.budget.as_dict() if self.budget else None,
+            "findings": [f.as_dict() for f in self.findings],
+            "facts": [f.as_dict() for f in self.facts],
+            "targets": [t.as_dict() for t in self.targets],
+            "notes": list(self.notes),
+        }
+
+
+def _memory_limit(run: RunData, targets: list[Target]) -> float:
+    budget = number(((run.run.get("spec") or {}).get("profile") or {}).get("memory_budget_mb"))
+    if budget:
+        return budget * 1.048576  # MiB -> MB
+    limits = [t.threshold for t in targets if t.metric == "service_uss_mb_max"]
+    return min(limits) if limits else DEFAULT_MEMORY_LIMIT_MB
+
+
+def _hot_frames(run: RunData) -> list[Fact]:
+    out = []
+    for role, all_stacks in sorted((run.profiles or {}).items()):
+        stacks = {s: n for s, n in strip_line_numbers(all_stacks).items()
+                  if not s.rsplit(";", 1)[-1].startswith(IDLE_LEAVES)}  # fmt: skip
+        ranked = self_time(stacks)
+        if not role.startswith("replica") or not ranked:
+            continue
+        top = ranked[:5]
+        out.append(Fact(
+            "hot_frames", f"{role}: {top[0].share:.0%} of busy samples in {top[0].frame}",
+            {"role": role, "busy_samples": sum(stacks.values()),
+             "idle_samples": sum(all_stacks.values()) - sum(stacks.values()),
+             "top": [f._asdict() for f in top]},
+            [f"{PROFILES}/{role}.collapsed"],
+        ))  # fmt: skip
+    return out
+
+
+def _context(run: RunData, att: Attribution, found: list[Finding]) -> list[Fact]:
+    facts: list[Fact] = []
+    explained = {part for f in found for part in f.explains}
+    budget = att.budget()
+    for part in SERVICE:
+        p = budget.part(part)
+        if part not in explained and max(p.share, p.tail_share) >= 0.2:
+            facts.append(Fact(
+                "unexplained", f"{part} is {p.share:.0%} of latency ({p.tail_share:.0%} of the "
+                "tail) and no defect was found in it: it is the work itself",
+                {"component": part, "seconds": p.seconds, "share": p.share,
+                 "tail_share": p.tail_share, "mean_s_by_op": p.by_op}, [RECORDS],
+            ))  # fmt: skip
+    first = np.zeros(len(att.records))
+    seen: set[tuple[Any, Any, str]] = set()
+    for i, r in enumerate(att.records):
+        for cache in r.get("misses") or []:
+            key = (r.get("replica"), r.get("project"), cache)
+            if key not in seen and cache in att.components:
+                seen.add(key)
+                first[i] += att.column(cache)[i]
+    if first.any():
+        facts.append(Fact(
+            "cold_start", f"first loads of adapters and indexes took {float(first.sum()):.2f} s "
+            f"({len(seen)} loads): the cost of a cold cache, paid once",
+            {"loads": len(seen), "seconds": float(first.sum())}, [RECORDS],
+        ))  # fmt: skip
+    for node, cpu in causes.cpu_by_node(run).items():
+        facts.append(Fact(
+            "cpu", f"node {node}: CPU {cpu['mean_cpu_percent']:.0f}% on average, >= 90% in "
+            f"{cpu['saturated_share']:.0%} of samples", {"node": node, **cpu}, [TIMELINE],
+        ))  # fmt: skip
+    for stage in run.section("stages"):
+        wall = number(stage.get("wall_seconds"))
+        if wall > 0:
+            facts.append(Fact(
+                "generator_cost", f"stage {stage.get('stage')}: the load generator used "
+                f"{number(stage.get('cpu_seconds')) / wall:.2f} cores",
+                {"stage": stage.get("stage"), "cores": number(stage.get("cpu_seconds")) / wall},
+                [RUN_JSON],
+            ))  # fmt: skip
+    return facts + _hot_frames(run)
+
+
+def analyze(run: RunData, targets: list[Target]) -> Analysis:
+    """The budget, ranked findings, context and targets of ``run``."""
+    notes = list(run.notes)
+    for missing, what in ((run.mlx_probe, MLX_PROBE), (run.timeline, TIMELINE),
+                          (run.profiles, f"{PROFILES}/*.collapsed")):  # fmt: skip
+        if missing is None:
+            notes.append(f"no {what} in the run folder: findings that need it were skipped")
+    if not run.records:
+        return Analysis(run.run_id, None, [], [], check_targets(run, targets), notes)
+    att = Attribution(run.records)
+    claims = ServiceClaims(att)
+    found: list[Finding] = []
+    facts: list[Fact] = []
+    for cause in CAUSES.values():
+        for finding in cause(run, att, claims):
+            found.append(finding)
+            claims.explained.update(p for p in finding.explains if p != "queue")
+    limit = _memory_limit(run, targets)
+    for check in HEALTH.values():
+        for item in check(run, att, limit):
+            (found if isinstance(item, Finding) else facts).append(item)  # type: ignore[arg-type]
+    facts += _context(run, att, found)
+    return Analysis(run.run_id, att.budget(), rank(found), facts, check_targets(run, targets),
+                    notes)  # fmt: skip

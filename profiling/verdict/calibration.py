@@ -1,0 +1,185 @@
+"""How much runs of one configuration drift apart on this machine, measured by A/A runs.
+
+``python -m workloads.bench verdicts`` runs one configuration several times and writes what
+it saw here, per kind of figure: the run-to-run standard deviation of the log figure beyond
+within-run noise (``sigma``), its degrees of freedom, the typical within-run variance, and
+the rounds a side an A/B needs to tell a 10% change. Comparisons use it as the prior of
+the between-run variance (see :mod:`profiling.verdict.statistics`), so that two runs are
+not called different for drifting as much as identical runs do here.
+
+Files live in ``<cache>/calibration/<machine-key>/<profile>.json``. Without one for the
+machine in hand, the default shipped in ``profiling/verdict/calibration/default.json``
+(measured on the machine it names) is used, and comparisons say so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from datamodel.runfolder import write_json
+from profiling.verdict.figures import LATENCY_METRICS, RunFigures, latency_levels
+from profiling.verdict.statistics import Level, Prior, power_rounds
+
+KINDS = ("p50", "p95", "p99", "throughput", "memory")
+"""Kinds of figure a calibration describes: latency quantiles, throughput, memory peak."""
+DEFAULT_FILE = Path(__file__).resolve().parent / "calibration" / "default.json"
+"""The calibration shipped with loadlens (used when the machine has none of its own)."""
+DETECT = 0.10
+"""The change a calibration sizes A/B rounds for."""
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What A/A runs of one profile showed on one machine."""
+
+    machine: str
+    """CPU model, cores and memory, as run.json records them."""
+    profile: str
+    """Profile the runs used."""
+    runs: int
+    """A/A runs behind the figures."""
+    sigma: dict[str, float]
+    """Kind -> run-to-run standard deviation of the log figure (beyond within-run noise)."""
+    df: dict[str, float]
+    """Kind -> degrees of freedom behind ``sigma``."""
+    within: dict[str, float]
+    """Kind -> typical within-run variance of one run's log figure."""
+    rounds: dict[str, int | None]
+    """Kind -> runs a side to detect a 10% change with 90% power (``None``: more than 50)."""
+    measured_utc: str = ""
+    """When."""
+    command: str = ""
+    """The command that measured it."""
+
+    def prior(self, kind: str, source: str) -> Prior:
+        """The prior of ``kind``'s between-run variance."""
+        return Prior(self.sigma.get(kind, 0.0), max(self.df.get(kind, 0.0), 1.0), source)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def machine_name(machine: Mapping[str, Any]) -> str:
+    """``"<chip>, <n> CPUs, <m> GiB"`` from run.json's ``machine``."""
+    gib = round(float(machine.get("memory_bytes") or 0) / 2**30)
+    return f"{machine.get('chip')}, {machine.get('cpus_logical')} CPUs, {gib} GiB"
+
+
+def machine_key(machine: Mapping[str, Any]) -> str:
+    """A folder name for the machine: a hash of :func:`machine_name`."""
+    return hashlib.sha256(machine_name(machine).encode()).hexdigest()[:16]
+
+
+def _pooled_sigma(rows: list[list[Level]]) -> tuple[float, float, float]:
+    """``(sigma^2, df, mean within variance)`` pooled over rows of per-run levels."""
+    ss = df = within = 0.0
+    for levels in rows:
+        x = np.array([lv.value for lv in levels if math.isfinite(lv.value)])
+        v = np.array([lv.var for lv in levels if math.isfinite(lv.value)])
+        if x.size < 2:
+            continue
+        ss += max(float(x.var(ddof=1)) - float(v.mean()), 0.0) * (x.size - 1)
+        within += float(v.mean()) * (x.size - 1)
+        df += x.size - 1
+    return (ss / df, df, within / df) if df else (0.0, 0.0, 0.0)
+
+
+def build(
+    machine: Mapping[str, Any],
+    profile: str,
+    runs: Sequence[RunFigures],
+    peaks: Sequence[float],
+    *,
+    measured_utc: str = "",
+    command: str = "",
+) -> Calibration:
+    """A :class:`Calibration` from A/A runs of one configuration (their figures and memory
+    peaks in MB).
+
+    Latency kinds are measured as the comparison tests them: per op, the share of each
+    run's operations slower than the pooled quantile of all runs; the spread of those
+    shares beyond their within-run variance is the between-run variance, pooled over ops.
+    The 10% change a calibration sizes rounds for is, for a latency quantile, how much that
+    share grows when every operation is 10% slower (read off the pooled durations).
+    """
+    sigma: dict[str, float] = {}
+    df: dict[str, float] = {}
+    within: dict[str, float] = {}
+    rounds: dict[str, int | None] = {}
+    ops = sorted({op for f in runs for op in f.durations})
+    for metric, q in LATENCY_METRICS.items():
+        kind = metric.removesuffix("_s")
+        rows, effects = [], []
+        for op in ops:
+            threshold, levels, _ = latency_levels(runs, [], op, q)
+            rows.append(levels)
+            pooled = np.array([d for f in runs for d in f.durations.get(op, [])])
+            if pooled.size:
+                effects.append(
+                    float((pooled * (1 + DETECT) > threshold).mean() - (pooled > threshold).mean())
+                )
+        s2, nu, w = _pooled_sigma(rows)
+        sigma[kind], df[kind], within[kind] = math.sqrt(s2), nu, w
+        rounds[kind] = power_rounds(float(np.median(effects)) if effects else 0.0, sigma[kind], w)
+    s2, nu, w = _pooled_sigma([[f.throughput[op] for f in runs if op in f.throughput]
+                               for op in [*ops, "all"]])  # fmt: skip
+    sigma["throughput"], df["throughput"], within["throughput"] = math.sqrt(s2), nu, w
+    rounds["throughput"] = power_rounds(math.log1p(DETECT), sigma["throughput"], w)
+    logs = [Level(math.log(m), 0.0) for m in peaks if m > 0]
+    s2, nu, w = _pooled_sigma([logs])
+    sigma["memory"], df["memory"], within["memory"] = math.sqrt(s2), nu, w
+    rounds["memory"] = power_rounds(math.log1p(DETECT), sigma["memory"], w)
+    return Calibration(machine_name(machine), profile, len(runs), sigma, df, within, rounds,
+                       measured_utc, command)  # fmt: skip
+
+
+def calibration_root(cache_dir: Path) -> Path:
+    """Where this cache keeps calibrations."""
+    return Path(cache_dir) / "calibration"
+
+
+def save(calibration: Calibration, machine: Mapping[str, Any], cache_dir: Path) -> Path:
+    """Write ``calibration`` for its machine and profile; returns the file."""
+    path = calibration_root(cache_dir) / machine_key(machine) / f"{calibration.profile}.json"
+    write_json(path, calibration.as_dict())
+    return path
+
+
+def _read(path: Path) -> Calibration | None:
+    try:
+        data = json.loads(path.read_text())
+        return Calibration(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def find(
+    machine: Mapping[str, Any], profile: str | None, cache_dir: Path
+) -> tuple[Calibration, str]:
+    """The calibration that fits best, and where it came from.
+
+    This machine's file for ``profile``; else this machine's file for another profile (the
+    one with the largest drift, to stay cautious); else the shipped default.
+    """
+    folder = calibration_root(cache_dir) / machine_key(machine)
+    if profile and (exact := _read(folder / f"{profile}.json")):
+        return exact, f"A/A calibration of this machine, profile {profile}"
+    others = [c for p in sorted(folder.glob("*.json")) if (c := _read(p))]
+    if others:
+        worst = max(others, key=lambda c: max(c.sigma.values(), default=0.0))
+        return worst, f"A/A calibration of this machine, profile {worst.profile}"
+    default = _read(DEFAULT_FILE)
+    if default is None:  # pragma: no cover - the file ships with the package
+        return Calibration("unknown", "none", 0, {}, {}, {}, {}), "no calibration"
+    return default, (f"shipped default calibration ({default.machine}, profile "
+                     f"{default.profile}); run `python -m workloads.bench verdicts` to "
+                     "calibrate this machine")  # fmt: skip

@@ -1,0 +1,444 @@
+"""Causes of latency, each attached to the budget parts it explains.
+
+Service-side causes claim seconds of service stages per record: cache thrash claims the
+adapter or index loads that an evicted entry forced, a slow BLAS the matmul time a faster
+one would save, oversubscribed threads the slowdown of model and embed, hot Python code
+the samples py-spy saw in it. Queue wait on a replica is then shared among those causes in
+proportion to the service time each claims there (faster service drains the queue), and
+what is left of it is the load itself: arrivals above what the replicas serve, or routed
+unevenly. Generator lag is the load generator's own lateness. Each function returns its
+findings plus the per-record service claims they made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from datamodel.records import number
+from datamodel.runfolder import MLX_PROBE, PROFILES, RECORDS, RUN_JSON, TIMELINE, RunData
+from datamodel.stacks import strip_frame_line
+from profiling.verdict.attribution import Attribution, Vector
+from profiling.verdict.findings import Finding, latency_finding, material
+
+SLOW_BLAS_RATIO = 0.5
+"""A BLAS slower than this share of the fastest one measured on the machine counts as slow."""
+HOT_FRAME_SHARE = 0.05
+"""A Python frame holding at least this share of a replica's service time is hot code."""
+BUSY = 0.9
+"""Utilisation at or above which a replica counts as saturated."""
+IDLE_LEAVES = ("Worker.main_loop (ray/_private/worker.py",)
+"""Leaf frames where a Ray worker waits for work (py-spy cannot tell this blocking call
+from work); such samples are idle, never hot code."""
+
+
+@dataclass
+class ServiceClaims:
+    """Per-record service seconds claimed by each cause, for sharing out queue wait."""
+
+    att: Attribution
+    by_cause: dict[str, Vector] = field(default_factory=dict)
+    explained: set[str] = field(default_factory=set)
+    """Service parts that a reported finding already explains."""
+
+    def add(self, kind: str, seconds: Vector) -> None:
+        """Record that cause ``kind`` claims ``seconds`` of service per record."""
+        self.by_cause[kind] = self.by_cause.get(kind, 0) + seconds
+
+    def queue_share(self, kind: str) -> Vector:
+        """Queue seconds per record owed to ``kind``: each replica's queue wait times the
+        share of that replica's service time the cause claims."""
+        return self._shared(self.by_cause.get(kind, np.zeros(len(self.att.records))))
+
+    def unclaimed_queue(self) -> Vector:
+        """Queue seconds per record no service cause accounts for."""
+        queue = self.att.column("queue")
+        claimed = sum((self._shared(v) for v in self.by_cause.values()), np.zeros(len(queue)))
+        return queue - claimed
+
+    def _shared(self, claim: Vector) -> Vector:
+        queue = self.att.column("queue")
+        service = self.att.service
+        out = np.zeros(len(queue))
+        for rows in self.att.by_replica().values():
+            total = float(service[rows].sum())
+            if total > 0:
+                out[rows] = queue[rows] * min(float(claim[rows].sum()) / total, 1.0)
+        return out
+
+
+def _replica_stats(run: RunData) -> dict[int, dict[str, Any]]:
+    return {int(number(s.get("replica"))): s for s in run.section("replica_stats")}
+
+
+def _thrash(run: RunData, att: Attribution, claims: ServiceClaims, cache: str) -> list[Finding]:
+    """Loads of ``cache`` (``adapter`` or ``index``) forced by an earlier eviction."""
+    seen: set[tuple[Any, Any]] = set()
+    capacity = np.zeros(len(att.records))
+    compulsory = 0
+    working: dict[int, set[str]] = {}
+    for i, r in enumerate(att.records):
+        if r.get("project") is not None and r.get("ok"):
+            working.setdefault(int(number(r.get("replica"))), set()).add(str(r["project"]))
+        if cache not in (r.get("misses") or []) or not r.get("ok"):
+            continue
+        key = (r.get("replica"), r.get("project"))
+        if key in seen:
+            capacity[i] = att.column(cache)[i]
+        else:
+            seen.add(key)
+            compulsory += 1
+    events = int(np.count_nonzero(capacity))
+    claims.add(f"{cache}_thrash", capacity)
+    claim = att.claim(capacity + claims.queue_share(f"{cache}_thrash"))
+    if events < 3 or not material(claim):
+        return []
+    setting = f"{cache}_cache_count"
+    config = run.service_config()
+    stats = _replica_stats(run)
+    per_replica = {
+        str(k): {
+            "working_set": len(projects),
+            "hits": (stats.get(k, {}).get(f"{cache}s") or {}).get("hits"),
+            "misses": (stats.get(k, {}).get(f"{cache}s") or {}).get("misses"),
+            "evictions": (stats.get(k, {}).get(f"{cache}s") or {}).get("evictions"),
+        }
+        for k, projects in sorted(working.items())
+    }
+    need = max(len(p) for p in working.values())
+    loads = capacity[capacity > 0]
+    what = "adapters" if cache == "adapter" else "indexes"
+    return [latency_finding(
+        f"{cache}_thrash",
+        f"{cache} cache thrash: {events} reloads of evicted {what} cost {claim['share']:.0%} "
+        f"of latency ({claim['tail_share']:.0%} of the tail)",
+        [cache, "queue"], claim, events,
+        {"capacity_misses": events, "compulsory_misses": compulsory,
+         "median_reload_s": float(np.median(loads)), "direct_s": float(capacity.sum()),
+         setting: config.get(setting), "largest_working_set": need, "replicas": per_replica},
+        [RECORDS, RUN_JSON],
+        f"raise {setting} to at least {need} (the most projects one replica serves) so the "
+        f"working set stays resident, or spread projects over more replicas",
+        gain_s=claim["seconds"],
+    )]  # fmt: skip
+
+
+def adapter_thrash(run: RunData, att: Attribution, claims: ServiceClaims) -> list[Finding]:
+    """Adapter loads forced by evictions (not the first load of each project)."""
+    return _thrash(run, att, claims, "adapter")
+
+
+def index_thrash(run: RunData, att: Attribution, claims: ServiceClaims) -> list[Finding]:
+    """Index loads forced by evictions (not the first load of each project)."""
+    return _thrash(run, att, claims, "index")
+
+
+def _probes(run: RunData) -> dict[int, dict[str, Any]]:
+    return {int(number(p.get("replica"))): p for p in run.mlx_probe or []}
+
+
+def slow_blas(run: RunData, att: Attribution, claims: ServiceClaims) -> list[Finding]:
+    """Matmul time a BLAS as fast as the best one measured on this machine would save.
+
+    Per record: its estimated matmul FLOPs at the replica's probed GFLOP/s (capped at its
+    embed + model time) minus the same FLOPs at the achievable GFLOP/s.
+    """
+    probes = _probes(run)
+    if not probes:
+        return []
+    best = max((number(p.get("achievable_gflops")) for p in probes.values()), default=0.0)
+    saved = np.zeros(len(att.records))
+    slow: dict[int, dict[str, Any]] = {}
+    compute = att.column("embed") + att.column("model")
+    for i, r in enumerate(att.records):
+        probe = probes.get(int(number(r.get("replica"))))
+        gflops = number(probe.get("matmul_gflops")) if probe else 0.0
+        if probe is None or gflops <= 0:
+            continue
+        reference = probe.get("blas_kind") == "reference"
+        if not reference and not (best and gflops < SLOW_BLAS_RATIO * best):
+            continue
+        slow[int(number(r.get("replica")))] = probe
+        flops = number(r.get("flops"))
+        now = min(compute[i], flops / (gflops * 1e9))
+        saved[i] = max(now - (flops / (best * 1e9) if best else 0.0), 0.0)
+    claims.add("slow_blas", saved)
+    claim = att.claim(saved + claims.queue_share("slow_blas"))
+    if not slow or not material(claim):
+        return []
+    worst = min(number(p.get("matmul_gflops")) for p in slow.values())
+    kinds = sorted({str(p.get("blas_kind")) for p in slow.values()})
+    bound = "" if best else " (no faster BLAS was measured here: an upper bound)"
+    return [latency_finding(
+        "slow_blas",
+        f"slow BLAS: MLX matmul at {worst:.1f} GFLOP/s ({', '.join(kinds)}) where "
+        f"{best:.0f} is achievable; {claim['share']:.0%} of latency{bound}",
+        ["embed", "model", "queue"], claim, int(np.count_nonzero(saved)),
+        {"matmul_gflops": worst, "achievable_gflops": best or None, "blas_kind": kinds,
+         "achievable_blas": next((p.get("achievable_blas") for p in slow.values()), None),
+         "replicas": sorted(slow), "matmul_saved_s": float(saved.sum()),
+         "embed_model_s": float(compute.sum())},
+        [MLX_PROBE, RECORDS],
+        "preload the fastest BLAS measured on this machine (the `optimized` configuration "
+        "does; see mlx_probe.json for the candidates and their speed)",
+        gain_s=claim["seconds"],
+    )]  # fmt: skip
+
+
+def _blas_threads(probe: Mapping[str, Any]) -> int:
+    threads = probe.get("blas_threads")
+    if isinstance(threads, int) and threads > 0:
+        return threads
+    env = probe.get("env") or {}
+    for key in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = str(env.get(key) or "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return int(number(probe.get("cpu_count"))) or 1
+
+
+def oversubscription(run: RunData, att: Attribution, claims: ServiceClaims) -> list[Finding]:
+    """Replicas on one node whose BLAS threads add up to more than its cores.
+
+    While the others are busy, a replica's matmuls share cores with theirs: its embed and
+    model time stretches by up to ``threads / cores``. The claim is that stretch times how
+    busy the node's other replicas were.
+    """
+    probes = _probes(run)
+    nodes: dict[str, list[int]] = {}
+    for info in run.section("replicas"):
+        nodes.setdefault(str(info.get("node")), []).append(int(number(info.get("replica"))))
+    claim_vec = np.zeros(len(att.records))
+    crowded = {}
+    busy = att.utilisation()
+    compute = att.column("embed") + att.column("model")
+    for node, replicas in nodes.items():
+        known = [probes[k] for k in replicas if k in probes]
+        if not known:
+            continue
+        threads = sum(_blas_threads(p) for p in known)
+        cores = max(int(number(p.get("cpus_available") or p.get("cpu_count"))) for p in known)
+        if cores <= 0 or threads <= cores:
+            continue
+        crowded[node[:12]] = {"replicas": replicas, "blas_threads": threads, "cores": cores}
+        for k in replicas:
+            rows = att.by_replica().get(k)
+            if rows is None:
+                continue
+            others = sum(busy.get(j, 0.0) for j in replicas if j != k)
+            claim_vec[rows] = compute[rows] * (1 - cores / threads) * min(others, 1.0)
+    claims.add("oversubscription", claim_vec)
+    claim = att.claim(claim_vec + claims.queue_share("oversubscription"))
+    if not crowded or not material(claim):
+        return []
+    counts = ", ".join(f"{v['blas_threads']} on {v['cores']}" for v in crowded.values())
+    return [latency_finding(
+        "oversubscription",
+        f"oversubscribed cores: replicas run more BLAS threads than the node has cores ({counts})",
+        ["embed", "model", "queue"], claim, int(np.count_nonzero(claim_vec)),
+        {"nodes": crowded, "utilisation": busy},
+        [MLX_PROBE, RECORDS],
+        "give each replica cores / replicas-per-node BLAS threads (the default), or fewer "
+        "replicas per node",
+    )]  # fmt: skip
+
+
+def _component_of(stack: list[str], markers: Mapping[str, Iterable[str]]) -> str | None:
+    """The budget part a sampled stack is in: the innermost stage marker under a request
+    root (``markers["request"]``), ``other`` under a root with no marker, ``None`` outside
+    any request (control calls, idle waiting)."""
+    roots = set(markers.get("request", ()))
+    stages = {name: part for part, names in markers.items() if part != "request" for name in names}
+    found: str | None = None
+    for frame in stack:
+        name = frame.split(" (", 1)[0]
+        if name in roots:
+            found = "other"
+        elif found is not None and name in stages:
+            found = stages[name]
+    return found
+
+
+def hot_code(run: RunData, att: Attribution, claims: ServiceClaims) -> list[Finding]:
+    """Python frames that hold a large share of a replica's service time by themselves.
+
+    Each busy py-spy sample of a replica is placed in the budget part it was taken in (by
+    the stage markers the run recorded); a frame's seconds are its samples over the sample
+    rate. Parts already explained by another cause keep their hot frames as its evidence.
+    """
+    markers = run.run.get("stage_frames")
+    rate = number((run.run.get("spec") or {}).get("pyspy_rate_hz")) or 20.0
+    if not run.profiles or not isinstance(markers, dict):
+        return []
+    per_frame: dict[tuple[str, str], dict[int, float]] = {}
+    for role, stacks in run.profiles.items():
+        if not role.startswith("replica-"):
+            continue
+        replica = int(role.split("-", 1)[1]) if role.split("-", 1)[1].isdigit() else -1
+        for stack_text, count in stacks.items():
+            stack = stack_text.split(";")
+            if stack[-1].startswith(IDLE_LEAVES):
+                continue
+            component = _component_of(stack, markers)
+            if component is None:
+                continue
+            key = (component, strip_frame_line(stack[-1]))
+            per_frame.setdefault(key, {})
+            per_frame[key][replica] = per_frame[key].get(replica, 0.0) + count / rate
+    out = []
+    service = att.service
+    for (component, frame), seconds_by_replica in sorted(per_frame.items()):
+        if component in claims.explained or component not in att.components:
+            continue
+        vec = np.zeros(len(att.records))
+        col = att.column(component)
+        for replica, seconds in seconds_by_replica.items():
+            rows = att.by_replica().get(replica)
+            if rows is None or service[rows].sum() <= 0:
+                continue
+            if seconds < HOT_FRAME_SHARE * float(service[rows].sum()):
+                continue
+            weights = col[rows]
+            if weights.sum() > 0:
+                vec[rows] = np.minimum(weights, seconds * weights / weights.sum())
+        if not vec.any():
+            continue
+        kind = f"hot_code:{frame}"
+        claims.add(kind, vec)
+        claim = att.claim(vec + claims.queue_share(kind))
+        if not material(claim):
+            continue
+        samples = round(sum(seconds_by_replica.values()) * rate)
+        out.append(latency_finding(
+            "hot_code",
+            f"hot code: {frame} holds {float(vec.sum()):.1f} s of {component} time "
+            f"({claim['share']:.0%} of latency with the queue it causes)",
+            [component, "queue"], claim, samples,
+            {"frame": frame, "component": component, "samples": samples, "rate_hz": rate,
+             "seconds_by_replica": {str(k): v for k, v in seconds_by_replica.items()}},
+            [f"{PROFILES}/*.collapsed", RECORDS],
+            f"look at {frame}: it runs in Python on every request, in the {component} part",
+        ))  # fmt: skip
+    return out
+
+
+def cpu_by_node(run: RunData) -> dict[str, dict[str, float]]:
+    """Per node (id shortened): mean CPU percent and the share of samples at >= 90%."""
+    by_node: dict[str, list[float]] = {}
+    for s in run.samples("system"):
+        by_node.setdefault(str(s.get("node"))[:12], []).append(number(s.get("cpu_percent")))
+    return {
+        node: {"mean_cpu_percent": float(np.mean(v)),
+               "saturated_share": sum(1 for c in v if c >= 90) / len(v)}
+        for node, v in by_node.items() if v
+    }  # fmt: skip
+
+
+def queueing(run: RunData, att: Attribution, claims: ServiceClaims) -> list[Finding]:
+    """Queue wait that no service cause explains: the load on the replicas itself."""
+    left = np.maximum(claims.unclaimed_queue(), 0.0)
+    claim = att.claim(left)
+    if not material(claim):
+        return []
+    busy = att.utilisation()
+    rates = att.arrival_rates()
+    capacity = att.capacities()
+    queue = att.column("queue")
+    replicas = {
+        str(k): {"utilisation": busy.get(k, 0.0), "arrivals_per_s": rates.get(k, 0.0),
+                 "capacity_per_s": capacity.get(k), "queue_s": float(queue[rows].sum()),
+                 "records": len(rows)}
+        for k, rows in sorted(att.by_replica().items())
+    }  # fmt: skip
+    hot = max(busy, key=lambda k: busy[k]) if busy else 0
+    cold = min(busy, key=lambda k: busy[k]) if busy else 0
+    cpu = cpu_by_node(run)
+    share = f"{claim['share']:.0%} of latency ({claim['tail_share']:.0%} of the tail)"
+    if len(busy) > 1 and busy[hot] >= 0.7 and busy[cold] <= 0.5 * busy[hot]:
+        kind = "routing_imbalance"
+        title = (
+            f"routing imbalance: replica {hot} busy {busy[hot]:.0%} while replica {cold} "
+            f"is busy {busy[cold]:.0%}; waiting for replica {hot} is {share}"
+        )
+        advice = (
+            "spread the hottest projects over replicas (affinity routing by traffic), "
+            f"or give replica {hot}'s projects more replicas"
+        )
+    elif busy and busy[hot] >= BUSY and _closed_loop(run):
+        kind = "concurrency"
+        title = (
+            f"users outnumber replicas: replica {hot} is busy {busy[hot]:.0%} serving "
+            f"concurrent users who wait for one another; waiting is {share}"
+        )
+        advice = "add replicas (or fewer concurrent users per replica) to cut the waiting"
+    elif busy and busy[hot] >= BUSY:
+        kind = "overload"
+        arrivals, cap = rates.get(hot, 0.0), capacity.get(hot) or 0.0
+        title = (
+            f"overload: {arrivals:.1f} arrivals/s planned for replica {hot} against a "
+            f"capacity of {cap:.1f}/s (busy {busy[hot]:.0%}); waiting in queue is {share}"
+        )
+        saturated = [n for n, v in cpu.items() if v["saturated_share"] > 0.5]
+        advice = "lower the arrival rate, or add replicas" + (
+            " on other nodes (this node's CPU is saturated)" if saturated else ""
+        )
+    else:
+        kind = "queueing"
+        title = f"queueing: requests wait behind one another in bursts; {share}"
+        advice = "add replicas or smooth the arrivals; replicas are not saturated on average"
+    return [latency_finding(
+        kind, title, ["queue"], claim, int(np.count_nonzero(left > 0)),
+        {"replicas": replicas, "cpu_by_node": cpu, "queue_s": float(queue.sum()),
+         "explained_by_service_causes_s": float(queue.sum() - left.sum())},
+        [RECORDS, TIMELINE], advice,
+    )]  # fmt: skip
+
+
+def _closed_loop(run: RunData) -> bool:
+    """Whether every stage of the run was closed loop (users wait for their replies)."""
+    profile = (run.run.get("spec") or {}).get("profile") or {}
+    modes = {str(s.get("mode")) for s in profile.get("stages") or [] if isinstance(s, dict)}
+    return modes == {"closed"}
+
+
+def generator_lag(run: RunData, att: Attribution, claims: ServiceClaims) -> list[Finding]:
+    """Operations the load generator sent later than planned (open loop)."""
+    lag = att.column("lag")
+    claim = att.claim(lag)
+    if not material(claim):
+        return []
+    stages = run.section("stages")
+    cores = {str(s.get("stage")): number(s.get("cpu_seconds")) / number(s.get("wall_seconds"))
+             for s in stages if number(s.get("wall_seconds")) > 0}  # fmt: skip
+    late = lag[lag > 0.001]
+    return [latency_finding(
+        "generator_lag",
+        f"the load generator fell behind its schedule: sending late is {claim['share']:.0%} "
+        "of latency (counted, not hidden: latency starts at the planned time)",
+        ["lag"], claim, int(late.size),
+        {"lag_p50_s": float(np.median(lag)), "lag_max_s": float(lag.max()),
+         "late_records": int(late.size), "generator_cores_by_stage": cores},
+        [RECORDS, RUN_JSON],
+        "use more generator workers (--workers), or run them on a node the service does not use",
+    )]  # fmt: skip
+
+
+def transport(run: RunData, att: Attribution, claims: ServiceClaims) -> list[Finding]:
+    """Time between the service finishing and the generator having the reply."""
+    back = att.column("transport")
+    claim = att.claim(back)
+    if max(claim["share"], claim["tail_share"]) < 0.1:
+        return []
+    return [latency_finding(
+        "transport",
+        f"replies take long to come back: {claim['share']:.0%} of latency after the service "
+        "finished",
+        ["transport"], claim, int(np.count_nonzero(back)),
+        {"transport_p50_s": float(np.median(back)), "transport_max_s": float(back.max())},
+        [RECORDS],
+        "a busy generator or raylet delays replies: fewer generator workers per node, or "
+        "smaller replies",
+    )]  # fmt: skip

@@ -1,0 +1,125 @@
+"""Findings about the run's health rather than its speed: errors and memory that keeps growing.
+
+Errors rank first when their rate is material: a failing op's latency is not a latency.
+Memory growth ranks next when it looks like a leak that reaches the memory limit soon: it
+is measured on the replica's resident memory minus what its caches and MLX report holding
+(from ``gauges.jsonl``), after a warm-up, and must still be growing at the end.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from datamodel.records import error_counts, error_kind, number, span
+from datamodel.runfolder import GAUGES, RECORDS, TIMELINE, RunData
+from profiling.verdict.attribution import Attribution
+from profiling.verdict.findings import Fact, Finding
+
+MATERIAL_ERROR_RATE = 0.01
+"""Error rate from which errors get their own tier, ranked before every latency cause."""
+WARMUP = 0.25
+"""Share of the run's span left out before memory slopes are fitted (caches filling)."""
+LEAK_MB_PER_MIN = 5.0
+"""Growth rate (unexplained by caches) from which memory growth counts as a leak."""
+HORIZON_MIN = 60.0
+"""A leak that reaches the memory limit within this many minutes ranks as a stability risk."""
+MB = 1_000_000
+
+
+def errors(run: RunData, att: Attribution, limit_mb: float) -> list[Finding | Fact]:
+    """Failed operations: a finding of their own tier when the rate is material."""
+    failed = [r for r in run.records if not r.get("ok")]
+    if not failed:
+        return []
+    rate = len(failed) / len(run.records)
+    kinds = error_counts(run.records)
+    by_op: dict[str, int] = {}
+    for r in failed:
+        by_op[str(r.get("op"))] = by_op.get(str(r.get("op")), 0) + 1
+    top = max(kinds.items(), key=lambda kv: (kv[1], kv[0]))[0]
+    example = next(str(r.get("error")) for r in failed if error_kind(r) == top)
+    evidence = {"records": len(run.records), "errors": len(failed), "error_rate": rate,
+                "by_kind": kinds, "by_op": by_op, "example": example[:300]}  # fmt: skip
+    title = f"{len(failed)} of {len(run.records)} ops failed ({rate:.1%}), mostly {top}"
+    if rate < MATERIAL_ERROR_RATE:
+        return [Fact("errors", title, evidence, [RECORDS])]
+    failed_s = att.column("failed")
+    claim = att.claim(failed_s)
+    return [Finding(
+        kind="errors", title=title, tier="errors", explains=["failed"],
+        seconds=claim["seconds"], share=claim["share"], tail_seconds=claim["tail_seconds"],
+        tail_share=claim["tail_share"], support=len(failed), evidence=evidence,
+        files=[RECORDS], suggestion=f"read the {top} errors in {RECORDS} (e.g. {example[:120]})",
+        by_op=claim["by_op"],
+    )]  # fmt: skip
+
+
+def _slope_per_min(t: np.ndarray, v: np.ndarray) -> float:
+    if len(t) < 3 or float(np.ptp(t)) <= 0:
+        return 0.0
+    return float(np.polyfit(t, v, 1)[0]) * 60
+
+
+def _explained_mb(gauges: list[dict[str, Any]], t: np.ndarray) -> np.ndarray:
+    """Bytes the replica's caches and MLX account for, at each time in ``t`` (nearest before)."""
+    if not gauges:
+        return np.zeros(len(t))
+    times = np.array([number(g.get("t")) for g in gauges])
+    held = np.array([
+        number(g.get("mlx_active")) + number(g.get("mlx_cache")) + number(g.get("index_bytes"))
+        for g in gauges
+    ]) / MB  # fmt: skip
+    at = np.clip(np.searchsorted(times, t, side="right") - 1, 0, len(times) - 1)
+    return held[at]
+
+
+def memory_growth(run: RunData, att: Attribution, limit_mb: float) -> list[Finding | Fact]:
+    """Replicas whose memory, less what caches hold, grows through the run and still grows."""
+    window = span(run.records)
+    if run.timeline is None or window is None:
+        return []
+    start = window[0] + WARMUP * (window[1] - window[0])
+    out: list[Finding | Fact] = []
+    by_role: dict[str, list[dict[str, Any]]] = {}
+    for s in run.samples("replica"):
+        if s.get("rss") is not None and start <= number(s.get("t")) <= window[1]:
+            by_role.setdefault(str(s.get("role")), []).append(s)
+    for role, samples in sorted(by_role.items()):
+        t = np.array([number(s.get("t")) for s in samples])
+        rss = np.array([number(s.get("rss")) for s in samples]) / MB
+        if len(t) < 8 or float(np.ptp(t)) < 10:
+            continue
+        gauges = [g for g in run.gauges or [] if f"replica-{g.get('replica')}" == role]
+        unexplained = rss - _explained_mb(sorted(gauges, key=lambda g: number(g.get("t"))), t)
+        slope = _slope_per_min(t, unexplained)
+        half = len(t) // 2
+        late = _slope_per_min(t[half:], unexplained[half:])
+        growth = float(
+            unexplained[-max(half // 2, 1) :].mean() - unexplained[: max(half // 2, 1)].mean()
+        )
+        if slope < LEAK_MB_PER_MIN or growth < 5:
+            continue
+        still = late >= 0.5 * slope
+        minutes = (limit_mb - float(rss[-1])) / slope if slope > 0 else float("inf")
+        evidence = {
+            "role": role, "samples": len(t), "span_s": float(np.ptp(t)),
+            "slope_mb_per_min": slope, "late_slope_mb_per_min": late, "growth_mb": growth,
+            "rss_last_mb": float(rss[-1]), "limit_mb": limit_mb,
+            "minutes_to_limit": max(minutes, 0.0), "net_of_caches": bool(gauges),
+        }  # fmt: skip
+        verdict = "and is still growing" if still else "but flattens late (warm-up?)"
+        title = (f"{role}: memory beyond its caches grows {slope:.0f} MB/min {verdict}; "
+                 f"{float(rss[-1]):.0f} MB now, limit {limit_mb:.0f} MB")  # fmt: skip
+        if not still or minutes > HORIZON_MIN:
+            out.append(Fact("memory_growth", title, evidence, [TIMELINE, GAUGES]))
+            continue
+        out.append(Finding(
+            kind="memory_leak", title=title + f" (reached in {max(minutes, 0):.0f} min)",
+            tier="stability", explains=[], seconds=0.0, share=0.0, tail_seconds=0.0,
+            tail_share=0.0, support=len(t), evidence=evidence, files=[TIMELINE, GAUGES],
+            suggestion="compare tracemalloc diffs between snapshots (--trace-python) to find "
+                       "what keeps allocating; caches are already subtracted here",
+        ))  # fmt: skip
+    return out

@@ -1,0 +1,292 @@
+"""Statistics for comparing load-test runs, whose records are not independent samples.
+
+Queueing makes neighbouring operations slow together, and two runs of one configuration
+drift apart as a whole. So the units here are **time blocks** within a run and **runs**:
+
+- :func:`n_blocks` cuts a run's series into blocks several times longer than its
+  autocorrelation time (:func:`autocorrelation_time`), so that blocks are nearly
+  independent; figures that add up over records (counts) then get an honest variance from
+  the spread of their block sums (:func:`exceedance`, :func:`block_rate`).
+- A latency quantile is tested through exceedances: with ``T`` the pooled q-quantile of
+  both sides, "no change" means each side has the same share of operations slower than
+  ``T``. This stays calibrated in the tail (p99), where resampling sample quantiles does not.
+- :func:`compare_levels` compares per-run figures of two sides with a random-effects model:
+  the variance of a side's mean is its runs' within-run variance plus a between-run
+  variance, estimated from the runs when there are several and taken, with its degrees of
+  freedom, from an A/A calibration of the machine (a :class:`Prior`). With one run a side,
+  run-to-run drift cannot be seen in the data: only the prior accounts for it.
+- :func:`holm` controls the family of rows of one comparison.
+
+Everything is pure numpy and deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+Array = NDArray[np.float64]
+
+BLOCK_TAUS = 5.0
+"""A block spans at least this many autocorrelation times."""
+MAX_BLOCKS = 20
+"""Most blocks a run is cut into."""
+MIN_BLOCKS = 2
+"""Fewest blocks (a variance needs two)."""
+
+
+def autocorrelation_time(values: Sequence[float] | Array) -> float:
+    """The integrated autocorrelation time of ``values`` in their order (1 = independent).
+
+    ``1 + 2 * sum of autocorrelations``, summed until they drop below 0.05, computed on the
+    ranks of the values: a monotone change of some values (a slower tail) leaves it as is.
+    """
+    raw = np.asarray(values, dtype=np.float64)
+    n = raw.size
+    if n < 4:
+        return 1.0
+    x = np.argsort(np.argsort(raw, kind="stable"), kind="stable").astype(np.float64)
+    if float(np.ptp(raw)) == 0:
+        return 1.0
+    x = x - x.mean()
+    var = float(x.var())
+    spectrum = np.fft.rfft(x, 2 * n)
+    acf = np.fft.irfft(spectrum * np.conj(spectrum))[:n] / (var * n)
+    tau = 1.0
+    for k in range(1, n // 4):
+        if acf[k] <= 0.05:
+            break
+        tau += 2 * float(acf[k])
+    return tau
+
+
+def n_blocks(values: Sequence[float] | Array) -> int:
+    """How many blocks to cut ``values`` into: each :data:`BLOCK_TAUS` autocorrelation times
+    long, between :data:`MIN_BLOCKS` and :data:`MAX_BLOCKS`."""
+    n = len(values)
+    if n < 2 * MIN_BLOCKS:
+        return 1
+    blocks = int(n / (BLOCK_TAUS * autocorrelation_time(values)))
+    return max(MIN_BLOCKS, min(MAX_BLOCKS, blocks))
+
+
+@dataclass(frozen=True)
+class Level:
+    """One run's figure, its variance within the run, and the degrees of freedom of that."""
+
+    value: float
+    """The figure (a share of slow operations, a log rate, a log peak)."""
+    var: float
+    """Its variance within the run."""
+    df: float = math.inf
+    """Degrees of freedom of ``var`` (blocks minus one; ``inf`` when exact)."""
+
+
+def _block_sums(flags: Array, blocks: int) -> tuple[Array, Array]:
+    parts = np.array_split(flags, blocks)
+    return np.array([p.sum() for p in parts]), np.array([len(p) for p in parts], dtype=float)
+
+
+def exceedance(ordered: Sequence[float] | Array, threshold: float, blocks: int) -> Level:
+    """Share of ``ordered`` (values in issue order) above ``threshold``, with the variance of
+    that share from the spread of its ``blocks`` consecutive block counts (a ratio
+    estimator), and ``blocks - 1`` degrees of freedom."""
+    values = np.asarray(ordered, dtype=np.float64)
+    if values.size == 0:
+        return Level(math.nan, math.nan, 0.0)
+    above = (values > threshold).astype(np.float64)
+    share = float(above.mean())
+    if blocks < 2:
+        return Level(share, share * (1 - share) / values.size, max(values.size - 1.0, 1.0))
+    counts, sizes = _block_sums(above, blocks)
+    spread = float(((counts - share * sizes) ** 2).sum()) / values.size**2 * blocks / (blocks - 1)
+    return Level(share, spread, blocks - 1.0)
+
+
+def block_rate(times: Sequence[float] | Array, start: float, end: float, blocks: int) -> Level:
+    """Log of events per second over ``[start, end]`` (``times`` are the events), with the
+    variance of that log from the spread of event counts in ``blocks`` equal time slices."""
+    t = np.asarray(times, dtype=np.float64)
+    seconds = end - start
+    if t.size == 0 or seconds <= 0:
+        return Level(math.nan, math.nan, 0.0)
+    k = max(blocks, 1)
+    edges = np.minimum(((t - start) / seconds * k).astype(np.intp), k - 1)
+    counts = np.bincount(np.maximum(edges, 0), minlength=k).astype(np.float64)
+    mean = counts.mean()
+    if k < 2 or mean <= 0:
+        return Level(math.log(t.size / seconds), 1.0 / t.size, math.inf)
+    # Var of the log of a mean of k block counts: (var of counts / k) / mean^2 (delta method).
+    return Level(math.log(t.size / seconds), float(counts.var(ddof=1)) / k / mean**2, k - 1.0)
+
+
+@dataclass(frozen=True)
+class Prior:
+    """What an A/A calibration says about run-to-run drift of one kind of figure."""
+
+    sigma: float
+    """Standard deviation of a run's figure around its configuration's level."""
+    df: float
+    """Degrees of freedom behind ``sigma`` (runs of the calibration minus one)."""
+    source: str
+    """Where it came from (a calibration file, or the shipped default)."""
+
+
+@dataclass(frozen=True)
+class Test:
+    """Side B against side A for one figure."""
+
+    diff: float
+    """Mean figure of B's runs minus A's."""
+    low: float
+    """Lower bound of the interval of ``diff``."""
+    high: float
+    """Upper bound."""
+    p: float
+    """Two-sided p-value of "no change"."""
+    se: float
+    """Standard error of ``diff``."""
+    df: float
+    """Degrees of freedom of the t reference (Welch-Satterthwaite; ``inf``: normal)."""
+    sigma_between: float
+    """Run-to-run standard deviation used."""
+
+
+def compare_levels(
+    a: Sequence[Level], b: Sequence[Level], prior: Prior | None, *, confidence: float = 0.95
+) -> Test:
+    """Test whether B's mean figure differs from A's, runs as units (see the module docstring).
+
+    The between-run variance pools the prior (``sigma^2`` with ``df`` degrees of freedom)
+    with what the runs show beyond their within-run noise. The t reference's degrees of
+    freedom combine the within-run and between-run parts (Welch-Satterthwaite).
+    """
+    if not a or not b:
+        raise ValueError("compare_levels needs at least one run a side")
+    xa, xb = np.array([x.value for x in a]), np.array([x.value for x in b])
+    diff = float(xb.mean() - xa.mean())
+    parts: list[tuple[float, float]] = []  # (variance of diff contributed, its df)
+    for side in (a, b):
+        for level in side:
+            parts.append((level.var / len(side) ** 2, level.df))
+    nu_data = len(a) + len(b) - 2
+    ss = float(((xa - xa.mean()) ** 2).sum() + ((xb - xb.mean()) ** 2).sum())
+    within_mean = float(np.mean([lv.var for lv in (*a, *b)]))
+    s2_data = max(ss / nu_data - within_mean, 0.0) if nu_data else 0.0
+    nu_prior = prior.df if prior else 0.0
+    df_between = nu_prior + nu_data
+    sigma2 = ((nu_prior * prior.sigma**2 if prior else 0.0) + nu_data * s2_data) / df_between \
+        if df_between > 0 else 0.0  # fmt: skip
+    if sigma2 > 0:
+        parts.append((sigma2 * (1 / len(a) + 1 / len(b)), df_between))
+    var = sum(v for v, _ in parts)
+    if var <= 0:
+        p = 1.0 if diff == 0 else 0.0
+        return Test(diff, diff, diff, p, 0.0, math.inf, 0.0)
+    denominator = sum(v * v / df for v, df in parts if v > 0 and math.isfinite(df) and df > 0)
+    df = var * var / denominator if denominator > 0 else math.inf
+    se = math.sqrt(var)
+    half = t_critical(confidence, df) * se
+    return Test(diff, diff - half, diff + half, t_two_sided_p(diff / se, df), se, df,
+                math.sqrt(sigma2))  # fmt: skip
+
+
+def holm(p_values: Sequence[float], alpha: float) -> list[bool]:
+    """Holm's step-down rejections at family-wise level ``alpha``, in input order."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    rejected = [False] * len(p_values)
+    m = len(p_values)
+    for rank, i in enumerate(order):
+        if p_values[i] > alpha / (m - rank):
+            break
+        rejected[i] = True
+    return rejected
+
+
+def _normal_two_sided(z: float) -> float:
+    """``P(|Z| >= z)`` for a standard normal ``Z`` and ``z >= 0``."""
+    return min(1.0, math.erfc(z / math.sqrt(2.0)))
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz)."""
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 500):
+        for aa in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1.0 + aa * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + aa / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function ``I_x(a, b)``."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = (
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
+    front = math.exp(log_front)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def t_two_sided_p(t: float, df: float) -> float:
+    """``P(|T| >= |t|)`` for Student's t with ``df`` degrees of freedom (normal if ``inf``)."""
+    if df <= 0:
+        raise ValueError(f"degrees of freedom must be > 0, got {df}")
+    if math.isinf(t):
+        return 0.0
+    if math.isinf(df) or df > 1e7:
+        return _normal_two_sided(abs(t))
+    return min(1.0, _betainc(df / 2.0, 0.5, df / (df + t * t)))
+
+
+def t_critical(confidence: float, df: float) -> float:
+    """The ``t`` with ``P(|T| <= t) = confidence`` (e.g. 2.228 for 0.95 and ``df=10``)."""
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be within (0, 1), got {confidence}")
+    target = 1.0 - confidence
+    low, high = 0.0, 1.0
+    while t_two_sided_p(high, df) > target:
+        low, high = high, high * 2.0
+    for _ in range(200):
+        mid = (low + high) / 2.0
+        if t_two_sided_p(mid, df) > target:
+            low = mid
+        else:
+            high = mid
+        if high - low < 1e-12 * max(1.0, high):
+            break
+    return (low + high) / 2.0
+
+
+def power_rounds(effect: float, sigma: float, within: float, *, alpha: float = 0.05,
+                 power: float = 0.9, most: int = 50) -> int | None:  # fmt: skip
+    """Fewest runs a side that detect a change of size ``effect`` (in the figure's units)
+    with ``power``, given run-to-run sd ``sigma`` and one run's within-run variance;
+    two-sided at ``alpha``, normal reference. ``None`` when ``most`` are not enough."""
+    if effect <= 0:
+        return None
+    z = t_critical(1 - alpha, math.inf) + t_critical(2 * power - 1, math.inf)
+    for k in range(1, most + 1):
+        if effect / math.sqrt(2 * (sigma**2 + within) / k) >= z:
+            return k
+    return None

@@ -1,0 +1,155 @@
+"""Planted bottlenecks: short real runs (real Ray, real MLX, real py-spy) whose top-ranked
+finding must name the cause planted in them, with no other finding ranked above it.
+
+Causes are planted through configuration (a slow BLAS, caches too small, arrivals above
+capacity) or through test-only service classes in ``tests/planted.py`` (a hot Python loop,
+a leak). All runs share one Ray session and the test session's cache folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+
+from workloads.runner import RunSpec, execute
+from workloads.service.projects import Project
+from workloads.spec import parse_profile
+from workloads.system_config import load_config
+from workloads.target import Target
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray for every planted run of this module (a short temp path: Ray's socket
+    paths must stay under ~100 characters)."""
+    temp = Path(tempfile.mkdtemp(prefix="ll-ray-", dir="/tmp"))
+    ray.init(address="local", include_dashboard=False, _temp_dir=str(temp), log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def stage(**fields: Any) -> str:
+    lines = ["[[stage]]"]
+    for key, value in fields.items():
+        if isinstance(value, dict):
+            inner = ", ".join(f"{k} = {v}" for k, v in value.items())
+            lines.append(f"{key} = {{ {inner} }}")
+        elif isinstance(value, str):
+            lines.append(f'{key} = "{value}"')
+        else:
+            lines.append(f"{key} = {value}")
+    return "\n".join(lines)
+
+
+def planted_run(
+    tmp_path: Path,
+    cache_dir: Path,
+    *,
+    stage_text: str,
+    projects: list[Project],
+    config: str = "optimized",
+    blas: str | None = None,
+    service: dict[str, Any] | None = None,
+    target: str | None = None,
+    **profile: Any,
+) -> dict[str, Any]:
+    """Run a one-stage profile in the shared Ray session; returns ``analysis.json``."""
+    head = "\n".join(f"{k} = {v}" for k, v in {"projects": len(projects), "replicas": 1,
+                                                  **profile}.items())  # fmt: skip
+    spec_profile = parse_profile(tomllib.loads(f"{head}\n{stage_text}\n"), source="planted",
+                                 name="planted")  # fmt: skip
+    base = load_config(config)
+    system = dataclasses.replace(
+        base, blas=blas or base.blas, service={**base.service, **(service or {})}
+    )
+    spec = RunSpec(
+        profile=spec_profile, config=system, results_dir=tmp_path, extra_projects=tuple(projects),
+        cache_dir=cache_dir, quiet=True,
+        target=Target("python", target) if target else Target("builtin"),
+    )  # fmt: skip
+    outcome = execute(spec)
+    assert outcome.status == "completed"
+    analysis: dict[str, Any] = json.loads((outcome.run_dir / "analysis.json").read_text())
+    return analysis
+
+
+def assert_top(analysis: dict[str, Any], kind: str) -> dict[str, Any]:
+    ranked = [(f["kind"], round(f["score"], 3), f["tier"]) for f in analysis["findings"]]
+    assert analysis["findings"], f"no finding at all; facts: {analysis['facts']}"
+    top = analysis["findings"][0]
+    assert top["kind"] == kind, ranked
+    return top
+
+
+def tiny(tiny_trees: dict[str, Path]) -> list[Project]:
+    return [Project(name=n, root=p) for n, p in sorted(tiny_trees.items())]
+
+
+def test_planted_slow_blas_ranks_first(ray_session, tmp_path, cache_dir, tiny_trees):
+    analysis = planted_run(
+        tmp_path, cache_dir, blas="bundled", projects=tiny(tiny_trees),
+        stage_text=stage(name="s", duration_s=12, mode="closed", users=1,
+                         mix={"embed": 0.5, "search": 0.5}),
+    )  # fmt: skip
+    top = assert_top(analysis, "slow_blas")
+    assert top["evidence"]["blas_kind"] == ["reference"] and top["share"] > 0.5
+
+
+def test_planted_adapter_thrash_ranks_first(ray_session, tmp_path, cache_dir, tiny_trees):
+    analysis = planted_run(
+        tmp_path, cache_dir, projects=tiny(tiny_trees), target="tests.planted:SlowStorageService",
+        service={"adapter_cache_count": 1},
+        stage_text=stage(name="s", duration_s=10, mode="closed", users=2,
+                         mix={"switch": 0.5, "search": 0.5}),
+    )  # fmt: skip
+    top = assert_top(analysis, "adapter_thrash")
+    assert top["evidence"]["adapter_cache_count"] == 1 and top["evidence"]["capacity_misses"] >= 10
+
+
+def test_planted_index_thrash_ranks_first(ray_session, tmp_path, cache_dir, tiny_trees):
+    analysis = planted_run(
+        tmp_path, cache_dir, projects=tiny(tiny_trees), target="tests.planted:SlowStorageService",
+        service={"index_cache_count": 1},
+        stage_text=stage(name="s", duration_s=10, mode="closed", users=2, mix={"search": 1.0}),
+    )  # fmt: skip
+    top = assert_top(analysis, "index_thrash")
+    assert top["evidence"]["index_cache_count"] == 1
+
+
+def test_planted_overload_ranks_first(ray_session, tmp_path, cache_dir, tiny_trees):
+    analysis = planted_run(
+        tmp_path, cache_dir, projects=tiny(tiny_trees),
+        stage_text=stage(name="s", duration_s=8, mode="open", rate=40.0,
+                         mix={"analyze": 1.0}),
+    )  # fmt: skip
+    top = assert_top(analysis, "overload")
+    replica = top["evidence"]["replicas"]["0"]
+    assert replica["utilisation"] > 0.9 and replica["arrivals_per_s"] > replica["capacity_per_s"]
+
+
+def test_planted_hot_loop_ranks_first(ray_session, tmp_path, cache_dir, tiny_trees):
+    analysis = planted_run(
+        tmp_path, cache_dir, projects=tiny(tiny_trees), target="tests.planted:HotLoopService",
+        stage_text=stage(name="s", duration_s=10, mode="closed", users=2, mix={"analyze": 1.0}),
+    )  # fmt: skip
+    top = assert_top(analysis, "hot_code")
+    assert (
+        top["evidence"]["frame"].startswith("spin (") and "planted.py" in top["evidence"]["frame"]
+    )
+
+
+def test_planted_leak_ranks_first(ray_session, tmp_path, cache_dir, tiny_trees):
+    analysis = planted_run(
+        tmp_path, cache_dir, projects=tiny(tiny_trees), target="tests.planted:LeakyService",
+        stage_text=stage(name="s", duration_s=20, mode="closed", users=2,
+                         mix={"search": 0.7, "analyze": 0.3}),
+    )  # fmt: skip
+    top = assert_top(analysis, "memory_leak")
+    assert top["tier"] == "stability" and top["evidence"]["slope_mb_per_min"] > 50
