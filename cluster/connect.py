@@ -109,10 +109,14 @@ def connect(
 
 def _nodes() -> list[dict[str, Any]]:
     return [
-        {"node_id": n["NodeID"], "address": n["NodeManagerAddress"], "alive": n["Alive"],
-         "resources": n.get("Resources", {})}
+        {
+            "node_id": n["NodeID"],
+            "address": n["NodeManagerAddress"],
+            "alive": n["Alive"],
+            "resources": n.get("Resources", {}),
+        }
         for n in ray.nodes()
-    ]  # fmt: skip
+    ]
 
 
 def disconnect() -> None:

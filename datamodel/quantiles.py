@@ -78,8 +78,9 @@ def summarize(values: Iterable[float]) -> Summary:
     if any(math.isnan(v) for v in ordered):
         raise ConfigError("cannot summarise samples that contain NaN")
     if not ordered:
-        return Summary(count=0, mean=None, min=None, p50=None, p90=None, p95=None, p99=None,
-                       max=None)  # fmt: skip
+        return Summary(
+            count=0, mean=None, min=None, p50=None, p90=None, p95=None, p99=None, max=None
+        )
     figures = {name: quantile_sorted(ordered, q) for name, q in PERCENTILES.items()}
     return Summary(
         count=len(ordered),

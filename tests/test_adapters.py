@@ -33,8 +33,9 @@ def adapters(base_model: BaseModel, tmp_path: Path) -> dict[str, Path]:
 
 
 def manager(base_model: BaseModel, adapters: dict[str, Path], **kw: int) -> AdapterManager:
-    m = AdapterManager(base_model.model, max_bytes=kw.get("max_bytes", 10**9),
-                       max_count=kw.get("max_count", 8))  # fmt: skip
+    m = AdapterManager(
+        base_model.model, max_bytes=kw.get("max_bytes", 10**9), max_count=kw.get("max_count", 8)
+    )
     for name, path in adapters.items():
         m.register(name, path)
     return m

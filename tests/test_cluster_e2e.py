@@ -43,11 +43,30 @@ def test_smoke_across_two_nodes_survives_a_killed_replica(two_nodes, tmp_path, c
     results = tmp_path / "results"
     env = {**os.environ, "LOADLENS_CACHE": str(cache_dir)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "workloads.run", "--profile", "smoke", "--address",
-         two_nodes.address, "--replicas", "2", "--projects", "4", "--duration", "40",
-         "--results-dir", str(results), "--no-fail-on-targets"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "workloads.run",
+            "--profile",
+            "smoke",
+            "--address",
+            two_nodes.address,
+            "--replicas",
+            "2",
+            "--projects",
+            "4",
+            "--duration",
+            "40",
+            "--results-dir",
+            str(results),
+            "--no-fail-on-targets",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 180
         records_path = None

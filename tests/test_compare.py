@@ -16,8 +16,15 @@ from profiling.verdict.compare import CompareRow, Comparison, compare_runs, merg
 from profiling.verdict.targets import Target, measure
 
 START = 1_767_225_600.0
-MACHINE = {"hostname": "mac-a", "os": "macOS-15", "machine": "arm64", "chip": "Apple M3",
-           "cpus_logical": 8, "memory_bytes": 16_000_000_000, "git_commit": "abc"}  # fmt: skip
+MACHINE = {
+    "hostname": "mac-a",
+    "os": "macOS-15",
+    "machine": "arm64",
+    "chip": "Apple M3",
+    "cpus_logical": 8,
+    "memory_bytes": 16_000_000_000,
+    "git_commit": "abc",
+}
 
 
 def make_run(
@@ -45,25 +52,50 @@ def make_run(
     failing = {round(k * total / failed) for k in range(failed)} if failed else set()
     for i in range(total):
         ok = i not in failing
-        records.append({
-            "op": ops[i % len(ops)], "project": f"p{i % 3}", "stage": "mixed", "worker": 0,
-            "replica": 0, "planned": START + i * gap, "id": f"0-{i}",
-            "duration": float(rng.lognormal(-1.5, 0.4)) * scale, "wait": 0.0, "service": 0.1,
-            "stages": {}, "node": "n", "pid": 7, "ok": ok, "error": None if ok else "boom",
-            "switched": False,
-        })  # fmt: skip
+        records.append(
+            {
+                "op": ops[i % len(ops)],
+                "project": f"p{i % 3}",
+                "stage": "mixed",
+                "worker": 0,
+                "replica": 0,
+                "planned": START + i * gap,
+                "id": f"0-{i}",
+                "duration": float(rng.lognormal(-1.5, 0.4)) * scale,
+                "wait": 0.0,
+                "service": 0.1,
+                "stages": {},
+                "node": "n",
+                "pid": 7,
+                "ok": ok,
+                "error": None if ok else "boom",
+                "switched": False,
+            }
+        )
     root.mkdir(parents=True, exist_ok=True)
     (root / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     info = {
-        "schema_version": SCHEMA_VERSION, "run_id": root.name, "status": "completed",
+        "schema_version": SCHEMA_VERSION,
+        "run_id": root.name,
+        "status": "completed",
         "spec": {"profile": {"name": profile, "projects": 3}, "config": {"name": config}},
-        "machine": {**MACHINE, **(machine or {})}, "replicas": [], "replica_stats": [],
+        "machine": {**MACHINE, **(machine or {})},
+        "replicas": [],
+        "replica_stats": [],
         **(run or {}),
-    }  # fmt: skip
+    }
     (root / "run.json").write_text(json.dumps(info))
     if uss_mb is not None:
-        rows = [{"t": START + k, "role": "replica-0", "pid": 7, "rss": uss_mb * 2e6,
-                 "uss": uss_mb * 1e6 * (0.9 + 0.05 * k)} for k in range(3)]  # fmt: skip
+        rows = [
+            {
+                "t": START + k,
+                "role": "replica-0",
+                "pid": 7,
+                "rss": uss_mb * 2e6,
+                "uss": uss_mb * 1e6 * (0.9 + 0.05 * k),
+            }
+            for k in range(3)
+        ]
         (root / "timeline.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if stacks:
         (root / "profiles").mkdir(exist_ok=True)
@@ -97,8 +129,10 @@ def test_slower_b_is_a_latency_regression(tmp_path: Path) -> None:
     assert p50.ratio == pytest.approx(1.5, rel=0.15)
     assert (p50.n_a, p50.n_b) == (200, 200)
     assert {(r.name, r.metric) for r in comparison.regressions} >= {
-        ("analyze", "p50_s"), ("search", "p50_s"), ("analyze", "p95_s")
-    }  # fmt: skip
+        ("analyze", "p50_s"),
+        ("search", "p50_s"),
+        ("analyze", "p95_s"),
+    }
 
 
 def test_faster_b_is_an_improvement_and_the_same_runs_are_no_change(tmp_path: Path) -> None:
@@ -233,8 +267,22 @@ def test_json_and_terminal_forms(tmp_path: Path) -> None:
     data = json.loads(json.dumps(comparison.as_dict(), allow_nan=False))
     assert data["a"]["label"] == "before" and data["b"]["runs"][0]["run_id"] == "b"
     assert data["summary"]["regression"] == len(comparison.regressions) > 0
-    assert {"kind", "name", "metric", "a", "b", "ratio", "p_value", "ci_low", "ci_high",
-            "significant", "verdict", "n_a", "n_b", "reason"} <= set(data["rows"][0])  # fmt: skip
+    assert {
+        "kind",
+        "name",
+        "metric",
+        "a",
+        "b",
+        "ratio",
+        "p_value",
+        "ci_low",
+        "ci_high",
+        "significant",
+        "verdict",
+        "n_a",
+        "n_b",
+        "reason",
+    } <= set(data["rows"][0])
     text = render_terminal(comparison)
     assert "95% CI" in text and "regression" in text and "Holm" in text
     assert "warning: different machines: chip" in text

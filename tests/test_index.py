@@ -17,10 +17,13 @@ def embedder() -> Embedder:
 
 
 def test_build_persist_reload_and_search(tmp_path, embedder):
-    tree = write_tree(tmp_path / "src", {
-        "a.py": "def parse_json(text):\n    import json\n    return json.loads(text)\n",
-        "b.py": "def draw_circle(canvas, r):\n    canvas.circle(0, 0, r)\n",
-    })  # fmt: skip
+    tree = write_tree(
+        tmp_path / "src",
+        {
+            "a.py": "def parse_json(text):\n    import json\n    return json.loads(text)\n",
+            "b.py": "def draw_circle(canvas, r):\n    canvas.circle(0, 0, r)\n",
+        },
+    )
     store = ProjectVectorStoreManager(tmp_path / "idx", max_loaded=1)
     report = store.build("p", tree, embedder.embed)
     assert (report.files, report.chunks) == (2, 2)

@@ -26,17 +26,38 @@ T0 = 1_767_225_600.0
 
 def record(**fields: Any) -> dict[str, Any]:
     """An ok analyze record, with ``fields`` changed."""
-    base = {"id": "0-0", "op": "analyze", "project": "p0", "stage": "main", "worker": 0,
-            "replica": 0, "planned": T0, "sent": T0, "duration": 1.0, "lag": 0.0, "wait": 0.1,
-            "service": 0.9, "stages": {"adapter": 0.0, "index": 0.0, "embed": 0.2,
-                                       "search": 0.1, "model": 0.6},
-            "misses": [], "flops": 0.0, "node": "n", "pid": 7, "ok": True, "error": None,
-            "switched": False}  # fmt: skip
+    base = {
+        "id": "0-0",
+        "op": "analyze",
+        "project": "p0",
+        "stage": "main",
+        "worker": 0,
+        "replica": 0,
+        "planned": T0,
+        "sent": T0,
+        "duration": 1.0,
+        "lag": 0.0,
+        "wait": 0.1,
+        "service": 0.9,
+        "stages": {"adapter": 0.0, "index": 0.0, "embed": 0.2, "search": 0.1, "model": 0.6},
+        "misses": [],
+        "flops": 0.0,
+        "node": "n",
+        "pid": 7,
+        "ok": True,
+        "error": None,
+        "switched": False,
+    }
     return {**base, **fields}
 
 
-def write_run(root: Path, *, run: dict[str, Any] | None = None,
-              records: list[dict[str, Any]] | None = None, **files: Any) -> RunData:  # fmt: skip
+def write_run(
+    root: Path,
+    *,
+    run: dict[str, Any] | None = None,
+    records: list[dict[str, Any]] | None = None,
+    **files: Any,
+) -> RunData:
     """Write a run folder by hand (``files``: name -> rows or text, dots as ``_``) and load it."""
     root.mkdir(parents=True, exist_ok=True)
     info = {"schema_version": 2, "run_id": "hand", "machine": {"cpus_logical": 4}, **(run or {})}
@@ -123,8 +144,12 @@ def test_a_record_splits_into_parts_that_sum_to_its_latency() -> None:
 
 def test_the_budget_counts_all_records_and_each_op_tail() -> None:
     records = [record(id=str(k), duration=1.0 + k / 100, wait=0.1) for k in range(100)]
-    records += [record(id=f"s{k}", op="search", duration=0.1, wait=0.05, service=0.05,
-                       stages={"embed": 0.05}) for k in range(20)]  # fmt: skip
+    records += [
+        record(
+            id=f"s{k}", op="search", duration=0.1, wait=0.05, service=0.05, stages={"embed": 0.05}
+        )
+        for k in range(20)
+    ]
     att = Attribution(records)
     budget = att.budget()
     assert budget.records == 120 and budget.seconds == pytest.approx(att.duration.sum())
@@ -140,11 +165,21 @@ def test_the_budget_counts_all_records_and_each_op_tail() -> None:
 def test_adapter_thrash_claims_reloads_of_evicted_adapters_not_first_loads(tmp_path: Path) -> None:
     rows = []
     for k in range(40):
-        rows.append(record(id=str(k), planned=T0 + k, project=f"p{k % 3}", misses=["adapter"],
-                           duration=0.5, wait=0.0, service=0.5,
-                           stages={"adapter": 0.45, "model": 0.05}))  # fmt: skip
-    run = write_run(tmp_path, records=rows,
-                    run={"spec": {"config": {"service": {"adapter_cache_count": 1}}}})  # fmt: skip
+        rows.append(
+            record(
+                id=str(k),
+                planned=T0 + k,
+                project=f"p{k % 3}",
+                misses=["adapter"],
+                duration=0.5,
+                wait=0.0,
+                service=0.5,
+                stages={"adapter": 0.45, "model": 0.05},
+            )
+        )
+    run = write_run(
+        tmp_path, records=rows, run={"spec": {"config": {"service": {"adapter_cache_count": 1}}}}
+    )
     analysis = analyze(run, [])
     top = analysis.findings[0]
     assert top.kind == "adapter_thrash" and top.explains == ["adapter", "queue"]
@@ -155,9 +190,20 @@ def test_adapter_thrash_claims_reloads_of_evicted_adapters_not_first_loads(tmp_p
 
 
 def test_queue_wait_is_shared_by_the_service_time_each_cause_claims(tmp_path: Path) -> None:
-    rows = [record(id=str(k), planned=T0 + k * 0.5, project=f"p{k % 2}", misses=["index"],
-                   duration=1.0, wait=0.5, service=0.5, stages={"index": 0.4, "embed": 0.1},
-                   op="search") for k in range(60)]  # fmt: skip
+    rows = [
+        record(
+            id=str(k),
+            planned=T0 + k * 0.5,
+            project=f"p{k % 2}",
+            misses=["index"],
+            duration=1.0,
+            wait=0.5,
+            service=0.5,
+            stages={"index": 0.4, "embed": 0.1},
+            op="search",
+        )
+        for k in range(60)
+    ]
     analysis = analyze(write_run(tmp_path, records=rows), [])
     thrash = next(f for f in analysis.findings if f.kind == "index_thrash")
     # 58 reloads x (0.4 s of index + 0.4/0.5 of each record's 0.5 s queue)
@@ -168,27 +214,41 @@ def test_queue_wait_is_shared_by_the_service_time_each_cause_claims(tmp_path: Pa
 
 
 def test_slow_blas_claims_the_matmul_time_a_faster_blas_saves(tmp_path: Path) -> None:
-    rows = series(30, flops=2.5e9, duration=1.1, wait=0.0, service=1.05,
-                  stages={"embed": 0.05, "model": 1.0})  # fmt: skip
-    probe = [{"replica": 0, "blas_kind": "reference", "matmul_gflops": 2.5,
-              "achievable_gflops": 100.0}]  # fmt: skip
+    rows = series(
+        30, flops=2.5e9, duration=1.1, wait=0.0, service=1.05, stages={"embed": 0.05, "model": 1.0}
+    )
+    probe = [
+        {"replica": 0, "blas_kind": "reference", "matmul_gflops": 2.5, "achievable_gflops": 100.0}
+    ]
     analysis = analyze(write_run(tmp_path, records=rows, mlx_probe_json=probe), [])
     top = analysis.findings[0]
     assert top.kind == "slow_blas"
     per_record = min(1.05, 2.5e9 / 2.5e9) - 2.5e9 / 100e9
     assert top.seconds == pytest.approx(30 * per_record) and top.gain_s == top.seconds
-    fast = [{"replica": 0, "blas_kind": "openblas", "matmul_gflops": 90.0,
-             "achievable_gflops": 100.0}]  # fmt: skip
+    fast = [
+        {"replica": 0, "blas_kind": "openblas", "matmul_gflops": 90.0, "achievable_gflops": 100.0}
+    ]
     quiet = analyze(write_run(tmp_path / "fast", records=rows, mlx_probe_json=fast), [])
     assert "slow_blas" not in kinds(quiet)
 
 
 def test_oversubscribed_threads_stretch_model_and_embed(tmp_path: Path) -> None:
-    rows = [record(id=f"{k}-{r}", replica=r, planned=T0 + k, duration=0.9, wait=0.0,
-                   service=0.9) for k in range(30) for r in (0, 1)]  # fmt: skip
+    rows = [
+        record(id=f"{k}-{r}", replica=r, planned=T0 + k, duration=0.9, wait=0.0, service=0.9)
+        for k in range(30)
+        for r in (0, 1)
+    ]
     replicas = [{"replica": r, "node": "n1"} for r in (0, 1)]
-    probes = [{"replica": r, "blas_kind": "openblas", "matmul_gflops": 90.0, "blas_threads": 2,
-               "cpu_count": 2} for r in (0, 1)]  # fmt: skip
+    probes = [
+        {
+            "replica": r,
+            "blas_kind": "openblas",
+            "matmul_gflops": 90.0,
+            "blas_threads": 2,
+            "cpu_count": 2,
+        }
+        for r in (0, 1)
+    ]
     run = write_run(tmp_path, records=rows, mlx_probe_json=probes, run={"replicas": replicas})
     found = next(f for f in analyze(run, []).findings if f.kind == "oversubscription")
     assert found.evidence["nodes"]["n1"] == {"replicas": [0, 1], "blas_threads": 4, "cores": 2}
@@ -196,8 +256,17 @@ def test_oversubscribed_threads_stretch_model_and_embed(tmp_path: Path) -> None:
 
 
 def test_overload_is_named_with_arrivals_against_capacity(tmp_path: Path) -> None:
-    rows = [record(id=str(k), planned=T0 + k * 0.1, duration=0.2 + k * 0.05, wait=k * 0.05,
-                   service=0.2, stages={"model": 0.2}) for k in range(50)]  # fmt: skip
+    rows = [
+        record(
+            id=str(k),
+            planned=T0 + k * 0.1,
+            duration=0.2 + k * 0.05,
+            wait=k * 0.05,
+            service=0.2,
+            stages={"model": 0.2},
+        )
+        for k in range(50)
+    ]
     spec = {"spec": {"profile": {"stages": [{"mode": "open"}]}}}
     top = analyze(write_run(tmp_path, records=rows, run=spec), []).findings[0]
     assert top.kind == "overload" and top.explains == ["queue"]
@@ -207,10 +276,29 @@ def test_overload_is_named_with_arrivals_against_capacity(tmp_path: Path) -> Non
 
 
 def test_routing_imbalance_when_one_replica_waits_and_the_other_idles(tmp_path: Path) -> None:
-    busy = [record(id=f"b{k}", planned=T0 + k * 0.2, duration=0.5, wait=0.3, service=0.2,
-                   stages={"model": 0.2}) for k in range(50)]  # fmt: skip
-    idle = [record(id=f"i{k}", replica=1, planned=T0 + k * 2, duration=0.05, wait=0.0,
-                   service=0.05, stages={"model": 0.05}) for k in range(5)]  # fmt: skip
+    busy = [
+        record(
+            id=f"b{k}",
+            planned=T0 + k * 0.2,
+            duration=0.5,
+            wait=0.3,
+            service=0.2,
+            stages={"model": 0.2},
+        )
+        for k in range(50)
+    ]
+    idle = [
+        record(
+            id=f"i{k}",
+            replica=1,
+            planned=T0 + k * 2,
+            duration=0.05,
+            wait=0.0,
+            service=0.05,
+            stages={"model": 0.05},
+        )
+        for k in range(5)
+    ]
     top = analyze(write_run(tmp_path, records=busy + idle), []).findings[0]
     assert top.kind == "routing_imbalance" and "replica 0" in top.title
 
@@ -224,8 +312,12 @@ def test_hot_code_is_placed_in_the_part_its_stack_runs_in(tmp_path: Path) -> Non
         f"{root};generate_greedy (b.py:3) 20\n"
         "replica-0;Worker.main_loop (ray/_private/worker.py:9) 500\n"
     }
-    run = write_run(tmp_path, records=rows, profiles=profile,
-                    run={"stage_frames": markers, "spec": {"pyspy_rate_hz": 20}})  # fmt: skip
+    run = write_run(
+        tmp_path,
+        records=rows,
+        profiles=profile,
+        run={"stage_frames": markers, "spec": {"pyspy_rate_hz": 20}},
+    )
     top = analyze(run, []).findings[0]
     assert top.kind == "hot_code" and top.evidence["frame"] == "spin (tests/planted.py)"
     assert top.evidence["component"] == "other" and top.evidence["samples"] == 100
@@ -240,8 +332,9 @@ def test_generator_lag_is_its_own_cause(tmp_path: Path) -> None:
 
 def test_material_errors_come_first_in_their_own_tier(tmp_path: Path) -> None:
     rows = series(50, duration=1.0, wait=0.5)
-    rows += [record(id=f"e{k}", ok=False, error="Timeout: no reply", duration=300.0)
-             for k in range(3)]  # fmt: skip
+    rows += [
+        record(id=f"e{k}", ok=False, error="Timeout: no reply", duration=300.0) for k in range(3)
+    ]
     analysis = analyze(write_run(tmp_path, records=rows), [])
     assert analysis.findings[0].kind == "errors" and analysis.findings[0].tier == "errors"
     assert analysis.findings[0].evidence["by_kind"] == {"Timeout": 3}
@@ -251,10 +344,23 @@ def test_material_errors_come_first_in_their_own_tier(tmp_path: Path) -> None:
 
 def _memory_run(root: Path, rss_mb: Any, gauges_mb: Any = None) -> RunData:
     rows = series(60, duration=0.1, wait=0.0, service=0.1)
-    timeline = [{"t": T0 + k, "role": "replica-0", "pid": 7, "rss": rss_mb(k) * MB}
-                for k in range(60)]  # fmt: skip
-    gauges = [{"t": T0 + k, "replica": 0, "mlx_active": gauges_mb(k) * MB, "mlx_cache": 0,
-               "index_bytes": 0} for k in range(60)] if gauges_mb else []  # fmt: skip
+    timeline = [
+        {"t": T0 + k, "role": "replica-0", "pid": 7, "rss": rss_mb(k) * MB} for k in range(60)
+    ]
+    gauges = (
+        [
+            {
+                "t": T0 + k,
+                "replica": 0,
+                "mlx_active": gauges_mb(k) * MB,
+                "mlx_cache": 0,
+                "index_bytes": 0,
+            }
+            for k in range(60)
+        ]
+        if gauges_mb
+        else []
+    )
     return write_run(root, records=rows, timeline_jsonl=timeline, gauges_jsonl=gauges)
 
 
@@ -276,15 +382,30 @@ def test_growth_that_caches_explain_or_that_flattens_is_context(tmp_path: Path) 
 
 
 def _finding(kind: str, share: float, *, tier: str = "latency", support: int = 50) -> Finding:
-    return Finding(kind=kind, title=kind, tier=tier, explains=[], seconds=share, share=share,  # type: ignore[arg-type]
-                   tail_seconds=share, tail_share=share, support=support, evidence={},
-                   files=[], suggestion="")  # fmt: skip
+    return Finding(
+        kind=kind,
+        title=kind,
+        tier=tier,
+        explains=[],
+        seconds=share,
+        share=share,  # type: ignore[arg-type]
+        tail_seconds=share,
+        tail_share=share,
+        support=support,
+        evidence={},
+        files=[],
+        suggestion="",
+    )
 
 
 def test_rank_puts_errors_then_stability_then_well_supported_causes_first() -> None:
-    findings = [_finding("a", 0.5), _finding("b", 0.9, support=2), _finding("c", 0.1),
-                _finding("leak", 0.0, tier="stability"),
-                _finding("errors", 0.01, tier="errors")]  # fmt: skip
+    findings = [
+        _finding("a", 0.5),
+        _finding("b", 0.9, support=2),
+        _finding("c", 0.1),
+        _finding("leak", 0.0, tier="stability"),
+        _finding("errors", 0.01, tier="errors"),
+    ]
     ranked = rank(findings)
     assert [f.kind for f in ranked] == ["errors", "leak", "a", "c", "b"]
     assert ranked[-1].weak and not ranked[2].weak
@@ -326,9 +447,20 @@ def test_write_analysis_writes_json_atomically(tmp_path: Path) -> None:
 
 
 def test_causes_report_the_claims_they_make() -> None:
-    att = Attribution([record(id=str(k), misses=["adapter"], project=f"p{k % 2}",
-                              stages={"adapter": 0.5}, service=0.5, duration=1.0, wait=0.5)
-                       for k in range(10)])  # fmt: skip
+    att = Attribution(
+        [
+            record(
+                id=str(k),
+                misses=["adapter"],
+                project=f"p{k % 2}",
+                stages={"adapter": 0.5},
+                service=0.5,
+                duration=1.0,
+                wait=0.5,
+            )
+            for k in range(10)
+        ]
+    )
     claims = ServiceClaims(att)
     run = RunData(path=Path("."), run={}, records=att.records)
     (found,) = causes.adapter_thrash(run, att, claims)

@@ -87,9 +87,11 @@ def test_unreadable_targets_file_is_a_message_and_judging_goes_on(tmp_path):
     bad = tmp_path / "targets.toml"
     bad.write_bytes(b"[[target]\nname = \xff")
     spec = RunSpec(
-        profile=load_profile("smoke"), config=load_config("optimized"), results_dir=tmp_path,
+        profile=load_profile("smoke"),
+        config=load_config("optimized"),
+        results_dir=tmp_path,
         targets=str(bad),
-    )  # fmt: skip
+    )
     out = io.StringIO()
     failed = judge(run, spec, Progress(stream=out))
     assert failed == []
@@ -105,9 +107,10 @@ def test_ptrace_refusal_says_how_to_fix_it(monkeypatch, tmp_path):
     scope.write_text("1\n")
     real_path = pyspy.Path
     monkeypatch.setattr(
-        pyspy, "Path",
+        pyspy,
+        "Path",
         lambda p: scope if p == "/proc/sys/kernel/yama/ptrace_scope" else real_path(p),
-    )  # fmt: skip
+    )
     message = pyspy.ptrace_problem()
     assert message and "ptrace_scope is 1" in message and "CAP_SYS_PTRACE" in message
     assert "continues without flame graphs" in message

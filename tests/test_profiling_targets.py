@@ -25,16 +25,34 @@ MB = 1_000_000
 
 def record(**fields: Any) -> dict[str, Any]:
     """An ok analyze record, with ``fields`` changed."""
-    base = {"op": "analyze", "project": "p0", "stage": "s", "worker": 0, "replica": 0,
-            "planned": 1000.0, "duration": 0.5, "wait": 0.1, "service": 0.4, "stages": {},
-            "node": "n", "pid": 7, "ok": True, "error": None, "switched": False}  # fmt: skip
+    base = {
+        "op": "analyze",
+        "project": "p0",
+        "stage": "s",
+        "worker": 0,
+        "replica": 0,
+        "planned": 1000.0,
+        "duration": 0.5,
+        "wait": 0.1,
+        "service": 0.4,
+        "stages": {},
+        "node": "n",
+        "pid": 7,
+        "ok": True,
+        "error": None,
+        "switched": False,
+    }
     return {**base, **fields}
 
 
 def write_run(
-    root: Path, *, run: dict[str, Any] | None = None, records: list[dict[str, Any]] | None = None,
-    timeline: list[dict[str, Any]] | None = None, ingest: list[dict[str, Any]] | None = None,
-) -> RunData:  # fmt: skip
+    root: Path,
+    *,
+    run: dict[str, Any] | None = None,
+    records: list[dict[str, Any]] | None = None,
+    timeline: list[dict[str, Any]] | None = None,
+    ingest: list[dict[str, Any]] | None = None,
+) -> RunData:
     """Write a run folder by hand and load it."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "run.json").write_text(json.dumps({"schema_version": 1, "run_id": "r", **(run or {})}))
@@ -73,8 +91,9 @@ def test_default_and_smoke_targets_hold_the_seed_targets() -> None:
 
 
 def test_targets_load_from_a_path_with_defaults(tmp_path: Path) -> None:
-    path = write_targets(tmp_path, GOOD + '\n[[target]]\nmetric = "p95_s:search"\nop = "<="\n'
-                                          "threshold = 2\n")  # fmt: skip
+    path = write_targets(
+        tmp_path, GOOD + '\n[[target]]\nmetric = "p95_s:search"\nop = "<="\nthreshold = 2\n'
+    )
     first, second = load_targets(path)
     assert first == Target("t", "error_rate", "<", 0.01, "ratio", "")
     assert second.name == "p95_s:search" and second.unit == "s"
@@ -121,14 +140,27 @@ def test_unknown_or_missing_targets_raise_config_error(tmp_path: Path) -> None:
 
 
 def uss_sample(t: float, uss: float | None, rss: float, role: str = "replica-0") -> dict[str, Any]:
-    return {"t": t, "node": "n", "pid": 7, "role": role, "cpu_percent": 50.0, "rss": rss,
-            "uss": uss, "pss": None, "threads": 4}  # fmt: skip
+    return {
+        "t": t,
+        "node": "n",
+        "pid": 7,
+        "role": role,
+        "cpu_percent": 50.0,
+        "rss": rss,
+        "uss": uss,
+        "pss": None,
+        "threads": 4,
+    }
 
 
 def test_memory_target_fails_at_600_mb_uss_and_evidence_says_so(tmp_path: Path) -> None:
-    timeline = [uss_sample(1, 300 * MB, 700 * MB), uss_sample(2, 600 * MB, 800 * MB),
-                uss_sample(3, None, 900 * MB), uss_sample(3, 900 * MB, 0, role="generator-0"),
-                {"t": 3, "node": "n", "role": "system", "cpu_percent": 1.0}]  # fmt: skip
+    timeline = [
+        uss_sample(1, 300 * MB, 700 * MB),
+        uss_sample(2, 600 * MB, 800 * MB),
+        uss_sample(3, None, 900 * MB),
+        uss_sample(3, 900 * MB, 0, role="generator-0"),
+        {"t": 3, "node": "n", "role": "system", "cpu_percent": 1.0},
+    ]
     run = write_run(tmp_path, timeline=timeline)
     (result,) = check_targets(run, [t for t in load_targets("default") if "uss" in t.metric])
     assert result.value == pytest.approx(600.0)
@@ -141,8 +173,12 @@ def test_memory_falls_back_to_timeline_rss_then_replica_stats(tmp_path: Path) ->
     run = write_run(tmp_path / "a", timeline=[uss_sample(1, None, 450 * MB)])
     value, evidence = measure(run, "service_uss_mb_max")
     assert value == pytest.approx(450.0) and "RSS" in evidence and "never sampled" in evidence
-    stats = {"replica_stats": [{"replica": 0, "rss_bytes": 300 * MB},
-                               {"replica": 1, "rss_bytes": 520 * MB}]}  # fmt: skip
+    stats = {
+        "replica_stats": [
+            {"replica": 0, "rss_bytes": 300 * MB},
+            {"replica": 1, "rss_bytes": 520 * MB},
+        ]
+    }
     run = write_run(tmp_path / "b", run=stats)
     value, evidence = measure(run, "service_uss_mb_max")
     assert value == pytest.approx(520.0)
@@ -151,8 +187,10 @@ def test_memory_falls_back_to_timeline_rss_then_replica_stats(tmp_path: Path) ->
 
 
 def test_init_seconds_max_over_replicas(tmp_path: Path) -> None:
-    replicas = [{"replica": 0, "init_seconds": {"total": 2.5}},
-                {"replica": 1, "init_seconds": {"total": 6.25}}]  # fmt: skip
+    replicas = [
+        {"replica": 0, "init_seconds": {"total": 2.5}},
+        {"replica": 1, "init_seconds": {"total": 6.25}},
+    ]
     (result,) = check_targets(
         write_run(tmp_path, run={"replicas": replicas}),
         [Target("init", "init_seconds_max", "<", 5, "s")],
@@ -177,8 +215,13 @@ def test_switch_p99_uses_switching_records_then_switch_ops(tmp_path: Path) -> No
 
 
 def test_active_projects_counts_distinct_projects_with_an_ok_record(tmp_path: Path) -> None:
-    records = [record(project="a"), record(project="a"), record(project="b"),
-               record(project="c", ok=False), record(op="embed", project=None)]  # fmt: skip
+    records = [
+        record(project="a"),
+        record(project="a"),
+        record(project="b"),
+        record(project="c", ok=False),
+        record(op="embed", project=None),
+    ]
     value, evidence = measure(write_run(tmp_path, records=records), "active_projects")
     assert value == 2.0 and "a, b" in evidence
 

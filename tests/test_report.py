@@ -58,15 +58,25 @@ def _records() -> list[dict[str, Any]]:
         op = "analyze" if i % 2 == 0 else "search"
         slow = 2.0 if t - T0 > 15 else 1.0
         duration = 0.2 * slow if op == "analyze" else 0.02
-        rows.append({
-            "op": op, "project": EVIL if i % 3 == 0 else "alpha",
-            "stage": "warm" if i < 60 else "hot",
-            "worker": i % 2, "replica": 0, "planned": t, "duration": duration, "wait": duration / 4,
-            "service": duration * 0.75,
-            "stages": {"adapter": 0.01, "embed": 0.01, "search": 0.001, "model": duration / 2},
-            "node": "n" * 56, "pid": 100, "ok": i % 17 != 5,
-            "error": None if i % 17 != 5 else f"boom {EVIL}", "switched": i % 3 == 0,
-        })  # fmt: skip
+        rows.append(
+            {
+                "op": op,
+                "project": EVIL if i % 3 == 0 else "alpha",
+                "stage": "warm" if i < 60 else "hot",
+                "worker": i % 2,
+                "replica": 0,
+                "planned": t,
+                "duration": duration,
+                "wait": duration / 4,
+                "service": duration * 0.75,
+                "stages": {"adapter": 0.01, "embed": 0.01, "search": 0.001, "model": duration / 2},
+                "node": "n" * 56,
+                "pid": 100,
+                "ok": i % 17 != 5,
+                "error": None if i % 17 != 5 else f"boom {EVIL}",
+                "switched": i % 3 == 0,
+            }
+        )
     return rows
 
 
@@ -74,29 +84,60 @@ def _timeline() -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for s in range(32):
         t = T0 + s
-        rows.append({"t": t, "node": "n" * 56, "role": "system", "cpu_percent": 40 + s % 50,
-                     "cpu_per_core": [30.0 + s, 50.0], "mem_used": 4e9 + s * 1e7,
-                     "mem_total": 16e9})  # fmt: skip
+        rows.append(
+            {
+                "t": t,
+                "node": "n" * 56,
+                "role": "system",
+                "cpu_percent": 40 + s % 50,
+                "cpu_per_core": [30.0 + s, 50.0],
+                "mem_used": 4e9 + s * 1e7,
+                "mem_total": 16e9,
+            }
+        )
         for pid, role, rss, uss in (
             (100, "replica-0", 300e6 + s * 2e6, 250e6 + s * 2e6),
             (200, "generator-0", 120e6, 90e6),
             (300, "raylet", 40e6, None),
         ):
-            rows.append({"t": t, "node": "n" * 56, "pid": pid, "role": role,
-                         "cpu_percent": 80.0 if role == "replica-0" else 5.0, "rss": rss,
-                         "uss": uss, "pss": None, "threads": 10})  # fmt: skip
+            rows.append(
+                {
+                    "t": t,
+                    "node": "n" * 56,
+                    "pid": pid,
+                    "role": role,
+                    "cpu_percent": 80.0 if role == "replica-0" else 5.0,
+                    "rss": rss,
+                    "uss": uss,
+                    "pss": None,
+                    "threads": 10,
+                }
+            )
     return rows
 
 
 def _snapshots() -> list[dict[str, Any]]:
     return [
-        {"replica": 0, "label": label, "t": T0 + t, "uss": 250e6 + t * 1e6, "pss": None,
-         "rss": 300e6 + t * 1e6, "mlx_active": 130e6, "mlx_peak": 140e6 + t * 1e6,
-         "mlx_cache": 10e6 + t * 1e5, "adapter_bytes": 4e6, "index_bytes": 1e6,
-         "adapter_hits": hits, "adapter_misses": 3, "adapter_evictions": hits // 20,
-         "tracemalloc_top": [], "tracemalloc_diff": []}
+        {
+            "replica": 0,
+            "label": label,
+            "t": T0 + t,
+            "uss": 250e6 + t * 1e6,
+            "pss": None,
+            "rss": 300e6 + t * 1e6,
+            "mlx_active": 130e6,
+            "mlx_peak": 140e6 + t * 1e6,
+            "mlx_cache": 10e6 + t * 1e5,
+            "adapter_bytes": 4e6,
+            "index_bytes": 1e6,
+            "adapter_hits": hits,
+            "adapter_misses": 3,
+            "adapter_evictions": hits // 20,
+            "tracemalloc_top": [],
+            "tracemalloc_diff": [],
+        }
         for label, t, hits in (("start", 0.5, 0), ("stage:warm:end", 16.0, 17), ("end", 31.0, 38))
-    ]  # fmt: skip
+    ]
 
 
 def _analysis() -> dict[str, Any]:
@@ -104,91 +145,216 @@ def _analysis() -> dict[str, Any]:
     return {
         "run_id": "synthetic-run",
         "budget": {
-            "records": 120, "seconds": 40.0, "tail_records": 7, "tail_seconds": 3.0,
+            "records": 120,
+            "seconds": 40.0,
+            "tail_records": 7,
+            "tail_seconds": 3.0,
             "tail_definition": "slowest 5% of each op",
             "parts": [
-                {"component": "queue", "seconds": 10.0, "share": 0.25, "tail_seconds": 1.5,
-                 "tail_share": 0.5, "by_op": {"analyze": 0.15, "search": 0.01}},
-                {"component": "model", "seconds": 30.0, "share": 0.75, "tail_seconds": 1.5,
-                 "tail_share": 0.5, "by_op": {"analyze": 0.4, "search": 0.0}},
-                {"component": "lag", "seconds": 0.0, "share": 0.0, "tail_seconds": 0.0,
-                 "tail_share": 0.0, "by_op": {}},
+                {
+                    "component": "queue",
+                    "seconds": 10.0,
+                    "share": 0.25,
+                    "tail_seconds": 1.5,
+                    "tail_share": 0.5,
+                    "by_op": {"analyze": 0.15, "search": 0.01},
+                },
+                {
+                    "component": "model",
+                    "seconds": 30.0,
+                    "share": 0.75,
+                    "tail_seconds": 1.5,
+                    "tail_share": 0.5,
+                    "by_op": {"analyze": 0.4, "search": 0.0},
+                },
+                {
+                    "component": "lag",
+                    "seconds": 0.0,
+                    "share": 0.0,
+                    "tail_seconds": 0.0,
+                    "tail_share": 0.0,
+                    "by_op": {},
+                },
             ],
-            "ops": {"analyze": {"mean_s": 0.55, "p95_s": 0.8, "p99_s": 0.9},
-                    "search": {"mean_s": 0.01, "p95_s": 0.02, "p99_s": 0.03}},
+            "ops": {
+                "analyze": {"mean_s": 0.55, "p95_s": 0.8, "p99_s": 0.9},
+                "search": {"mean_s": 0.01, "p95_s": 0.02, "p99_s": 0.03},
+            },
         },
         "findings": [
-            {"kind": "overload", "title": "overload: 25% of latency is queue wait",
-             "tier": "latency", "explains": ["queue"], "seconds": 10.0, "share": 0.25,
-             "tail_seconds": 1.5, "tail_share": 0.5, "by_op": {"analyze": 9.0, "search": 1.0},
-             "evidence": {"op": "analyze", "wait_s": 1.5, "records": 56}, "weak": False,
-             "files": ["records.jsonl"], "suggestion": "add replicas", "gain_s": None},
-            {"kind": "hot_code", "title": f"hot code: {EVIL} holds 1 s", "tier": "latency",
-             "explains": ["other"], "seconds": 1.0, "share": 0.025, "tail_seconds": 0.0,
-             "tail_share": 0.0, "evidence": {"frame": EVIL}, "weak": True,
-             "files": ["profiles/replica-0.collapsed"], "suggestion": "speed it up",
-             "gain_s": 1.0},
+            {
+                "kind": "overload",
+                "title": "overload: 25% of latency is queue wait",
+                "tier": "latency",
+                "explains": ["queue"],
+                "seconds": 10.0,
+                "share": 0.25,
+                "tail_seconds": 1.5,
+                "tail_share": 0.5,
+                "by_op": {"analyze": 9.0, "search": 1.0},
+                "evidence": {"op": "analyze", "wait_s": 1.5, "records": 56},
+                "weak": False,
+                "files": ["records.jsonl"],
+                "suggestion": "add replicas",
+                "gain_s": None,
+            },
+            {
+                "kind": "hot_code",
+                "title": f"hot code: {EVIL} holds 1 s",
+                "tier": "latency",
+                "explains": ["other"],
+                "seconds": 1.0,
+                "share": 0.025,
+                "tail_seconds": 0.0,
+                "tail_share": 0.0,
+                "evidence": {"frame": EVIL},
+                "weak": True,
+                "files": ["profiles/replica-0.collapsed"],
+                "suggestion": "speed it up",
+                "gain_s": 1.0,
+            },
         ],
-        "facts": [{"kind": "cpu", "title": "node n: CPU 95% on average",
-                   "evidence": {"mean_cpu_percent": 95.0}, "files": ["timeline.jsonl"]}],
+        "facts": [
+            {
+                "kind": "cpu",
+                "title": "node n: CPU 95% on average",
+                "evidence": {"mean_cpu_percent": 95.0},
+                "files": ["timeline.jsonl"],
+            }
+        ],
         "targets": [
-            {"target": {**target, "name": "analyze p95", "threshold": 0.3}, "value": 0.4,
-             "passed": False, "evidence": "p95 0.4 s over 53 records"},
-            {"target": {**target, "name": "search p95", "threshold": 0.3}, "value": 0.02,
-             "passed": True, "evidence": "p95 20 ms"},
-            {"target": {**target, "name": "switch p99", "threshold": 3.0}, "value": None,
-             "passed": None, "evidence": "no switch records"},
+            {
+                "target": {**target, "name": "analyze p95", "threshold": 0.3},
+                "value": 0.4,
+                "passed": False,
+                "evidence": "p95 0.4 s over 53 records",
+            },
+            {
+                "target": {**target, "name": "search p95", "threshold": 0.3},
+                "value": 0.02,
+                "passed": True,
+                "evidence": "p95 20 ms",
+            },
+            {
+                "target": {**target, "name": "switch p99", "threshold": 3.0},
+                "value": None,
+                "passed": None,
+                "evidence": "no switch records",
+            },
         ],
         "notes": ["slow_blas: skipped, no mlx_probe.json in the run folder"],
-    }  # fmt: skip
+    }
 
 
 def _comparison() -> dict[str, Any]:
     return {
-        "a_label": "baseline", "b_label": "optimized",
+        "a_label": "baseline",
+        "b_label": "optimized",
         "rows": [
-            {"kind": "latency", "name": "analyze", "metric": "p95_s", "a": 0.4, "b": 0.25,
-             "ratio": 0.625, "p_value": 0.0004, "ci_low": 0.55, "ci_high": 0.7,
-             "significant": True, "verdict": "faster"},
-            {"kind": "latency", "name": "search", "metric": "p95_s", "a": 0.02, "b": 0.03,
-             "ratio": 1.5, "p_value": 0.01, "ci_low": 1.2, "ci_high": 1.8,
-             "significant": True, "verdict": "slower"},
-            {"kind": "memory", "name": "replica-0", "metric": "uss_bytes", "a": 3e8, "b": 2.9e8,
-             "ratio": 0.97, "p_value": 0.4, "ci_low": 0.9, "ci_high": 1.05,
-             "significant": False, "verdict": "no change"},
+            {
+                "kind": "latency",
+                "name": "analyze",
+                "metric": "p95_s",
+                "a": 0.4,
+                "b": 0.25,
+                "ratio": 0.625,
+                "p_value": 0.0004,
+                "ci_low": 0.55,
+                "ci_high": 0.7,
+                "significant": True,
+                "verdict": "faster",
+            },
+            {
+                "kind": "latency",
+                "name": "search",
+                "metric": "p95_s",
+                "a": 0.02,
+                "b": 0.03,
+                "ratio": 1.5,
+                "p_value": 0.01,
+                "ci_low": 1.2,
+                "ci_high": 1.8,
+                "significant": True,
+                "verdict": "slower",
+            },
+            {
+                "kind": "memory",
+                "name": "replica-0",
+                "metric": "uss_bytes",
+                "a": 3e8,
+                "b": 2.9e8,
+                "ratio": 0.97,
+                "p_value": 0.4,
+                "ci_low": 0.9,
+                "ci_high": 1.05,
+                "significant": False,
+                "verdict": "no change",
+            },
         ],
         "warnings": ["runs come from different machines"],
-        "targets": [{"name": "analyze p95", "threshold": 0.3, "a": 0.4, "b": 0.25,
-                     "passed_a": False, "passed_b": True}],
+        "targets": [
+            {
+                "name": "analyze p95",
+                "threshold": 0.3,
+                "a": 0.4,
+                "b": 0.25,
+                "passed_a": False,
+                "passed_b": True,
+            }
+        ],
         "diff_flamegraph": "../diff/replica-0.diff.svg",
-    }  # fmt: skip
+    }
 
 
 def make_run(folder: Path, *, full: bool = True) -> Path:
     """A synthetic run folder: run.json and records, plus (``full``) every optional file."""
     folder.mkdir(parents=True)
     run = {
-        "schema_version": 1, "run_id": "synthetic-run", "status": "completed",
-        "started_utc": "2026-01-01T00:00:00+00:00", "ended_utc": "2026-01-01T00:00:32+00:00",
-        "spec": {"profile": {"name": "smoke", "description": "two ops"},
-                 "config": {"name": "default", "description": "fast", "blas": "openblas"}},
-        "machine": {"hostname": "box", "os": "Linux", "machine": "x86_64", "chip": "Test CPU",
-                    "cpus_logical": 2, "cpus_physical": 2, "memory_bytes": 16e9,
-                    "python": "3.11", "versions": {"mlx": "0.30", "ray": "2.60"}},
+        "schema_version": 1,
+        "run_id": "synthetic-run",
+        "status": "completed",
+        "started_utc": "2026-01-01T00:00:00+00:00",
+        "ended_utc": "2026-01-01T00:00:32+00:00",
+        "spec": {
+            "profile": {"name": "smoke", "description": "two ops"},
+            "config": {"name": "default", "description": "fast", "blas": "openblas"},
+        },
+        "machine": {
+            "hostname": "box",
+            "os": "Linux",
+            "machine": "x86_64",
+            "chip": "Test CPU",
+            "cpus_logical": 2,
+            "cpus_physical": 2,
+            "memory_bytes": 16e9,
+            "python": "3.11",
+            "versions": {"mlx": "0.30", "ray": "2.60"},
+        },
         "replicas": [{"replica": 0, "pid": 100}],
-        "replica_stats": [{"replica": 0, "switches": 40,
-                           "adapters": {"hits": 38, "misses": 3, "evictions": 1,
-                                        "bytes_resident": 4e6},
-                           "indexes": {"hits": 50, "misses": 2, "evictions": 0}}],
-    }  # fmt: skip
+        "replica_stats": [
+            {
+                "replica": 0,
+                "switches": 40,
+                "adapters": {"hits": 38, "misses": 3, "evictions": 1, "bytes_resident": 4e6},
+                "indexes": {"hits": 50, "misses": 2, "evictions": 0},
+            }
+        ],
+    }
     (folder / "run.json").write_text(json.dumps(run))
     _jsonl(folder / "records.jsonl", _records())
     if not full:
         return folder
     _jsonl(folder / "timeline.jsonl", _timeline())
     (folder / "snapshots.json").write_text(json.dumps(_snapshots()))
-    probe = {"replica": 0, "device": "Device(cpu, 0)", "backend": "cpu", "blas_kind": "openblas",
-             "matmul_gflops": 80.0, "memory_limit_bytes": 2e10, "threads": 8}  # fmt: skip
+    probe = {
+        "replica": 0,
+        "device": "Device(cpu, 0)",
+        "backend": "cpu",
+        "blas_kind": "openblas",
+        "matmul_gflops": 80.0,
+        "memory_limit_bytes": 2e10,
+        "threads": 8,
+    }
     (folder / "mlx_probe.json").write_text(json.dumps([probe]))
     (folder / "analysis.json").write_text(json.dumps(_analysis()))
     profiles = folder / "profiles"
@@ -257,15 +423,18 @@ def test_report_data_has_every_section_with_its_numbers(run_dir: Path) -> None:
     comparison = data.section("comparison")
     verdicts = [row[-1] for row in comparison.tables[0].rows]
     assert [(c.text, c.cls) for c in verdicts] == [
-        ("faster", "good"), ("slower", "bad"), ("no change", "na")
-    ]  # fmt: skip
+        ("faster", "good"),
+        ("slower", "bad"),
+        ("no change", "na"),
+    ]
     assert comparison.notes == ["runs come from different machines"]
     assert comparison.tables[-1].rows[0][1].href == "../diff/replica-0.diff.svg"
     flames = data.section("flamegraphs").tables[0].rows[0]
     assert [c.href for c in flames[1:4]] == [
-        "profiles/replica-0.svg", "profiles/replica-0.speedscope.json",
+        "profiles/replica-0.svg",
+        "profiles/replica-0.speedscope.json",
         "profiles/replica-0.collapsed",
-    ]  # fmt: skip
+    ]
     assert flames[-1].text == f"{EVIL} (75%)"
 
 
@@ -273,8 +442,16 @@ def test_missing_files_make_short_sections(tmp_path: Path) -> None:
     folder = make_run(tmp_path / "bare", full=False)
     data = build_report(RunData.load(folder), None)
     missing = {s.key for s in data.sections if s.missing}
-    expected = {"targets", "budget", "findings", "context", "processes", "system", "mlx",
-                "flamegraphs"}  # fmt: skip
+    expected = {
+        "targets",
+        "budget",
+        "findings",
+        "context",
+        "processes",
+        "system",
+        "mlx",
+        "flamegraphs",
+    }
     assert missing == expected
     assert data.section("adapters").missing is None  # switched records and replica stats
     html = render_html(data)
@@ -337,13 +514,29 @@ def test_comparison_json_layout_is_read_from_the_run_folder(run_dir: Path) -> No
         },
     ]
     comparison = {
-        "schema_version": 1, "a": {"label": "run-a", "runs": [{"run_id": "run-a"}]},
-        "b": {"label": EVIL, "runs": [{"run_id": "synthetic-run"}]}, "factor": 1.1,
-        "alpha": 0.05, "summary": {"regression": 1, "improvement": 1}, "rows": rows,
-        "targets": [{"name": "analyze p95", "op": "<", "threshold": 0.3, "unit": "s",
-                     "a": 0.4, "b": 0.25, "passed_a": False, "passed_b": True}],
-        "diff_flamegraphs": {"replica-0": "diff-replica-0.svg"}, "warnings": [], "notes": [],
-    }  # fmt: skip
+        "schema_version": 1,
+        "a": {"label": "run-a", "runs": [{"run_id": "run-a"}]},
+        "b": {"label": EVIL, "runs": [{"run_id": "synthetic-run"}]},
+        "factor": 1.1,
+        "alpha": 0.05,
+        "summary": {"regression": 1, "improvement": 1},
+        "rows": rows,
+        "targets": [
+            {
+                "name": "analyze p95",
+                "op": "<",
+                "threshold": 0.3,
+                "unit": "s",
+                "a": 0.4,
+                "b": 0.25,
+                "passed_a": False,
+                "passed_b": True,
+            }
+        ],
+        "diff_flamegraphs": {"replica-0": "diff-replica-0.svg"},
+        "warnings": [],
+        "notes": [],
+    }
     (run_dir / "comparison.json").write_text(json.dumps(comparison))
     html = write_report(run_dir).read_text()
     section = html[html.index('<section id="comparison">') :]
@@ -358,7 +551,7 @@ def test_comparison_json_layout_is_read_from_the_run_folder(run_dir: Path) -> No
         ">&lt; 300 ms<",
         "95% CI",
     ):
-        assert text in section, text  # fmt: skip
+        assert text in section, text
 
 
 # ---------------------------------------------------------------- HTML
@@ -395,10 +588,19 @@ def test_report_of_the_committed_fixture(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- browser
 
 CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-extensions", "--disable-dev-shm-usage", "--hide-scrollbars", "--mute-audio",
-)  # fmt: skip
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+    "--mute-audio",
+)
 
 
 MAC_BROWSERS = (
@@ -451,9 +653,14 @@ class Browser:
         env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
         with log.open("wb") as err:
             self.proc = subprocess.Popen(
-                [*args, "about:blank"], stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                close_fds=False, preexec_fn=onto_3_and_4, env=env,
-            )  # fmt: skip
+                [*args, "about:blank"],
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
+                close_fds=False,
+                preexec_fn=onto_3_and_4,
+                env=env,
+            )
         for fd in fds:
             os.close(fd)
         self.events: list[dict[str, Any]] = []
@@ -481,8 +688,13 @@ class Browser:
             raise AssertionError(f"Chromium gave no {waiting_for}; its log ends:\n{tail}")
         return message
 
-    def send(self, method: str, params: dict[str, Any] | None = None, session: str | None = None,
-             timeout: float = 30.0) -> dict[str, Any]:  # fmt: skip
+    def send(
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        session: str | None = None,
+        timeout: float = 30.0,
+    ) -> dict[str, Any]:
         """Call ``method`` and return its result; events that arrive meanwhile are kept."""
         self._next_id += 1
         message: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
@@ -561,8 +773,9 @@ def render_in_browser(
         browser.send("Emulation.setDeviceMetricsOverride", metrics, session)
         browser.send("Page.navigate", {"url": report.as_uri()}, session)
         browser.wait_for("Page.loadEventFired")
-        value = browser.send("Runtime.evaluate", {"expression": SVG_BOXES, "returnByValue": True},
-                             session)["result"]["value"]  # fmt: skip
+        value = browser.send(
+            "Runtime.evaluate", {"expression": SVG_BOXES, "returnByValue": True}, session
+        )["result"]["value"]
         layout = browser.send("Page.getLayoutMetrics", session=session)
         height = min(math.ceil(layout["cssContentSize"]["height"]), 16000)
         browser.send("Emulation.setDeviceMetricsOverride", {**metrics, "height": height}, session)
@@ -570,8 +783,11 @@ def render_in_browser(
         screenshot.write_bytes(base64.b64decode(shot["data"]))
         time.sleep(0.2)  # let late console messages arrive before judging
         browser.send("Runtime.evaluate", {"expression": "1"}, session)
-        return {"boxes": json.loads(value), "height": height,
-                "problems": browser_problems(browser.events)}  # fmt: skip
+        return {
+            "boxes": json.loads(value),
+            "height": height,
+            "problems": browser_problems(browser.events),
+        }
     finally:
         browser.close()
 

@@ -18,9 +18,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_cli(*args: str, cache: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "LOADLENS_CACHE": str(cache)}
     return subprocess.run(
-        [sys.executable, "-m", "workloads.run", *args], cwd=ROOT, env=env,
-        capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        [sys.executable, "-m", "workloads.run", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def only_run(results: Path) -> Path:
@@ -35,10 +39,14 @@ def read_jsonl(path: Path) -> list[dict]:
 def test_smoke_run_records_every_operation(tmp_path, cache_dir):
     results = tmp_path / "results"
     proc = run_cli(
-        "--profile", "smoke", "--results-dir", str(results), "--no-fail-on-targets",
+        "--profile",
+        "smoke",
+        "--results-dir",
+        str(results),
+        "--no-fail-on-targets",
         "--trace-python",
         cache=cache_dir,
-    )  # fmt: skip
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = only_run(results)
     info = json.loads((run / "run.json").read_text())
@@ -53,8 +61,10 @@ def test_smoke_run_records_every_operation(tmp_path, cache_dir):
     analyze = [r for r in records if r["op"] == "analyze"]
     assert all(r["stages"]["model"] > 0 and r["service"] <= r["duration"] for r in analyze)
     assert len({r["id"] for r in records}) == len(records)
-    assert all(r["planned"] <= r["sent"] and r["lag"] + r["wait"] + r["service"] <= r["duration"]
-               for r in records)  # fmt: skip
+    assert all(
+        r["planned"] <= r["sent"] and r["lag"] + r["wait"] + r["service"] <= r["duration"]
+        for r in records
+    )
     assert all(r["flops"] > 0 for r in analyze) and any(r["misses"] for r in analyze)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["records"] == len(records)
@@ -133,10 +143,26 @@ def test_failing_project_and_ctrl_c_keep_every_record(tmp_path, cache_dir):
     (broken / "blob.py").write_bytes(b"\x00\x01\x02")  # binary: no index can be built
     env = {**os.environ, "LOADLENS_CACHE": str(cache_dir)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "workloads.run", "--profile", "smoke", "--duration", "120",
-         "--project", f"broken={broken}", "--results-dir", str(results), "--no-fail-on-targets"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "workloads.run",
+            "--profile",
+            "smoke",
+            "--duration",
+            "120",
+            "--project",
+            f"broken={broken}",
+            "--results-dir",
+            str(results),
+            "--no-fail-on-targets",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 150
         while time.monotonic() < deadline and proc.poll() is None:
@@ -168,10 +194,22 @@ def test_ab_smoke_compares_and_reports(tmp_path, cache_dir):
     """Baseline and optimized interleaved: comparison, differential flame graph, report."""
     results = tmp_path / "results"
     proc = run_cli(
-        "--profile", "smoke", "--duration", "14", "--config", "optimized",
-        "--baseline", "baseline", "--rounds", "1", "--results-dir", str(results),
-        "--no-fail-on-targets", cache=cache_dir, timeout=420,
-    )  # fmt: skip
+        "--profile",
+        "smoke",
+        "--duration",
+        "14",
+        "--config",
+        "optimized",
+        "--baseline",
+        "baseline",
+        "--rounds",
+        "1",
+        "--results-dir",
+        str(results),
+        "--no-fail-on-targets",
+        cache=cache_dir,
+        timeout=420,
+    )
     assert proc.returncode in (0, 1), proc.stderr[-3000:]
     (ab,) = list(results.iterdir())
     info = json.loads((ab / "ab.json").read_text())
@@ -183,8 +221,9 @@ def test_ab_smoke_compares_and_reports(tmp_path, cache_dir):
     assert (proc.returncode == 1) == (comparison["summary"].get("regression", 0) > 0)
     diff = comparison["diff_flamegraphs"]["replica-0"]
     assert (ab / diff).read_text().startswith("<svg")
-    probes = [json.loads((ab / r["run_dir"] / "mlx_probe.json").read_text())[0]
-              for r in info["rounds"]]  # fmt: skip
+    probes = [
+        json.loads((ab / r["run_dir"] / "mlx_probe.json").read_text())[0] for r in info["rounds"]
+    ]
     assert [p["blas_kind"] for p in probes] == ["openblas", "reference"]
     report = (ab / info["rounds"][0]["run_dir"] / "report.html").read_text()
     assert "baseline" in report and "optimized" in report and diff in report

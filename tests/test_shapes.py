@@ -26,14 +26,24 @@ PROJECTS = [f"p{i}" for i in range(10)]
 
 
 def open_stage(**kw) -> Stage:
-    fields = {"name": "o", "duration_s": 100.0, "mode": "open", "rate": 5.0,
-              "mix": (("analyze", 0.7), ("search", 0.3))}  # fmt: skip
+    fields = {
+        "name": "o",
+        "duration_s": 100.0,
+        "mode": "open",
+        "rate": 5.0,
+        "mix": (("analyze", 0.7), ("search", 0.3)),
+    }
     return Stage(**{**fields, **kw})
 
 
 def closed_stage(**kw) -> Stage:
-    fields = {"name": "c", "duration_s": 10.0, "mode": "closed", "users": 5,
-              "mix": (("analyze", 1.0),)}  # fmt: skip
+    fields = {
+        "name": "c",
+        "duration_s": 10.0,
+        "mode": "closed",
+        "users": 5,
+        "mix": (("analyze", 1.0),),
+    }
     return Stage(**{**fields, **kw})
 
 

@@ -57,8 +57,9 @@ def row_p_values(a: np.ndarray, b: np.ndarray, prior: Prior | None = None) -> li
 
 
 def test_identical_block_correlated_series_are_rarely_called_different() -> None:
-    flagged = sum(any(holm(row_p_values(correlated(2 * s), correlated(2 * s + 1)), 0.05))
-                  for s in range(300))  # fmt: skip
+    flagged = sum(
+        any(holm(row_p_values(correlated(2 * s), correlated(2 * s + 1)), 0.05)) for s in range(300)
+    )
     assert flagged <= 18, f"{flagged} of 300 A/A comparisons flagged"  # 4.2% over 600 here
 
 
@@ -88,9 +89,18 @@ def test_a_tail_only_slowdown_is_detected_in_the_p99_row_only() -> None:
 
 
 def test_a_ten_percent_slowdown_is_detected_with_enough_records() -> None:
-    found = sum(any(holm(row_p_values(correlated(300 + 2 * s, n=4000, rho=0.3),
-                                      correlated(301 + 2 * s, n=4000, rho=0.3) * 1.1), 0.05))
-                for s in range(20))  # fmt: skip
+    found = sum(
+        any(
+            holm(
+                row_p_values(
+                    correlated(300 + 2 * s, n=4000, rho=0.3),
+                    correlated(301 + 2 * s, n=4000, rho=0.3) * 1.1,
+                ),
+                0.05,
+            )
+        )
+        for s in range(20)
+    )
     assert found >= 18
 
 
@@ -134,8 +144,9 @@ def test_compare_levels_uses_runs_as_units_and_the_prior_for_drift() -> None:
     with_drift = compare_levels([Level(0.10, 0.0001, 9)], [Level(0.14, 0.0001, 9)], drift)
     assert with_drift.p > 0.2 and with_drift.sigma_between == pytest.approx(0.03)
     runs = [Level(x, 0.0001, 9) for x in (0.10, 0.11, 0.09, 0.10)]
-    more = compare_levels(runs, [Level(x + 0.04, 0.0001, 9) for x in (0.10, 0.11, 0.09, 0.10)],
-                          drift)  # fmt: skip
+    more = compare_levels(
+        runs, [Level(x + 0.04, 0.0001, 9) for x in (0.10, 0.11, 0.09, 0.10)], drift
+    )
     assert more.p < with_drift.p  # more runs a side see through the drift
     with pytest.raises(ValueError):
         compare_levels([], runs, None)

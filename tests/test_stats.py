@@ -55,9 +55,15 @@ def test_summarize_of_nothing_has_no_figures():
     summary = summarize([])
     assert summary.count == 0
     assert summary.as_dict() == {
-        "count": 0, "mean": None, "min": None, "p50": None, "p90": None, "p95": None,
-        "p99": None, "max": None,
-    }  # fmt: skip
+        "count": 0,
+        "mean": None,
+        "min": None,
+        "p50": None,
+        "p90": None,
+        "p95": None,
+        "p99": None,
+        "max": None,
+    }
 
 
 def test_summarize_rejects_nan():

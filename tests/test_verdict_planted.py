@@ -61,19 +61,25 @@ def planted_run(
     **profile: Any,
 ) -> dict[str, Any]:
     """Run a one-stage profile in the shared Ray session; returns ``analysis.json``."""
-    head = "\n".join(f"{k} = {v}" for k, v in {"projects": len(projects), "replicas": 1,
-                                                  **profile}.items())  # fmt: skip
-    spec_profile = parse_profile(tomllib.loads(f"{head}\n{stage_text}\n"), source="planted",
-                                 name="planted")  # fmt: skip
+    head = "\n".join(
+        f"{k} = {v}" for k, v in {"projects": len(projects), "replicas": 1, **profile}.items()
+    )
+    spec_profile = parse_profile(
+        tomllib.loads(f"{head}\n{stage_text}\n"), source="planted", name="planted"
+    )
     base = load_config(config)
     system = dataclasses.replace(
         base, blas=blas or base.blas, service={**base.service, **(service or {})}
     )
     spec = RunSpec(
-        profile=spec_profile, config=system, results_dir=tmp_path, extra_projects=tuple(projects),
-        cache_dir=cache_dir, quiet=True,
+        profile=spec_profile,
+        config=system,
+        results_dir=tmp_path,
+        extra_projects=tuple(projects),
+        cache_dir=cache_dir,
+        quiet=True,
         target=Target("python", target) if target else Target("builtin"),
-    )  # fmt: skip
+    )
     outcome = execute(spec)
     assert outcome.status == "completed"
     analysis: dict[str, Any] = json.loads((outcome.run_dir / "analysis.json").read_text())
@@ -94,41 +100,53 @@ def tiny(tiny_trees: dict[str, Path]) -> list[Project]:
 
 def test_planted_slow_blas_ranks_first(ray_session, tmp_path, cache_dir, tiny_trees):
     analysis = planted_run(
-        tmp_path, cache_dir, blas="bundled", projects=tiny(tiny_trees),
-        stage_text=stage(name="s", duration_s=12, mode="closed", users=1,
-                         mix={"embed": 0.5, "search": 0.5}),
-    )  # fmt: skip
+        tmp_path,
+        cache_dir,
+        blas="bundled",
+        projects=tiny(tiny_trees),
+        stage_text=stage(
+            name="s", duration_s=12, mode="closed", users=1, mix={"embed": 0.5, "search": 0.5}
+        ),
+    )
     top = assert_top(analysis, "slow_blas")
     assert top["evidence"]["blas_kind"] == ["reference"] and top["share"] > 0.5
 
 
 def test_planted_adapter_thrash_ranks_first(ray_session, tmp_path, cache_dir, tiny_trees):
     analysis = planted_run(
-        tmp_path, cache_dir, projects=tiny(tiny_trees), target="tests.planted:SlowStorageService",
+        tmp_path,
+        cache_dir,
+        projects=tiny(tiny_trees),
+        target="tests.planted:SlowStorageService",
         service={"adapter_cache_count": 1},
-        stage_text=stage(name="s", duration_s=10, mode="closed", users=2,
-                         mix={"switch": 0.5, "search": 0.5}),
-    )  # fmt: skip
+        stage_text=stage(
+            name="s", duration_s=10, mode="closed", users=2, mix={"switch": 0.5, "search": 0.5}
+        ),
+    )
     top = assert_top(analysis, "adapter_thrash")
     assert top["evidence"]["adapter_cache_count"] == 1 and top["evidence"]["capacity_misses"] >= 10
 
 
 def test_planted_index_thrash_ranks_first(ray_session, tmp_path, cache_dir, tiny_trees):
     analysis = planted_run(
-        tmp_path, cache_dir, projects=tiny(tiny_trees), target="tests.planted:SlowStorageService",
+        tmp_path,
+        cache_dir,
+        projects=tiny(tiny_trees),
+        target="tests.planted:SlowStorageService",
         service={"index_cache_count": 1},
         stage_text=stage(name="s", duration_s=10, mode="closed", users=2, mix={"search": 1.0}),
-    )  # fmt: skip
+    )
     top = assert_top(analysis, "index_thrash")
     assert top["evidence"]["index_cache_count"] == 1
 
 
 def test_planted_overload_ranks_first(ray_session, tmp_path, cache_dir, tiny_trees):
     analysis = planted_run(
-        tmp_path, cache_dir, projects=tiny(tiny_trees),
-        stage_text=stage(name="s", duration_s=8, mode="open", rate=40.0,
-                         mix={"analyze": 1.0}),
-    )  # fmt: skip
+        tmp_path,
+        cache_dir,
+        projects=tiny(tiny_trees),
+        stage_text=stage(name="s", duration_s=8, mode="open", rate=40.0, mix={"analyze": 1.0}),
+    )
     top = assert_top(analysis, "overload")
     replica = top["evidence"]["replicas"]["0"]
     assert replica["utilisation"] > 0.9 and replica["arrivals_per_s"] > replica["capacity_per_s"]
@@ -136,9 +154,12 @@ def test_planted_overload_ranks_first(ray_session, tmp_path, cache_dir, tiny_tre
 
 def test_planted_hot_loop_ranks_first(ray_session, tmp_path, cache_dir, tiny_trees):
     analysis = planted_run(
-        tmp_path, cache_dir, projects=tiny(tiny_trees), target="tests.planted:HotLoopService",
+        tmp_path,
+        cache_dir,
+        projects=tiny(tiny_trees),
+        target="tests.planted:HotLoopService",
         stage_text=stage(name="s", duration_s=10, mode="closed", users=2, mix={"analyze": 1.0}),
-    )  # fmt: skip
+    )
     top = assert_top(analysis, "hot_code")
     assert (
         top["evidence"]["frame"].startswith("spin (") and "planted.py" in top["evidence"]["frame"]
@@ -147,9 +168,13 @@ def test_planted_hot_loop_ranks_first(ray_session, tmp_path, cache_dir, tiny_tre
 
 def test_planted_leak_ranks_first(ray_session, tmp_path, cache_dir, tiny_trees):
     analysis = planted_run(
-        tmp_path, cache_dir, projects=tiny(tiny_trees), target="tests.planted:LeakyService",
-        stage_text=stage(name="s", duration_s=20, mode="closed", users=2,
-                         mix={"search": 0.7, "analyze": 0.3}),
-    )  # fmt: skip
+        tmp_path,
+        cache_dir,
+        projects=tiny(tiny_trees),
+        target="tests.planted:LeakyService",
+        stage_text=stage(
+            name="s", duration_s=20, mode="closed", users=2, mix={"search": 0.7, "analyze": 0.3}
+        ),
+    )
     top = assert_top(analysis, "memory_leak")
     assert top["tier"] == "stability" and top["evidence"]["slope_mb_per_min"] > 50

@@ -39,10 +39,13 @@ def execute_ab(candidate: RunSpec, baseline: RunSpec, *, rounds: int) -> ABOutco
     rounds_dir = ab_dir / "rounds"
     progress = Progress(quiet=candidate.quiet)
     info: dict[str, Any] = {
-        "ab_id": ab_id, "started_utc": utc_now(), "rounds": [],
-        "baseline": baseline.config.name, "candidate": candidate.config.name,
+        "ab_id": ab_id,
+        "started_utc": utc_now(),
+        "rounds": [],
+        "baseline": baseline.config.name,
+        "candidate": candidate.config.name,
         "profile": candidate.profile.name,
-    }  # fmt: skip
+    }
     outcomes: list[RunOutcome] = []
     status = "completed"
     for number in range(rounds):
@@ -50,10 +53,15 @@ def execute_ab(candidate: RunSpec, baseline: RunSpec, *, rounds: int) -> ABOutco
             progress.say(f"round {number + 1}/{rounds}: {side} ({spec.config.name})")
             outcome = execute(dataclasses.replace(spec, results_dir=rounds_dir))
             outcomes.append(outcome)
-            info["rounds"].append({
-                "round": number + 1, "side": side, "config": spec.config.name,
-                "run_dir": str(outcome.run_dir.relative_to(ab_dir)), "status": outcome.status,
-            })  # fmt: skip
+            info["rounds"].append(
+                {
+                    "round": number + 1,
+                    "side": side,
+                    "config": spec.config.name,
+                    "run_dir": str(outcome.run_dir.relative_to(ab_dir)),
+                    "status": outcome.status,
+                }
+            )
             write_json(ab_dir / "ab.json", info)
             if outcome.status != "completed":
                 status = outcome.status
@@ -84,9 +92,12 @@ def _compare(
         return []
     try:
         comparison = compare_runs(
-            sides["baseline"], sides["candidate"], a_label=baseline.config.name,
-            b_label=candidate.config.name, out_dir=ab_dir,
-        )  # fmt: skip
+            sides["baseline"],
+            sides["candidate"],
+            a_label=baseline.config.name,
+            b_label=candidate.config.name,
+            out_dir=ab_dir,
+        )
     except LoadlensError as exc:
         progress.say(f"comparison failed: {exc}")
         return []

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from datamodel.quantiles import summarize
+from workloads import bench_verdicts
 from workloads.blas import loaded_blas, reexec_with
 from workloads.results import machine_info
 from workloads.system_config import load_config
@@ -59,10 +60,12 @@ def _child_init(config_name: str, projects: int, cache: str, max_chunks: int) ->
     config = load_config(config_name)
     chosen = default_projects(projects)
     service_config = ServiceConfig(
-        cache_dir=Path(cache), max_chunks_per_project=max_chunks,
-        adapter_cache_count=projects, index_cache_count=projects,
+        cache_dir=Path(cache),
+        max_chunks_per_project=max_chunks,
+        adapter_cache_count=projects,
+        index_cache_count=projects,
         **{k: v for k, v in config.service.items() if not k.endswith("_count")},
-    )  # fmt: skip
+    )
     svc = Service(service_config, chosen)
     ready = time.time() - started
     for p in chosen:
@@ -71,12 +74,20 @@ def _child_init(config_name: str, projects: int, cache: str, max_chunks: int) ->
         svc.switch(p.name)
     svc.analyze(chosen[0].name, "how is the connection closed")
     mem = psutil.Process().memory_full_info()
-    print(json.dumps({
-        "init_with_imports_s": ready, "service_init_s": svc.init_seconds["total"],
-        "uss_bytes": mem.uss, "rss_bytes": mem.rss, "resident_adapters": len(svc.adapters.resident),
-        "loaded_indexes": len(svc.indexes.loaded), "index_bytes": svc.indexes.bytes_loaded,
-        "blas": loaded_blas(),
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "init_with_imports_s": ready,
+                "service_init_s": svc.init_seconds["total"],
+                "uss_bytes": mem.uss,
+                "rss_bytes": mem.rss,
+                "resident_adapters": len(svc.adapters.resident),
+                "loaded_indexes": len(svc.indexes.loaded),
+                "index_bytes": svc.indexes.bytes_loaded,
+                "blas": loaded_blas(),
+            }
+        )
+    )
 
 
 _ST_SCRIPT = """
@@ -107,8 +118,11 @@ def _sentence_transformers(python: str, texts: list[str]) -> tuple[float, Any] |
         env["HF_HUB_OFFLINE"] = "1"
         proc = subprocess.run(
             [python, "-c", _ST_SCRIPT, str(minilm_dir()), str(out)],
-            input=json.dumps(texts), capture_output=True, text=True, env=env,
-        )  # fmt: skip
+            input=json.dumps(texts),
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         if proc.returncode != 0 or not out.exists():
             return None
         return float(proc.stdout.strip().splitlines()[-1]), np.load(out)
@@ -135,30 +149,43 @@ def bench_service(args: argparse.Namespace) -> None:
     print(f"cache: {cache}")
 
     child = subprocess.run(
-        [sys.executable, "-c",
-         "import sys; from workloads.bench import _child_init; "
-         f"_child_init({config.name!r}, {args.projects}, {str(cache)!r}, {args.max_chunks})"],
-        capture_output=True, text=True, env=os.environ,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import sys; from workloads.bench import _child_init; "
+            f"_child_init({config.name!r}, {args.projects}, {str(cache)!r}, {args.max_chunks})",
+        ],
+        capture_output=True,
+        text=True,
+        env=os.environ,
+    )
     if child.returncode != 0:
         print(f"init child failed:\n{child.stderr[-2000:]}")
     else:
         init = json.loads(child.stdout.strip().splitlines()[-1])
-        print(f"initialisation: {init['init_with_imports_s']:.2f} s from process start "
-              f"(Service() alone {init['service_init_s']:.2f} s), "
-              f"{args.projects} projects")  # fmt: skip
-        print(f"service process with {args.projects} projects loaded "
-              f"({init['resident_adapters']} adapters, {init['loaded_indexes']} indexes of "
-              f"<= {args.max_chunks} chunks): USS {init['uss_bytes'] / 2**20:.0f} MiB, "
-              f"RSS {init['rss_bytes'] / 2**20:.0f} MiB")  # fmt: skip
+        print(
+            f"initialisation: {init['init_with_imports_s']:.2f} s from process start "
+            f"(Service() alone {init['service_init_s']:.2f} s), "
+            f"{args.projects} projects"
+        )
+        print(
+            f"service process with {args.projects} projects loaded "
+            f"({init['resident_adapters']} adapters, {init['loaded_indexes']} indexes of "
+            f"<= {args.max_chunks} chunks): USS {init['uss_bytes'] / 2**20:.0f} MiB, "
+            f"RSS {init['rss_bytes'] / 2**20:.0f} MiB"
+        )
 
     chosen = default_projects(args.projects)
     svc = Service(
-        ServiceConfig(cache_dir=cache, max_chunks_per_project=args.max_chunks,
-                      adapter_cache_count=2, index_cache_count=2,
-                      **{k: v for k, v in config.service.items() if not k.endswith("_count")}),
+        ServiceConfig(
+            cache_dir=cache,
+            max_chunks_per_project=args.max_chunks,
+            adapter_cache_count=2,
+            index_cache_count=2,
+            **{k: v for k, v in config.service.items() if not k.endswith("_count")},
+        ),
         chosen,
-    )  # fmt: skip
+    )
     for p in chosen:
         svc.ingest(p.name)
     names = [p.name for p in chosen]
@@ -217,13 +244,22 @@ def bench_service(args: argparse.Namespace) -> None:
     reload = _timed(reload_path, max(5, n // 3))
     in_place = [c + w for c, w in zip(cold, warm, strict=False)]
     ratio = summarize(reload).p50 / summarize(in_place).p50  # type: ignore[operator]
-    print(f"mlx-lm reload path (load_model + load_adapters): {_pct(reload, 1e3, 'ms')}; "
-          f"vs our in-place swap (cold load + activate, p50): {ratio:.1f}x slower")  # fmt: skip
+    print(
+        f"mlx-lm reload path (load_model + load_adapters): {_pct(reload, 1e3, 'ms')}; "
+        f"vs our in-place swap (cold load + activate, p50): {ratio:.1f}x slower"
+    )
 
-    embedder = Embedder(**{k: v for k, v in {
-        "batch_size": 32, "max_tokens": 128,
-        "length_bucketing": config.service.get("length_bucketing", True),
-        "fast_math": config.service.get("fast_math", True)}.items()})  # fmt: skip
+    embedder = Embedder(
+        **{
+            k: v
+            for k, v in {
+                "batch_size": 32,
+                "max_tokens": 128,
+                "length_bucketing": config.service.get("length_bucketing", True),
+                "fast_math": config.service.get("fast_math", True),
+            }.items()
+        }
+    )
     texts = [f"# variant {i}\n" + SNIPPET * 4 for i in range(args.texts)]
     embedder.embed(texts[:32])
     t = time.perf_counter()
@@ -235,13 +271,17 @@ def bench_service(args: argparse.Namespace) -> None:
     )
     st = _sentence_transformers(args.reference_python, texts)
     if st is None:
-        print("sentence-transformers: not importable by --reference-python "
-              f"{args.reference_python} (pip install -e '.[reference]' to compare)")  # fmt: skip
+        print(
+            "sentence-transformers: not importable by --reference-python "
+            f"{args.reference_python} (pip install -e '.[reference]' to compare)"
+        )
     else:
         st_rate, ref = st
         cos = float(np.min(np.sum(ref * embedder.embed(texts), axis=1)))
-        print(f"sentence-transformers (torch CPU): {st_rate:.1f} texts/s; MLX/ST ratio "
-              f"{mlx_rate / st_rate:.2f}; min cosine MLX vs ST {cos:.5f}")  # fmt: skip
+        print(
+            f"sentence-transformers (torch CPU): {st_rate:.1f} texts/s; MLX/ST ratio "
+            f"{mlx_rate / st_rate:.2f}; min cosine MLX vs ST {cos:.5f}"
+        )
 
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((10_000, 384)).astype(np.float32)
@@ -262,8 +302,16 @@ def bench_generator(args: argparse.Namespace) -> None:
     @ray.remote(num_cpus=0)
     class NoopReplica:
         async def call(self, request: dict[str, Any]) -> dict[str, Any]:
-            return {"start": time.time(), "node": "", "pid": os.getpid(), "ok": True,
-                    "error": None, "stages": {}, "switched": False, "service": 0.0}  # fmt: skip
+            return {
+                "start": time.time(),
+                "node": "",
+                "pid": os.getpid(),
+                "ok": True,
+                "error": None,
+                "stages": {},
+                "switched": False,
+                "service": 0.0,
+            }
 
     print(f"command: {' '.join([Path(sys.executable).name, *sys.orig_argv[1:]])}")
     print(f"machine: {json.dumps(machine_info())}")
@@ -298,10 +346,23 @@ def _cli_run(profile: str, duration: float, results: Path, extra: list[str]) -> 
     """One run through the CLI in a fresh process; returns its summary."""
     before = set(results.glob("*")) if results.exists() else set()
     proc = subprocess.run(
-        [sys.executable, "-m", "workloads.run", "--profile", profile, "--duration", str(duration),
-         "--results-dir", str(results), "--quiet", "--no-fail-on-targets", *extra],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "workloads.run",
+            "--profile",
+            profile,
+            "--duration",
+            str(duration),
+            "--results-dir",
+            str(results),
+            "--quiet",
+            "--no-fail-on-targets",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+    )
     (run,) = set(results.glob("*")) - before
     if proc.returncode != 0:
         raise RuntimeError(f"run failed ({proc.returncode}): {proc.stderr[-1500:]}")
@@ -338,8 +399,10 @@ def bench_profiling(args: argparse.Namespace) -> None:
             if r["ok"] and r["op"] == args.op
         ]
         p95[side] = summarize(merged).p95
-    print(f"throughput ratio (profiled / unprofiled, mean of {args.rounds} rounds): "
-          f"{tput['on'] / tput['off']:.3f}")  # fmt: skip
+    print(
+        f"throughput ratio (profiled / unprofiled, mean of {args.rounds} rounds): "
+        f"{tput['on'] / tput['off']:.3f}"
+    )
     if p95["on"] and p95["off"]:
         print(
             f"{args.op} p95 ratio (profiled / unprofiled, merged records): "
@@ -359,9 +422,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--max-chunks", type=int, default=64, help="chunks indexed per project")
     s.add_argument("--cache-dir", default=None)
     s.add_argument(
-        "--reference-python", default=sys.executable,
+        "--reference-python",
+        default=sys.executable,
         help="a Python with sentence-transformers (and torch) for the comparison",
-    )  # fmt: skip
+    )
     g = sub.add_parser("generator", help="the load generator's own ceiling and cost")
     g.add_argument("--rates", type=float, nargs="+", default=[100, 500, 1000, 2000, 4000])
     g.add_argument("--seconds", type=float, default=5.0)
@@ -371,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--rounds", type=int, default=2)
     pr.add_argument("--op", default="analyze", help="operation whose p95 is compared")
     pr.add_argument("--results-dir", default=None)
+    bench_verdicts.add_parser(sub)
     args = p.parse_args(argv)
     if args.what == "service":
         reexec_with(load_config(args.config).blas)
@@ -378,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         "service": bench_service,
         "generator": bench_generator,
         "profiling": bench_profiling,
+        "verdicts": bench_verdicts.bench_verdicts,
     }
     handlers[args.what](args)
     return 0

@@ -22,7 +22,7 @@ from datamodel.errors import ConfigError, LoadlensError
 from datamodel.runfolder import RunData, write_json
 from profiling.render.compare_text import render_terminal
 from profiling.verdict.baselines import DEFAULT_ROOT, load_baseline, save_baseline
-from profiling.verdict.compare import Comparison, compare_runs, spec_value
+from profiling.verdict.compare import DEFAULT_FACTOR, Comparison, compare_runs, spec_value
 from profiling.verdict.targets import Target, known_targets, load_targets
 
 EXIT_REGRESSION = 1
@@ -37,27 +37,34 @@ def build_parser() -> argparse.ArgumentParser:
         "counts when it is significant and larger than --factor.",
     )
     p.add_argument(
-        "runs", nargs="*", metavar="RUN",
+        "runs",
+        nargs="*",
+        metavar="RUN",
         help="RUN_A RUN_B; each a run folder or a comma-separated list of rounds",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--factor", type=float, default=1.10,
-        help="smallest ratio B/A (or A/B) that counts as a change (default 1.10)",
-    )  # fmt: skip
+        "--factor",
+        type=float,
+        default=DEFAULT_FACTOR,
+        help=f"smallest ratio B/A (or A/B) that counts as a change (default {DEFAULT_FACTOR})",
+    )
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (0.05)")
     p.add_argument("--out", type=Path, default=None, help="where comparison.json goes")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument(
-        "--targets", default=None,
+        "--targets",
+        default=None,
         help="targets name or .toml path (default: the profile's own, else default)",
-    )  # fmt: skip
+    )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--check-baseline", metavar="NAME", help="compare RUN with baseline NAME")
     mode.add_argument("--save-baseline", metavar="NAME", help="save RUN as baseline NAME")
     p.add_argument(
-        "--baselines-dir", type=Path, default=DEFAULT_ROOT,
+        "--baselines-dir",
+        type=Path,
+        default=DEFAULT_ROOT,
         help=f"where named baselines live (default {DEFAULT_ROOT})",
-    )  # fmt: skip
+    )
     return p
 
 
@@ -104,9 +111,15 @@ def _compare(args: argparse.Namespace) -> Comparison:
         a_label = _label(side_a, side_b)
     out = args.out if args.out is not None else side_b[0].path
     comparison = compare_runs(
-        side_a, side_b, a_label=a_label, b_label=_label(side_b, side_a), factor=args.factor,
-        alpha=args.alpha, targets=_targets(args, side_a[0]), out_dir=out,
-    )  # fmt: skip
+        side_a,
+        side_b,
+        a_label=a_label,
+        b_label=_label(side_b, side_a),
+        factor=args.factor,
+        alpha=args.alpha,
+        targets=_targets(args, side_a[0]),
+        out_dir=out,
+    )
     write_json(out / COMPARISON_JSON, comparison.as_dict())
     if out == side_b[0].path and (out / "run.json").is_file():
         from profiling.render.html import write_report

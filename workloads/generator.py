@@ -91,10 +91,16 @@ class GeneratorWorker:
         sent = time.perf_counter()
         unix_sent = time.time()
         record = OpRecord(
-            id=f"{self.worker}-{self._issued}", op=op, project=project, stage=stage,
-            worker=self.worker, replica=replica, planned=unix_sent - (sent - planned),
-            sent=unix_sent, lag=max(0.0, sent - planned),
-        )  # fmt: skip
+            id=f"{self.worker}-{self._issued}",
+            op=op,
+            project=project,
+            stage=stage,
+            worker=self.worker,
+            replica=replica,
+            planned=unix_sent - (sent - planned),
+            sent=unix_sent,
+            lag=max(0.0, sent - planned),
+        )
         self._issued += 1
         self._in_flight += 1
         try:
@@ -142,10 +148,18 @@ class GeneratorWorker:
         return True
 
     async def run_closed(
-        self, stage: str, *, users: int, duration_s: float, think_time_s: float,
-        mix: list[tuple[str, float]], projects: list[str], popularity: str, zipf_s: float,
+        self,
+        stage: str,
+        *,
+        users: int,
+        duration_s: float,
+        think_time_s: float,
+        mix: list[tuple[str, float]],
+        projects: list[str],
+        popularity: str,
+        zipf_s: float,
         seed: int,
-    ) -> dict[str, Any]:  # fmt: skip
+    ) -> dict[str, Any]:
         """``users`` concurrent users for ``duration_s``; returns this worker's CPU cost."""
         cpu0, wall0, issued0 = time.process_time(), time.perf_counter(), self._issued
         deadline = wall0 + duration_s

@@ -91,9 +91,12 @@ class Progress:
             return
         self._end_status()
         out = self.stream
-        print(f"\nrun {status}: {summary.get('records', 0)} operations, "
-              f"{summary.get('errors', 0)} errors, "
-              f"{summary.get('throughput_ops_s', 0.0):.2f} ops/s", file=out)  # fmt: skip
+        print(
+            f"\nrun {status}: {summary.get('records', 0)} operations, "
+            f"{summary.get('errors', 0)} errors, "
+            f"{summary.get('throughput_ops_s', 0.0):.2f} ops/s",
+            file=out,
+        )
         print(
             f"{'op':<10}{'count':>7}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'max ms':>10}",
             file=out,

@@ -30,9 +30,11 @@ class _Metrics:
     def __init__(self, replica: int) -> None:
         tags = {"replica": str(replica)}
         self.latency = metrics.Histogram(
-            "loadlens_op_latency_seconds", "Service time of one operation",
-            boundaries=LATENCY_BOUNDARIES, tag_keys=("replica", "op"),
-        )  # fmt: skip
+            "loadlens_op_latency_seconds",
+            "Service time of one operation",
+            boundaries=LATENCY_BOUNDARIES,
+            tag_keys=("replica", "op"),
+        )
         self.ops = metrics.Counter("loadlens_ops_total", "Operations served", ("replica", "op"))
         self.errors = metrics.Counter(
             "loadlens_errors_total", "Failed operations", ("replica", "op")
@@ -64,8 +66,17 @@ class _Metrics:
         self.mlx_active = metrics.Gauge(
             "loadlens_mlx_active_bytes", "MLX active memory", ("replica",)
         )
-        gauges = (self.swaps, self.hits, self.misses, self.cache_bytes, self.memory, self.uss,
-                  self.index_hits, self.index_misses, self.mlx_active)  # fmt: skip
+        gauges = (
+            self.swaps,
+            self.hits,
+            self.misses,
+            self.cache_bytes,
+            self.memory,
+            self.uss,
+            self.index_hits,
+            self.index_misses,
+            self.mlx_active,
+        )
         for m in gauges:
             m.set_default_tags(tags)
 
@@ -121,14 +132,21 @@ class ServiceReplica:
         self._gauge_calls += 1
         uss = self._process.memory_full_info().uss if self._gauge_calls % 5 == 1 else None
         row = {
-            "t": time.time(), "replica": self.index, "pid": os.getpid(),
-            "rss": self._process.memory_info().rss, "uss": uss,
-            "adapter_bytes": adapters["bytes_resident"], "index_bytes": indexes["bytes_loaded"],
-            "adapter_hits": adapters["hits"], "adapter_misses": adapters["misses"],
-            "index_hits": indexes["hits"], "index_misses": indexes["misses"],
-            "mlx_active": mx.get_active_memory(), "mlx_cache": mx.get_cache_memory(),
+            "t": time.time(),
+            "replica": self.index,
+            "pid": os.getpid(),
+            "rss": self._process.memory_info().rss,
+            "uss": uss,
+            "adapter_bytes": adapters["bytes_resident"],
+            "index_bytes": indexes["bytes_loaded"],
+            "adapter_hits": adapters["hits"],
+            "adapter_misses": adapters["misses"],
+            "index_hits": indexes["hits"],
+            "index_misses": indexes["misses"],
+            "mlx_active": mx.get_active_memory(),
+            "mlx_cache": mx.get_cache_memory(),
             "mlx_peak": self._memory.peak_since_start(),
-        }  # fmt: skip
+        }
         m = self._metrics
         m.memory.set(row["rss"])
         if uss is not None:
@@ -145,17 +163,21 @@ class ServiceReplica:
     def snapshot(self, label: str) -> dict[str, Any]:
         """A memory snapshot (process, MLX, caches, Python allocations); resets MLX's peak."""
         stats = self.service.stats()
-        return self._memory.snapshot(label, {
-            "replica": self.index, "pid": os.getpid(),
-            "adapter_bytes": stats["adapters"]["bytes_resident"],
-            "index_bytes": stats["indexes"]["bytes_loaded"],
-            "adapter_hits": stats["adapters"]["hits"],
-            "adapter_misses": stats["adapters"]["misses"],
-            "adapter_evictions": stats["adapters"]["evictions"],
-            "index_hits": stats["indexes"]["hits"],
-            "index_misses": stats["indexes"]["misses"],
-            "index_evictions": stats["indexes"]["evictions"],
-        })  # fmt: skip
+        return self._memory.snapshot(
+            label,
+            {
+                "replica": self.index,
+                "pid": os.getpid(),
+                "adapter_bytes": stats["adapters"]["bytes_resident"],
+                "index_bytes": stats["indexes"]["bytes_loaded"],
+                "adapter_hits": stats["adapters"]["hits"],
+                "adapter_misses": stats["adapters"]["misses"],
+                "adapter_evictions": stats["adapters"]["evictions"],
+                "index_hits": stats["indexes"]["hits"],
+                "index_misses": stats["indexes"]["misses"],
+                "index_evictions": stats["indexes"]["evictions"],
+            },
+        )
 
     def probe(self) -> dict[str, Any]:
         """MLX's own facts in this process (device, limits, BLAS loaded and its speed).
@@ -191,9 +213,12 @@ class ServiceReplica:
         except Exception as exc:
             return {"project": project, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
         return {
-            "project": project, "ok": True, "built": report is not None,
-            "seconds": time.perf_counter() - start, "report": facts,
-        }  # fmt: skip
+            "project": project,
+            "ok": True,
+            "built": report is not None,
+            "seconds": time.perf_counter() - start,
+            "report": facts,
+        }
 
     def call(self, request: dict[str, Any]) -> dict[str, Any]:
         """Serve one request ``{op, project, query, texts}``; never raises."""
@@ -204,9 +229,13 @@ class ServiceReplica:
         try:
             result = self._dispatch(op, request)
             reply.update(
-                ok=True, error=None, stages=asdict(result.stages), switched=result.switched,
-                misses=result.misses, flops=result.flops,
-            )  # fmt: skip
+                ok=True,
+                error=None,
+                stages=asdict(result.stages),
+                switched=result.switched,
+                misses=result.misses,
+                flops=result.flops,
+            )
         except Exception as exc:
             reply.update(ok=False, error=f"{type(exc).__name__}: {exc}", stages={}, switched=False)
             self._metrics.errors.inc(tags={"replica": str(self.index), "op": op})

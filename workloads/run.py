@@ -21,6 +21,32 @@ from workloads.target import check_target, parse_target
 
 DEFAULT_RESULTS = Path("results")
 EXIT_TARGETS_MISSED = 3
+MAX_DEFAULT_ROUNDS = 5
+"""Most A/B rounds a side run by default, however many the calibration asks for."""
+
+
+def default_rounds(profile: str, cache_dir: Path | None) -> int:
+    """A/B rounds a side from the calibration that fits this machine and profile.
+
+    The calibration says how many runs a side tell a 10% change of p95 from run-to-run
+    drift here; the default follows it (at least 2, at most :data:`MAX_DEFAULT_ROUNDS`) and
+    says so, and when it needs more, the comparison warns that a 'no change' may be a
+    change too small to see.
+    """
+    from datamodel.cache import default_cache_dir
+    from profiling.verdict import calibration
+    from workloads.results import machine_info
+
+    cal, source = calibration.find(machine_info(), profile, cache_dir or default_cache_dir())
+    needed = cal.rounds.get("p95")
+    rounds = max(2, min(needed or MAX_DEFAULT_ROUNDS, MAX_DEFAULT_ROUNDS))
+    wanted = f"{needed}" if needed else f"more than {MAX_DEFAULT_ROUNDS}"
+    print(
+        f"A/B rounds: {rounds} a side ({source} says a 10% change of p95 needs {wanted}; "
+        "--rounds N to choose)",
+        file=sys.stderr,
+    )
+    return rounds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,9 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list-profiles", action="store_true", help="list profiles and exit")
     p.add_argument("--config", default="optimized", help="system configuration name or .toml path")
     p.add_argument(
-        "--target", default="builtin",
+        "--target",
+        default="builtin",
         help="system under load: builtin, or python:package.module:Class (your service class)",
-    )  # fmt: skip
+    )
     p.add_argument(
         "--address", default=None, help="join this Ray cluster (else $RAY_ADDRESS, else embedded)"
     )
@@ -46,34 +73,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="load generator workers")
     p.add_argument("--seed", type=int, default=0, help="seed of arrivals, ops and projects")
     p.add_argument(
-        "--project", action="append", default=[], metavar="NAME=PATH[:ADAPTER]",
+        "--project",
+        action="append",
+        default=[],
+        metavar="NAME=PATH[:ADAPTER]",
         help="add your own repository (and optionally its mlx-lm adapter folder); repeatable",
-    )  # fmt: skip
+    )
     p.add_argument("--base-model", type=Path, default=None, help="an mlx-lm model folder")
     p.add_argument("--cache-dir", type=Path, default=None, help="models/adapters/indexes cache")
     p.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS, help="where runs land")
     p.add_argument("--quiet", action="store_true", help="no live display")
     p.add_argument(
-        "--baseline", default=None, metavar="CONFIG",
+        "--baseline",
+        default=None,
+        metavar="CONFIG",
         help="also run this configuration, interleaved in rounds with --config, and compare",
-    )  # fmt: skip
-    p.add_argument("--rounds", type=int, default=2, help="A/B rounds per side (with --baseline)")
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="A/B rounds per side (with --baseline); default: what this machine's A/A "
+        "calibration says a 10%% change of p95 needs, at most "
+        f"{MAX_DEFAULT_ROUNDS}",
+    )
     p.add_argument(
         "--targets", default=None, help="targets name or .toml path (default: by profile)"
     )
     p.add_argument(
-        "--no-fail-on-targets", action="store_true",
+        "--no-fail-on-targets",
+        action="store_true",
         help="report missed targets but exit 0",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--trace-python", action="store_true",
+        "--trace-python",
+        action="store_true",
         help="tracemalloc in replicas: Python allocation top-N and diffs in memory snapshots",
-    )  # fmt: skip
+    )
     p.add_argument("--pyspy-rate", type=int, default=20, help="py-spy samples per second")
     p.add_argument(
-        "--no-profile", action="store_true",
+        "--no-profile",
+        action="store_true",
         help="no timelines, flame graphs or memory snapshots (records only)",
-    )  # fmt: skip
+    )
     return p
 
 
@@ -114,12 +156,13 @@ def main(argv: list[str] | None = None) -> int:
             target=target,
         )
         if args.baseline:
-            if args.rounds < 1:
+            if args.rounds is not None and args.rounds < 1:
                 raise ConfigError("--rounds must be >= 1")
+            rounds = args.rounds or default_rounds(profile.name, args.cache_dir)
             from workloads.ab import execute_ab
 
             base_spec = dataclasses.replace(spec, config=load_config(args.baseline))
-            ab = execute_ab(spec, base_spec, rounds=args.rounds)
+            ab = execute_ab(spec, base_spec, rounds=rounds)
             if ab.status == "interrupted":
                 return 130
             if ab.regressions:

@@ -204,12 +204,19 @@ def _run_stage(live: _Live, stage: Stage, index: int) -> dict[str, Any]:
         if stage.mode == "closed":
             if plan.users == 0:
                 continue
-            refs.append(worker.run_closed.remote(
-                stage.name, users=plan.users, duration_s=stage.duration_s,
-                think_time_s=stage.think_time_s, mix=list(stage.mix),
-                projects=active_projects(stage, names), popularity=stage.popularity,
-                zipf_s=stage.zipf_s, seed=plan.seed,
-            ))  # fmt: skip
+            refs.append(
+                worker.run_closed.remote(
+                    stage.name,
+                    users=plan.users,
+                    duration_s=stage.duration_s,
+                    think_time_s=stage.think_time_s,
+                    mix=list(stage.mix),
+                    projects=active_projects(stage, names),
+                    popularity=stage.popularity,
+                    zipf_s=stage.zipf_s,
+                    seed=plan.seed,
+                )
+            )
         else:
             arrivals = [(o.at_s, o.op, o.project) for o in plan.ops]
             refs.append(worker.run_open.remote(stage.name, arrivals=arrivals, seed=plan.seed))
@@ -242,10 +249,14 @@ def execute(spec: RunSpec) -> RunOutcome:
     run_dir = spec.results_dir / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     run_info: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION, "run_id": run_id, "status": "starting",
-        "started_utc": utc_now(), "ended_utc": None, "spec": spec.as_dict(),
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "status": "starting",
+        "started_utc": utc_now(),
+        "ended_utc": None,
+        "spec": spec.as_dict(),
         "machine": machine_info(),
-    }  # fmt: skip
+    }
     write_json(run_dir / "run.json", run_info)
     progress = Progress(quiet=spec.quiet)
     writer = RecordWriter(run_dir / "records.jsonl")
@@ -303,9 +314,13 @@ def judge(run_dir: Path, spec: RunSpec, progress: Progress) -> list[str]:
 
 
 def _execute(
-    spec: RunSpec, run_dir: Path, run_info: dict[str, Any], writer: RecordWriter,
-    progress: Progress, interrupts: _Interrupts,
-) -> str:  # fmt: skip
+    spec: RunSpec,
+    run_dir: Path,
+    run_info: dict[str, Any],
+    writer: RecordWriter,
+    progress: Progress,
+    interrupts: _Interrupts,
+) -> str:
     env = {**blas_env(spec.config.blas), **worker_env(spec.target)}
     cluster: Cluster = connect(spec.address)
     progress.cluster(cluster)
@@ -317,8 +332,9 @@ def _execute(
     nodes = [n["node_id"] for n in cluster.nodes if n["alive"] and n["resources"].get("CPU", 0) > 0]
     profiling = (
         ProfilingSession(run_dir, nodes, pyspy_rate_hz=spec.pyspy_rate_hz)
-        if spec.profiling else None
-    )  # fmt: skip
+        if spec.profiling
+        else None
+    )
     live: _Live | None = None
     try:
         replicas = [
@@ -329,21 +345,30 @@ def _execute(
                 scheduling_strategy=NodeAffinitySchedulingStrategy(
                     nodes[k % len(nodes)], soft=True
                 ),
-            ).remote(k, config, [(p.name, str(p.root), str(p.adapter) if p.adapter else None)
-                                 for p in projects
-                                 if routes[p.name] == k or not spec.config.affinity],
-                     trace_python=spec.profiling and spec.trace_python,
-                     factory=spec.target.factory)
+            ).remote(
+                k,
+                config,
+                [
+                    (p.name, str(p.root), str(p.adapter) if p.adapter else None)
+                    for p in projects
+                    if routes[p.name] == k or not spec.config.affinity
+                ],
+                trace_python=spec.profiling and spec.trace_python,
+                factory=spec.target.factory,
+            )
             for k in range(replica_count)
-        ]  # fmt: skip
+        ]
         infos = ray.get([r.info.remote() for r in replicas])
         # One replica at a time, before any load: a probe taken while others run reads low.
         write_json(run_dir / "mlx_probe.json", [ray.get(r.probe.remote()) for r in replicas])
         run_info.update(
-            status="running", cluster=asdict(cluster), replicas=infos, routes=routes,
+            status="running",
+            cluster=asdict(cluster),
+            replicas=infos,
+            routes=routes,
             projects=[{"name": p.name, "root": str(p.root)} for p in projects],
             stage_frames=STAGE_FRAMES,
-        )  # fmt: skip
+        )
         write_json(run_dir / "run.json", run_info)
         progress.say(
             f"{len(replicas)} replicas ready; {len(projects)} projects: {', '.join(names)}"
@@ -355,11 +380,23 @@ def _execute(
             for w in range(spec.workers)
         ]
         gauges = RecordWriter(run_dir / GAUGES) if profiling is not None else None
-        live = _Live(spec, run_dir, names, replicas, workers, writer, progress, interrupts,
-                     profiling, {i["replica"]: i["pid"] for i in infos}, gauges)  # fmt: skip
+        live = _Live(
+            spec,
+            run_dir,
+            names,
+            replicas,
+            workers,
+            writer,
+            progress,
+            interrupts,
+            profiling,
+            {i["replica"]: i["pid"] for i in infos},
+            gauges,
+        )
         if profiling is not None:
-            _watch_everything(profiling, infos, ray.get([w.info.remote() for w in workers]),
-                              cluster.embedded)  # fmt: skip
+            _watch_everything(
+                profiling, infos, ray.get([w.info.remote() for w in workers]), cluster.embedded
+            )
             profiling.record_flames(infos)
             profiling.snapshot(replicas, "start")
         if spec.profile.ingest_at_start:
@@ -388,9 +425,11 @@ def _execute(
 
 
 def _watch_everything(
-    profiling: ProfilingSession, replicas: list[dict[str, Any]],
-    generators: list[dict[str, Any]], embedded: bool,
-) -> None:  # fmt: skip
+    profiling: ProfilingSession,
+    replicas: list[dict[str, Any]],
+    generators: list[dict[str, Any]],
+    embedded: bool,
+) -> None:
     """Give each node's agent the roles of the run's processes, from Ray's records."""
     driver_node = ray.get_runtime_context().get_node_id()
     roles: dict[str, dict[int, str]] = {driver_node: {os.getpid(): "driver"}}

@@ -135,8 +135,11 @@ class Profile:
         ``duration_s`` scales every stage proportionally so that their durations sum to it;
         ``projects`` also caps each stage's ``projects`` at the new count.
         """
-        for flag, value in (("duration_s", duration_s), ("projects", projects),
-                            ("replicas", replicas)):  # fmt: skip
+        for flag, value in (
+            ("duration_s", duration_s),
+            ("projects", projects),
+            ("replicas", replicas),
+        ):
             if value is not None and not value > 0:
                 raise ConfigError(f"profile {self.name!r}: {flag} must be > 0, got {value}")
         stages = self.stages
@@ -253,15 +256,29 @@ def _mix(value: object) -> tuple[tuple[str, float], ...]:
 
 _Converters = Mapping[str, Callable[[object], object]]
 _STAGE_KEYS: _Converters = {
-    "name": _string, "duration_s": _number, "mode": _string, "users": _integer,
-    "think_time_s": _number, "rate": _number, "arrival": _string, "mix": _mix,
-    "popularity": _string, "zipf_s": _number, "projects": _integer,
-}  # fmt: skip
+    "name": _string,
+    "duration_s": _number,
+    "mode": _string,
+    "users": _integer,
+    "think_time_s": _number,
+    "rate": _number,
+    "arrival": _string,
+    "mix": _mix,
+    "popularity": _string,
+    "zipf_s": _number,
+    "projects": _integer,
+}
 _PROFILE_KEYS: _Converters = {
-    "name": _string, "description": _string, "projects": _integer, "replicas": _integer,
-    "max_chunks_per_project": _integer, "memory_budget_mb": _integer,
-    "adapter_cache_count": _integer, "index_cache_count": _integer, "ingest_at_start": _boolean,
-}  # fmt: skip
+    "name": _string,
+    "description": _string,
+    "projects": _integer,
+    "replicas": _integer,
+    "max_chunks_per_project": _integer,
+    "memory_budget_mb": _integer,
+    "adapter_cache_count": _integer,
+    "index_cache_count": _integer,
+    "ingest_at_start": _boolean,
+}
 _MODE_ONLY_KEYS = {"rate": "open", "arrival": "open", "users": "closed", "think_time_s": "closed"}
 """Keys that mean something in one mode only; setting them in the other is a mistake."""
 
@@ -299,8 +316,9 @@ def _parse_stage(raw: object, where: str) -> Stage:
     _require_keys(Stage, values, where)
     for key, mode in _MODE_ONLY_KEYS.items():
         if key in values and values["mode"] in MODES and values["mode"] != mode:
-            raise ConfigError(f"{where}: {key} applies to {mode}-loop stages only, this one is "
-                              f"{values['mode']}")  # fmt: skip
+            raise ConfigError(
+                f"{where}: {key} applies to {mode}-loop stages only, this one is {values['mode']}"
+            )
     try:
         return Stage(**values)
     except ConfigError as exc:

@@ -68,8 +68,9 @@ def load_config(name_or_path: str) -> SystemConfig:
     if not isinstance(affinity, bool):
         raise ConfigError(f"{path}: affinity must be true or false, got {affinity!r}")
     replicas = raw.get("replicas")
-    if replicas is not None and (isinstance(replicas, bool) or not isinstance(replicas, int)
-                                 or replicas < 1):  # fmt: skip
+    if replicas is not None and (
+        isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1
+    ):
         raise ConfigError(f"{path}: replicas must be an integer >= 1, got {replicas!r}")
     blas = raw.get("blas", "openblas")
     if blas not in BLAS_CHOICES:

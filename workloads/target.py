@@ -19,8 +19,13 @@ from typing import Any
 from datamodel.errors import ConfigError
 
 BUILTIN = "builtin"
-OP_METHODS = {"analyze": "analyze", "search": "search", "embed": "embed", "switch": "switch",
-              "ingest": "ingest"}  # fmt: skip
+OP_METHODS = {
+    "analyze": "analyze",
+    "search": "search",
+    "embed": "embed",
+    "switch": "switch",
+    "ingest": "ingest",
+}
 """The method of the service class that serves each op."""
 REQUIRED = ("stats",)
 """Methods every service class needs whatever the profile sends."""

@@ -30,10 +30,14 @@ def pyspy_binary() -> str | None:
 def ptrace_problem() -> str | None:
     """Why py-spy cannot attach here, with the fix; ``None`` when it should work."""
     if sys.platform == "darwin":
-        return None if os.geteuid() == 0 else (
-            "py-spy needs root on macOS to read another process: run loadlens with sudo, "
-            "or use --no-profile"
-        )  # fmt: skip
+        return (
+            None
+            if os.geteuid() == 0
+            else (
+                "py-spy needs root on macOS to read another process: run loadlens with sudo, "
+                "or use --no-profile"
+            )
+        )
     if os.geteuid() == 0:
         return None
     scope = Path("/proc/sys/kernel/yama/ptrace_scope")
@@ -75,10 +79,23 @@ def start(role: str, pid: int, out_dir: Path, rate_hz: int = DEFAULT_RATE_HZ) ->
     log = out_dir / f"{role}.pyspy.log"
     with log.open("wb") as fh:
         proc = subprocess.Popen(
-            [binary, "record", "--pid", str(pid), "--rate", str(rate_hz), "--format", "raw",
-             "--nonblocking", "--output", str(output)],
-            stdout=fh, stderr=subprocess.STDOUT, preexec_fn=_default_sigint,
-        )  # fmt: skip
+            [
+                binary,
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                str(rate_hz),
+                "--format",
+                "raw",
+                "--nonblocking",
+                "--output",
+                str(output),
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_default_sigint,
+        )
     return Recording(role=role, pid=pid, output=output, process=proc, log=log)
 
 

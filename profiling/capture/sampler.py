@@ -50,12 +50,20 @@ class ProcessSampler:
                     mem = proc.memory_info()
                     ctx = proc.num_ctx_switches()
                     row: dict[str, Any] = {
-                        "t": now, "node": self.node, "pid": pid, "role": self.roles[pid],
-                        "cpu_percent": proc.cpu_percent(None), "rss": mem.rss,
-                        "threads": proc.num_threads(), "ctx_voluntary": ctx.voluntary,
-                        "ctx_involuntary": ctx.involuntary, "uss": None, "pss": None,
-                        "read_bytes": None, "write_bytes": None,
-                    }  # fmt: skip
+                        "t": now,
+                        "node": self.node,
+                        "pid": pid,
+                        "role": self.roles[pid],
+                        "cpu_percent": proc.cpu_percent(None),
+                        "rss": mem.rss,
+                        "threads": proc.num_threads(),
+                        "ctx_voluntary": ctx.voluntary,
+                        "ctx_involuntary": ctx.involuntary,
+                        "uss": None,
+                        "pss": None,
+                        "read_bytes": None,
+                        "write_bytes": None,
+                    }
                     try:
                         io = proc.io_counters()
                         row["read_bytes"], row["write_bytes"] = io.read_bytes, io.write_bytes
@@ -76,11 +84,15 @@ class ProcessSampler:
         disk = psutil.disk_io_counters()
         net = psutil.net_io_counters()
         return {
-            "t": now, "node": self.node, "role": "system",
-            "cpu_percent": sum(per_core) / max(len(per_core), 1), "cpu_per_core": per_core,
-            "mem_used": vm.total - vm.available, "mem_total": vm.total,
+            "t": now,
+            "node": self.node,
+            "role": "system",
+            "cpu_percent": sum(per_core) / max(len(per_core), 1),
+            "cpu_per_core": per_core,
+            "mem_used": vm.total - vm.available,
+            "mem_total": vm.total,
             "disk_read": disk.read_bytes if disk else None,
             "disk_write": disk.write_bytes if disk else None,
             "net_sent": net.bytes_sent if net else None,
             "net_recv": net.bytes_recv if net else None,
-        }  # fmt: skip
+        }

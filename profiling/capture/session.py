@@ -24,8 +24,13 @@ def head_processes() -> dict[int, str]:
     """Ray's own processes of an embedded cluster, from Ray's records (not process names)."""
     node = getattr(getattr(ray, "_private", None), "worker", None)
     node = getattr(node, "_global_node", None)
-    names = {"gcs_server": "gcs", "dashboard": "dashboard", "raylet": "raylet",
-             "monitor": "monitor", "log_monitor": "log-monitor"}  # fmt: skip
+    names = {
+        "gcs_server": "gcs",
+        "dashboard": "dashboard",
+        "raylet": "raylet",
+        "monitor": "monitor",
+        "log_monitor": "log-monitor",
+    }
     roles: dict[int, str] = {}
     for kind, infos in (getattr(node, "all_processes", None) or {}).items():
         for info in infos:
@@ -38,9 +43,14 @@ class ProfilingSession:
     """Starts one agent per node, routes roles to them, and writes what they capture."""
 
     def __init__(
-        self, run_dir: Path, nodes: list[str], *, interval_s: float = 1.0,
-        pyspy_rate_hz: int = DEFAULT_RATE_HZ, flame_graphs: bool = True,
-    ) -> None:  # fmt: skip
+        self,
+        run_dir: Path,
+        nodes: list[str],
+        *,
+        interval_s: float = 1.0,
+        pyspy_rate_hz: int = DEFAULT_RATE_HZ,
+        flame_graphs: bool = True,
+    ) -> None:
         self.run_dir = run_dir
         self.pyspy_rate_hz = pyspy_rate_hz
         self.flame_graphs = flame_graphs
@@ -124,12 +134,17 @@ class ProfilingSession:
                 (profiles_dir / f"{role}.svg").write_text(
                     flamegraph.render_svg(stacks, f"{role} — {self.run_dir.name}")
                 )
-                write_json(profiles_dir / f"{role}.speedscope.json",
-                           flamegraph.to_speedscope(stacks, role))  # fmt: skip
+                write_json(
+                    profiles_dir / f"{role}.speedscope.json", flamegraph.to_speedscope(stacks, role)
+                )
         self._timeline.close()
         write_json(self.run_dir / "snapshots.json", self.snapshots)
         write_json(
             self.run_dir / "profiling.json",
-            {"problems": self.problems, "exited": gone, "pyspy_rate_hz": self.pyspy_rate_hz,
-             "driver_pid": os.getpid()},
-        )  # fmt: skip
+            {
+                "problems": self.problems,
+                "exited": gone,
+                "pyspy_rate_hz": self.pyspy_rate_hz,
+                "driver_pid": os.getpid(),
+            },
+        )

@@ -118,10 +118,13 @@ def _svg(title: str, boxes: list[_Box], styles: Sequence[tuple[str, str]], note:
             f"<g><title>{escape(tooltip)}</title>"
             f'<rect x="{box.x:.2f}" y="{y}" width="{box.width:.2f}" '
             f'height="{FRAME_HEIGHT - 1}" fill="{fill}" rx="2"/>'
-            + (f'<text x="{box.x + 3:.2f}" y="{y + FRAME_HEIGHT - 4}">{escape(label)}</text>'
-               if label else "")
+            + (
+                f'<text x="{box.x + 3:.2f}" y="{y + FRAME_HEIGHT - 4}">{escape(label)}</text>'
+                if label
+                else ""
+            )
             + "</g>"
-        )  # fmt: skip
+        )
     parts.append("</svg>")
     return "\n".join(parts)
 
@@ -136,10 +139,12 @@ def render_svg(stacks: Mapping[str, int], title: str, *, min_width: float = 0.1)
     total = root.values[0]
     boxes = _layout(root, total, min_width)
     styles = [
-        (frame_color(b.node.name),
-         f"{b.node.name} ({b.node.values[0]:.0f} samples, {b.node.values[0] / total:.2%})")
+        (
+            frame_color(b.node.name),
+            f"{b.node.name} ({b.node.values[0]:.0f} samples, {b.node.values[0] / total:.2%})",
+        )
         for b in boxes
-    ]  # fmt: skip
+    ]
     note = f"{total:.0f} samples" if total else "no samples"
     return _svg(title, boxes, styles, note)
 
@@ -168,11 +173,13 @@ def render_diff_svg(
     deltas = [b.node.values[1] - b.node.values[0] for b in boxes]
     scale = max((abs(d) for d in deltas), default=0.0)
     styles = [
-        (_diff_color(d, scale),
-         f"{box.node.name} (before {box.node.values[0]:.2%}, after {box.node.values[1]:.2%}, "
-         f"change {d * 100:+.2f} points)")
+        (
+            _diff_color(d, scale),
+            f"{box.node.name} (before {box.node.values[0]:.2%}, after {box.node.values[1]:.2%}, "
+            f"change {d * 100:+.2f} points)",
+        )
         for box, d in zip(boxes, deltas, strict=True)
-    ]  # fmt: skip
+    ]
     note = f"before {sum(a.values())} samples, after {sum(b.values())} samples"
     return _svg(title, boxes, styles, note)
 

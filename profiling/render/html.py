@@ -97,11 +97,15 @@ def _errors(run: RunData, t0: float, limit: int = 20) -> Table | None:
         return None
     ranked = sorted(groups.items(), key=lambda kv: -len(kv[1]))
     rows = [
-        [Cell(op), num(f"{len(rs):,}"),
-         num(f"{min(number(r.get('planned')) for r in rs) - t0:.1f} s"),
-         Cell(_listed(sorted({str(r.get("project")) for r in rs}), 3)), Cell(error[:500])]
+        [
+            Cell(op),
+            num(f"{len(rs):,}"),
+            num(f"{min(number(r.get('planned')) for r in rs) - t0:.1f} s"),
+            Cell(_listed(sorted({str(r.get("project")) for r in rs}), 3)),
+            Cell(error[:500]),
+        ]
         for (op, error), rs in ranked[:limit]
-    ]  # fmt: skip
+    ]
     caption = f"failed operations by error ({len(ranked)} distinct, {limit} shown at most)"
     return Table(["op", "count", "first at", "projects", "error"], rows, caption)
 
@@ -301,10 +305,13 @@ def _adapters(run: RunData, t0: float) -> Section:
         values = [a.get("hits"), a.get("misses"), a.get("evictions")]
         values += [stats.get("switches"), ix.get("hits"), ix.get("misses"), ix.get("evictions")]
         rows.append(
-            [Cell(f"replica-{stats.get('replica', '?')}"), num(fmt(rate, "hit_rate")),
-             num(fmt(a.get("bytes_resident"), "bytes"))]
+            [
+                Cell(f"replica-{stats.get('replica', '?')}"),
+                num(fmt(rate, "hit_rate")),
+                num(fmt(a.get("bytes_resident"), "bytes")),
+            ]
             + [num(fmt(v)) for v in values]
-        )  # fmt: skip
+        )
     if not series and not rows:
         return missing("adapters", title, "no switched records, adapter counters or replica stats")
     cols = "replica,hit rate,resident,adapter hits,misses,evictions,switches,index hits,"
@@ -327,10 +334,13 @@ def _mlx(run: RunData, t0: float) -> Section:
         rows = [
             [Cell(f"replica-{p.get('replica', '?')}")]
             + [Cell(str(p.get(k, "-"))) for k in ("device", "backend", "blas_kind")]
-            + [num(f"{number(p.get('matmul_gflops')):,.1f} GFLOP/s"),
-               num(fmt(p.get("memory_limit_bytes"), "bytes")), num(fmt(p.get("threads")))]
+            + [
+                num(f"{number(p.get('matmul_gflops')):,.1f} GFLOP/s"),
+                num(fmt(p.get("memory_limit_bytes"), "bytes")),
+                num(fmt(p.get("threads"))),
+            ]
             for p in run.mlx_probe
-        ]  # fmt: skip
+        ]
         cols = ["replica", "device", "backend", "BLAS", "matmul", "memory limit", "threads"]
         tables.append(Table(cols, rows, "MLX runtime facts (mlx_probe.json)"))
     series = []
@@ -342,11 +352,14 @@ def _mlx(run: RunData, t0: float) -> Section:
     if snaps:
         keys = ("rss", "uss", "mlx_active", "mlx_peak", "mlx_cache", "adapter_bytes", "index_bytes")
         rows = [
-            [Cell(f"replica-{s.get('replica', '?')}"), Cell(str(s.get("label", "?"))),
-             num(f"{number(s.get('t')) - t0:.1f} s")]
+            [
+                Cell(f"replica-{s.get('replica', '?')}"),
+                Cell(str(s.get("label", "?"))),
+                num(f"{number(s.get('t')) - t0:.1f} s"),
+            ]
             + [num(fmt(s.get(k), "bytes")) for k in keys]
             for s in snaps
-        ]  # fmt: skip
+        ]
         heads = "replica,snapshot,at,RSS,USS,MLX active,MLX peak,MLX cache,adapters,indexes"
         tables.append(Table(heads.split(","), rows, "memory snapshots (snapshots.json)"))
     figs = [Chart("MLX memory per snapshot", "bytes", series, _markers(run, t0))] if snaps else []

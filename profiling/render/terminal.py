@@ -43,8 +43,10 @@ def _target_row(result: TargetResult) -> list[str]:
 
 def _table(rows: list[list[str]]) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-            for row in rows]  # fmt: skip
+    return [
+        "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
 
 
 def _ms(seconds: float) -> str:
@@ -58,12 +60,20 @@ def render_budget(budget: Budget) -> list[str]:
     header = ["part", *ops, "share", "tail"]
     rows = [header]
     for p in shown:
-        rows.append([p.component, *(_ms(p.by_op.get(op, 0.0)) for op in ops),
-                     f"{p.share:.0%}", f"{p.tail_share:.0%}"])  # fmt: skip
+        rows.append(
+            [
+                p.component,
+                *(_ms(p.by_op.get(op, 0.0)) for op in ops),
+                f"{p.share:.0%}",
+                f"{p.tail_share:.0%}",
+            ]
+        )
     rows.append(["total (mean)", *(_ms(budget.ops[op]["mean_s"]) for op in ops), "100%", "100%"])
     rows.append(["p95", *(_ms(budget.ops[op]["p95_s"]) for op in ops), "", ""])
-    lines = [f"where the latency went (ms per op, mean; {budget.records:,} ops, tail = the "
-             f"slowest 5% of each op):"]  # fmt: skip
+    lines = [
+        f"where the latency went (ms per op, mean; {budget.records:,} ops, tail = the "
+        f"slowest 5% of each op):"
+    ]
     return lines + _table(rows)
 
 

@@ -74,10 +74,12 @@ def budget_section(analysis: dict[str, Any] | None) -> Section:
         rows.append(
             [Cell(str(part.get("component")))]
             + [num(_ms(by_op.get(op))) for op in ops]
-            + [Cell(f"{share:.0%}", "num", bar=min(share, 1.0)),
-               Cell(f"{tail:.0%}", "num", bar=min(tail, 1.0)),
-               num(f"{number(part.get('seconds')):,.1f} s")]
-        )  # fmt: skip
+            + [
+                Cell(f"{share:.0%}", "num", bar=min(share, 1.0)),
+                Cell(f"{tail:.0%}", "num", bar=min(tail, 1.0)),
+                num(f"{number(part.get('seconds')):,.1f} s"),
+            ]
+        )
     stats = budget.get("ops") or {}
     for label, key in (("total (mean)", "mean_s"), ("p95", "p95_s"), ("p99", "p99_s")):
         rows.append([Cell(label, note="failed ops included")] if label == "p99" else [Cell(label)])
@@ -96,10 +98,15 @@ def _finding_row(rank: int, f: dict[str, Any]) -> list[Cell]:
     share, tail = number(f.get("share")), number(f.get("tail_share"))
     tier = str(f.get("tier", "latency"))
     weight = (
-        Cell(f"{share:.0%}", "num", note=f"tail {tail:.0%} · {number(f.get('seconds')):,.1f} s",
-             bar=min(max(share, tail), 1.0))
-        if tier == "latency" else Cell(tier, "num fail")
-    )  # fmt: skip
+        Cell(
+            f"{share:.0%}",
+            "num",
+            note=f"tail {tail:.0%} · {number(f.get('seconds')):,.1f} s",
+            bar=min(max(share, tail), 1.0),
+        )
+        if tier == "latency"
+        else Cell(tier, "num fail")
+    )
     by_op = f.get("by_op") or {}
     parts = ", ".join(map(str, f.get("explains") or [])) or "-"
     detail = " · ".join(f"{op} {number(v):.1f} s" for op, v in sorted(by_op.items()))
@@ -110,10 +117,12 @@ def _finding_row(rank: int, f: dict[str, Any]) -> list[Cell]:
         weight,
         Cell(str(f.get("title", "")) + weak, note=evidence_text(f.get("evidence") or {})),
         Cell(parts, note=detail),
-        Cell(str(f.get("suggestion", "")),
-             note=(f"estimated gain {number(gain):,.1f} s · " if gain is not None else "")
-             + ", ".join(map(str, f.get("files") or []))),
-    ]  # fmt: skip
+        Cell(
+            str(f.get("suggestion", "")),
+            note=(f"estimated gain {number(gain):,.1f} s · " if gain is not None else "")
+            + ", ".join(map(str, f.get("files") or [])),
+        ),
+    ]
 
 
 def findings_section(analysis: dict[str, Any] | None) -> Section:
@@ -139,9 +148,13 @@ def context_section(analysis: dict[str, Any] | None) -> Section:
     facts = (analysis or {}).get("facts")
     if not isinstance(facts, list) or not facts:
         return missing("context", title, "no context facts in analysis.json")
-    rows = [[Cell(str(f.get("kind", ""))),
-             Cell(str(f.get("title", "")), note=evidence_text(f.get("evidence") or {}))]
-            for f in facts]  # fmt: skip
+    rows = [
+        [
+            Cell(str(f.get("kind", ""))),
+            Cell(str(f.get("title", "")), note=evidence_text(f.get("evidence") or {})),
+        ]
+        for f in facts
+    ]
     return Section("context", title, tables=[Table(["about", "fact"], rows)])
 
 
@@ -191,13 +204,17 @@ def comparison_section(comparison: dict[str, Any], base: Path) -> Section:
             else f"{fmt(row['ci_low'])} to {fmt(row.get('ci_high'))}"
         )
         rows.append(
-            [Cell(str(row.get("name", "")), note=str(row.get("kind", ""))),
-             Cell(metric, note=str(row.get("reason") or "")),
-             num(fmt(row.get("a"), metric)), num(fmt(row.get("b"), metric)),
-             num("-" if ratio is None else f"×{number(ratio):.3g}"), num(ci),
-             num(_p_value(row.get("p_value"))),
-             Cell(verdict, _verdict_class(verdict), note=significant)]
-        )  # fmt: skip
+            [
+                Cell(str(row.get("name", "")), note=str(row.get("kind", ""))),
+                Cell(metric, note=str(row.get("reason") or "")),
+                num(fmt(row.get("a"), metric)),
+                num(fmt(row.get("b"), metric)),
+                num("-" if ratio is None else f"×{number(ratio):.3g}"),
+                num(ci),
+                num(_p_value(row.get("p_value"))),
+                Cell(verdict, _verdict_class(verdict), note=significant),
+            ]
+        )
     cols = ["name", "metric", a, b, "B/A", f"{level:.0%} CI of B/A", "p-value", "verdict"]
     tables = [Table(cols, rows)] if rows else []
     target_rows = []
@@ -205,11 +222,13 @@ def comparison_section(comparison: dict[str, Any], base: Path) -> Section:
         unit = str(t.get("unit") or "")
         results = [result_text(t.get("passed_a")), result_text(t.get("passed_b"))]
         target_rows.append(
-            [Cell(str(t.get("name", "?"))),
-             num(f"{t.get('op', '')} {with_unit(t.get('threshold'), unit)}".strip())]
+            [
+                Cell(str(t.get("name", "?"))),
+                num(f"{t.get('op', '')} {with_unit(t.get('threshold'), unit)}".strip()),
+            ]
             + [num(with_unit(t.get(k), unit)) for k in ("a", "b")]
             + [Cell(r, RESULT_CLASS[r]) for r in results]
-        )  # fmt: skip
+        )
     if target_rows:
         cols = ["target", "threshold", a, b, f"{a} result", f"{b} result"]
         tables.append(Table(cols, target_rows, "targets in both runs"))

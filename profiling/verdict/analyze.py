@@ -82,19 +82,28 @@ def _memory_limit(run: RunData, targets: list[Target]) -> float:
 def _hot_frames(run: RunData) -> list[Fact]:
     out = []
     for role, all_stacks in sorted((run.profiles or {}).items()):
-        stacks = {s: n for s, n in strip_line_numbers(all_stacks).items()
-                  if not s.rsplit(";", 1)[-1].startswith(IDLE_LEAVES)}  # fmt: skip
+        stacks = {
+            s: n
+            for s, n in strip_line_numbers(all_stacks).items()
+            if not s.rsplit(";", 1)[-1].startswith(IDLE_LEAVES)
+        }
         ranked = self_time(stacks)
         if not role.startswith("replica") or not ranked:
             continue
         top = ranked[:5]
-        out.append(Fact(
-            "hot_frames", f"{role}: {top[0].share:.0%} of busy samples in {top[0].frame}",
-            {"role": role, "busy_samples": sum(stacks.values()),
-             "idle_samples": sum(all_stacks.values()) - sum(stacks.values()),
-             "top": [f._asdict() for f in top]},
-            [f"{PROFILES}/{role}.collapsed"],
-        ))  # fmt: skip
+        out.append(
+            Fact(
+                "hot_frames",
+                f"{role}: {top[0].share:.0%} of busy samples in {top[0].frame}",
+                {
+                    "role": role,
+                    "busy_samples": sum(stacks.values()),
+                    "idle_samples": sum(all_stacks.values()) - sum(stacks.values()),
+                    "top": [f._asdict() for f in top],
+                },
+                [f"{PROFILES}/{role}.collapsed"],
+            )
+        )
     return out
 
 
@@ -105,12 +114,21 @@ def _context(run: RunData, att: Attribution, found: list[Finding]) -> list[Fact]
     for part in SERVICE:
         p = budget.part(part)
         if part not in explained and max(p.share, p.tail_share) >= 0.2:
-            facts.append(Fact(
-                "unexplained", f"{part} is {p.share:.0%} of latency ({p.tail_share:.0%} of the "
-                "tail) and no defect was found in it: it is the work itself",
-                {"component": part, "seconds": p.seconds, "share": p.share,
-                 "tail_share": p.tail_share, "mean_s_by_op": p.by_op}, [RECORDS],
-            ))  # fmt: skip
+            facts.append(
+                Fact(
+                    "unexplained",
+                    f"{part} is {p.share:.0%} of latency ({p.tail_share:.0%} of the "
+                    "tail) and no defect was found in it: it is the work itself",
+                    {
+                        "component": part,
+                        "seconds": p.seconds,
+                        "share": p.share,
+                        "tail_share": p.tail_share,
+                        "mean_s_by_op": p.by_op,
+                    },
+                    [RECORDS],
+                )
+            )
     first = np.zeros(len(att.records))
     seen: set[tuple[Any, Any, str]] = set()
     for i, r in enumerate(att.records):
@@ -120,33 +138,48 @@ def _context(run: RunData, att: Attribution, found: list[Finding]) -> list[Fact]
                 seen.add(key)
                 first[i] += att.column(cache)[i]
     if first.any():
-        facts.append(Fact(
-            "cold_start", f"first loads of adapters and indexes took {float(first.sum()):.2f} s "
-            f"({len(seen)} loads): the cost of a cold cache, paid once",
-            {"loads": len(seen), "seconds": float(first.sum())}, [RECORDS],
-        ))  # fmt: skip
+        facts.append(
+            Fact(
+                "cold_start",
+                f"first loads of adapters and indexes took {float(first.sum()):.2f} s "
+                f"({len(seen)} loads): the cost of a cold cache, paid once",
+                {"loads": len(seen), "seconds": float(first.sum())},
+                [RECORDS],
+            )
+        )
     for node, cpu in causes.cpu_by_node(run).items():
-        facts.append(Fact(
-            "cpu", f"node {node}: CPU {cpu['mean_cpu_percent']:.0f}% on average, >= 90% in "
-            f"{cpu['saturated_share']:.0%} of samples", {"node": node, **cpu}, [TIMELINE],
-        ))  # fmt: skip
+        facts.append(
+            Fact(
+                "cpu",
+                f"node {node}: CPU {cpu['mean_cpu_percent']:.0f}% on average, >= 90% in "
+                f"{cpu['saturated_share']:.0%} of samples",
+                {"node": node, **cpu},
+                [TIMELINE],
+            )
+        )
     for stage in run.section("stages"):
         wall = number(stage.get("wall_seconds"))
         if wall > 0:
-            facts.append(Fact(
-                "generator_cost", f"stage {stage.get('stage')}: the load generator used "
-                f"{number(stage.get('cpu_seconds')) / wall:.2f} cores",
-                {"stage": stage.get("stage"), "cores": number(stage.get("cpu_seconds")) / wall},
-                [RUN_JSON],
-            ))  # fmt: skip
+            facts.append(
+                Fact(
+                    "generator_cost",
+                    f"stage {stage.get('stage')}: the load generator used "
+                    f"{number(stage.get('cpu_seconds')) / wall:.2f} cores",
+                    {"stage": stage.get("stage"), "cores": number(stage.get("cpu_seconds")) / wall},
+                    [RUN_JSON],
+                )
+            )
     return facts + _hot_frames(run)
 
 
 def analyze(run: RunData, targets: list[Target]) -> Analysis:
     """The budget, ranked findings, context and targets of ``run``."""
     notes = list(run.notes)
-    for missing, what in ((run.mlx_probe, MLX_PROBE), (run.timeline, TIMELINE),
-                          (run.profiles, f"{PROFILES}/*.collapsed")):  # fmt: skip
+    for missing, what in (
+        (run.mlx_probe, MLX_PROBE),
+        (run.timeline, TIMELINE),
+        (run.profiles, f"{PROFILES}/*.collapsed"),
+    ):
         if missing is None:
             notes.append(f"no {what} in the run folder: findings that need it were skipped")
     if not run.records:
@@ -164,5 +197,6 @@ def analyze(run: RunData, targets: list[Target]) -> Analysis:
         for item in check(run, att, limit):
             (found if isinstance(item, Finding) else facts).append(item)  # type: ignore[arg-type]
     facts += _context(run, att, found)
-    return Analysis(run.run_id, att.budget(), rank(found), facts, check_targets(run, targets),
-                    notes)  # fmt: skip
+    return Analysis(
+        run.run_id, att.budget(), rank(found), facts, check_targets(run, targets), notes
+    )

@@ -215,18 +215,31 @@ class Attribution:
                 op: float(column[self.ops == op].mean()) for op in sorted(set(self.ops.tolist()))
             }
             claimed = self.claim(column)
-            parts.append(Part(component, claimed["seconds"], claimed["share"],
-                              claimed["tail_seconds"], claimed["tail_share"], by_op))  # fmt: skip
+            parts.append(
+                Part(
+                    component,
+                    claimed["seconds"],
+                    claimed["share"],
+                    claimed["tail_seconds"],
+                    claimed["tail_share"],
+                    by_op,
+                )
+            )
         ops: dict[str, dict[str, float]] = {}
         for op in sorted(set(self.ops.tolist())):
             rows = self.ops == op
             values = np.sort(self.duration[rows]).tolist()
-            failed = sum(1 for r, keep in zip(self.records, rows, strict=True)
-                         if keep and not r.get("ok"))  # fmt: skip
+            failed = sum(
+                1 for r, keep in zip(self.records, rows, strict=True) if keep and not r.get("ok")
+            )
             ops[op] = {
-                "records": float(len(values)), "failed": float(failed),
-                "mean_s": float(np.mean(values)), "p50_s": quantile_sorted(values, 0.5),
-                "p95_s": quantile_sorted(values, 0.95), "p99_s": quantile_sorted(values, 0.99),
-            }  # fmt: skip
-        return Budget(len(self.records), self.total, int(self.tail.sum()), self.tail_total,
-                      parts, ops)  # fmt: skip
+                "records": float(len(values)),
+                "failed": float(failed),
+                "mean_s": float(np.mean(values)),
+                "p50_s": quantile_sorted(values, 0.5),
+                "p95_s": quantile_sorted(values, 0.95),
+                "p99_s": quantile_sorted(values, 0.99),
+            }
+        return Budget(
+            len(self.records), self.total, int(self.tail.sum()), self.tail_total, parts, ops
+        )

@@ -130,16 +130,18 @@ def build(
         s2, nu, w = _pooled_sigma(rows)
         sigma[kind], df[kind], within[kind] = math.sqrt(s2), nu, w
         rounds[kind] = power_rounds(float(np.median(effects)) if effects else 0.0, sigma[kind], w)
-    s2, nu, w = _pooled_sigma([[f.throughput[op] for f in runs if op in f.throughput]
-                               for op in [*ops, "all"]])  # fmt: skip
+    s2, nu, w = _pooled_sigma(
+        [[f.throughput[op] for f in runs if op in f.throughput] for op in [*ops, "all"]]
+    )
     sigma["throughput"], df["throughput"], within["throughput"] = math.sqrt(s2), nu, w
     rounds["throughput"] = power_rounds(math.log1p(DETECT), sigma["throughput"], w)
     logs = [Level(math.log(m), 0.0) for m in peaks if m > 0]
     s2, nu, w = _pooled_sigma([logs])
     sigma["memory"], df["memory"], within["memory"] = math.sqrt(s2), nu, w
     rounds["memory"] = power_rounds(math.log1p(DETECT), sigma["memory"], w)
-    return Calibration(machine_name(machine), profile, len(runs), sigma, df, within, rounds,
-                       measured_utc, command)  # fmt: skip
+    return Calibration(
+        machine_name(machine), profile, len(runs), sigma, df, within, rounds, measured_utc, command
+    )
 
 
 def calibration_root(cache_dir: Path) -> Path:
@@ -180,6 +182,8 @@ def find(
     default = _read(DEFAULT_FILE)
     if default is None:  # pragma: no cover - the file ships with the package
         return Calibration("unknown", "none", 0, {}, {}, {}, {}), "no calibration"
-    return default, (f"shipped default calibration ({default.machine}, profile "
-                     f"{default.profile}); run `python -m workloads.bench verdicts` to "
-                     "calibrate this machine")  # fmt: skip
+    return default, (
+        f"shipped default calibration ({default.machine}, profile "
+        f"{default.profile}); run `python -m workloads.bench verdicts` to "
+        "calibrate this machine"
+    )

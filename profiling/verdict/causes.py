@@ -111,19 +111,29 @@ def _thrash(run: RunData, att: Attribution, claims: ServiceClaims, cache: str) -
     need = max(len(p) for p in working.values())
     loads = capacity[capacity > 0]
     what = "adapters" if cache == "adapter" else "indexes"
-    return [latency_finding(
-        f"{cache}_thrash",
-        f"{cache} cache thrash: {events} reloads of evicted {what} cost {claim['share']:.0%} "
-        f"of latency ({claim['tail_share']:.0%} of the tail)",
-        [cache, "queue"], claim, events,
-        {"capacity_misses": events, "compulsory_misses": compulsory,
-         "median_reload_s": float(np.median(loads)), "direct_s": float(capacity.sum()),
-         setting: config.get(setting), "largest_working_set": need, "replicas": per_replica},
-        [RECORDS, RUN_JSON],
-        f"raise {setting} to at least {need} (the most projects one replica serves) so the "
-        f"working set stays resident, or spread projects over more replicas",
-        gain_s=claim["seconds"],
-    )]  # fmt: skip
+    return [
+        latency_finding(
+            f"{cache}_thrash",
+            f"{cache} cache thrash: {events} reloads of evicted {what} cost {claim['share']:.0%} "
+            f"of latency ({claim['tail_share']:.0%} of the tail)",
+            [cache, "queue"],
+            claim,
+            events,
+            {
+                "capacity_misses": events,
+                "compulsory_misses": compulsory,
+                "median_reload_s": float(np.median(loads)),
+                "direct_s": float(capacity.sum()),
+                setting: config.get(setting),
+                "largest_working_set": need,
+                "replicas": per_replica,
+            },
+            [RECORDS, RUN_JSON],
+            f"raise {setting} to at least {need} (the most projects one replica serves) so the "
+            f"working set stays resident, or spread projects over more replicas",
+            gain_s=claim["seconds"],
+        )
+    ]
 
 
 def adapter_thrash(run: RunData, att: Attribution, claims: ServiceClaims) -> list[Finding]:
@@ -172,20 +182,29 @@ def slow_blas(run: RunData, att: Attribution, claims: ServiceClaims) -> list[Fin
     worst = min(number(p.get("matmul_gflops")) for p in slow.values())
     kinds = sorted({str(p.get("blas_kind")) for p in slow.values()})
     bound = "" if best else " (no faster BLAS was measured here: an upper bound)"
-    return [latency_finding(
-        "slow_blas",
-        f"slow BLAS: MLX matmul at {worst:.1f} GFLOP/s ({', '.join(kinds)}) where "
-        f"{best:.0f} is achievable; {claim['share']:.0%} of latency{bound}",
-        ["embed", "model", "queue"], claim, int(np.count_nonzero(saved)),
-        {"matmul_gflops": worst, "achievable_gflops": best or None, "blas_kind": kinds,
-         "achievable_blas": next((p.get("achievable_blas") for p in slow.values()), None),
-         "replicas": sorted(slow), "matmul_saved_s": float(saved.sum()),
-         "embed_model_s": float(compute.sum())},
-        [MLX_PROBE, RECORDS],
-        "preload the fastest BLAS measured on this machine (the `optimized` configuration "
-        "does; see mlx_probe.json for the candidates and their speed)",
-        gain_s=claim["seconds"],
-    )]  # fmt: skip
+    return [
+        latency_finding(
+            "slow_blas",
+            f"slow BLAS: MLX matmul at {worst:.1f} GFLOP/s ({', '.join(kinds)}) where "
+            f"{best:.0f} is achievable; {claim['share']:.0%} of latency{bound}",
+            ["embed", "model", "queue"],
+            claim,
+            int(np.count_nonzero(saved)),
+            {
+                "matmul_gflops": worst,
+                "achievable_gflops": best or None,
+                "blas_kind": kinds,
+                "achievable_blas": next((p.get("achievable_blas") for p in slow.values()), None),
+                "replicas": sorted(slow),
+                "matmul_saved_s": float(saved.sum()),
+                "embed_model_s": float(compute.sum()),
+            },
+            [MLX_PROBE, RECORDS],
+            "preload the fastest BLAS measured on this machine (the `optimized` configuration "
+            "does; see mlx_probe.json for the candidates and their speed)",
+            gain_s=claim["seconds"],
+        )
+    ]
 
 
 def _blas_threads(probe: Mapping[str, Any]) -> int:
@@ -235,15 +254,20 @@ def oversubscription(run: RunData, att: Attribution, claims: ServiceClaims) -> l
     if not crowded or not material(claim):
         return []
     counts = ", ".join(f"{v['blas_threads']} on {v['cores']}" for v in crowded.values())
-    return [latency_finding(
-        "oversubscription",
-        f"oversubscribed cores: replicas run more BLAS threads than the node has cores ({counts})",
-        ["embed", "model", "queue"], claim, int(np.count_nonzero(claim_vec)),
-        {"nodes": crowded, "utilisation": busy},
-        [MLX_PROBE, RECORDS],
-        "give each replica cores / replicas-per-node BLAS threads (the default), or fewer "
-        "replicas per node",
-    )]  # fmt: skip
+    return [
+        latency_finding(
+            "oversubscription",
+            f"oversubscribed cores: replicas run more BLAS threads than the node has cores "
+            f"({counts})",
+            ["embed", "model", "queue"],
+            claim,
+            int(np.count_nonzero(claim_vec)),
+            {"nodes": crowded, "utilisation": busy},
+            [MLX_PROBE, RECORDS],
+            "give each replica cores / replicas-per-node BLAS threads (the default), or fewer "
+            "replicas per node",
+        )
+    ]
 
 
 def _component_of(stack: list[str], markers: Mapping[str, Iterable[str]]) -> str | None:
@@ -312,16 +336,25 @@ def hot_code(run: RunData, att: Attribution, claims: ServiceClaims) -> list[Find
         if not material(claim):
             continue
         samples = round(sum(seconds_by_replica.values()) * rate)
-        out.append(latency_finding(
-            "hot_code",
-            f"hot code: {frame} holds {float(vec.sum()):.1f} s of {component} time "
-            f"({claim['share']:.0%} of latency with the queue it causes)",
-            [component, "queue"], claim, samples,
-            {"frame": frame, "component": component, "samples": samples, "rate_hz": rate,
-             "seconds_by_replica": {str(k): v for k, v in seconds_by_replica.items()}},
-            [f"{PROFILES}/*.collapsed", RECORDS],
-            f"look at {frame}: it runs in Python on every request, in the {component} part",
-        ))  # fmt: skip
+        out.append(
+            latency_finding(
+                "hot_code",
+                f"hot code: {frame} holds {float(vec.sum()):.1f} s of {component} time "
+                f"({claim['share']:.0%} of latency with the queue it causes)",
+                [component, "queue"],
+                claim,
+                samples,
+                {
+                    "frame": frame,
+                    "component": component,
+                    "samples": samples,
+                    "rate_hz": rate,
+                    "seconds_by_replica": {str(k): v for k, v in seconds_by_replica.items()},
+                },
+                [f"{PROFILES}/*.collapsed", RECORDS],
+                f"look at {frame}: it runs in Python on every request, in the {component} part",
+            )
+        )
     return out
 
 
@@ -331,10 +364,13 @@ def cpu_by_node(run: RunData) -> dict[str, dict[str, float]]:
     for s in run.samples("system"):
         by_node.setdefault(str(s.get("node"))[:12], []).append(number(s.get("cpu_percent")))
     return {
-        node: {"mean_cpu_percent": float(np.mean(v)),
-               "saturated_share": sum(1 for c in v if c >= 90) / len(v)}
-        for node, v in by_node.items() if v
-    }  # fmt: skip
+        node: {
+            "mean_cpu_percent": float(np.mean(v)),
+            "saturated_share": sum(1 for c in v if c >= 90) / len(v),
+        }
+        for node, v in by_node.items()
+        if v
+    }
 
 
 def queueing(run: RunData, att: Attribution, claims: ServiceClaims) -> list[Finding]:
@@ -348,11 +384,15 @@ def queueing(run: RunData, att: Attribution, claims: ServiceClaims) -> list[Find
     capacity = att.capacities()
     queue = att.column("queue")
     replicas = {
-        str(k): {"utilisation": busy.get(k, 0.0), "arrivals_per_s": rates.get(k, 0.0),
-                 "capacity_per_s": capacity.get(k), "queue_s": float(queue[rows].sum()),
-                 "records": len(rows)}
+        str(k): {
+            "utilisation": busy.get(k, 0.0),
+            "arrivals_per_s": rates.get(k, 0.0),
+            "capacity_per_s": capacity.get(k),
+            "queue_s": float(queue[rows].sum()),
+            "records": len(rows),
+        }
         for k, rows in sorted(att.by_replica().items())
-    }  # fmt: skip
+    }
     hot = max(busy, key=lambda k: busy[k]) if busy else 0
     cold = min(busy, key=lambda k: busy[k]) if busy else 0
     cpu = cpu_by_node(run)
@@ -389,12 +429,23 @@ def queueing(run: RunData, att: Attribution, claims: ServiceClaims) -> list[Find
         kind = "queueing"
         title = f"queueing: requests wait behind one another in bursts; {share}"
         advice = "add replicas or smooth the arrivals; replicas are not saturated on average"
-    return [latency_finding(
-        kind, title, ["queue"], claim, int(np.count_nonzero(left > 0)),
-        {"replicas": replicas, "cpu_by_node": cpu, "queue_s": float(queue.sum()),
-         "explained_by_service_causes_s": float(queue.sum() - left.sum())},
-        [RECORDS, TIMELINE], advice,
-    )]  # fmt: skip
+    return [
+        latency_finding(
+            kind,
+            title,
+            ["queue"],
+            claim,
+            int(np.count_nonzero(left > 0)),
+            {
+                "replicas": replicas,
+                "cpu_by_node": cpu,
+                "queue_s": float(queue.sum()),
+                "explained_by_service_causes_s": float(queue.sum() - left.sum()),
+            },
+            [RECORDS, TIMELINE],
+            advice,
+        )
+    ]
 
 
 def _closed_loop(run: RunData) -> bool:
@@ -411,19 +462,31 @@ def generator_lag(run: RunData, att: Attribution, claims: ServiceClaims) -> list
     if not material(claim):
         return []
     stages = run.section("stages")
-    cores = {str(s.get("stage")): number(s.get("cpu_seconds")) / number(s.get("wall_seconds"))
-             for s in stages if number(s.get("wall_seconds")) > 0}  # fmt: skip
+    cores = {
+        str(s.get("stage")): number(s.get("cpu_seconds")) / number(s.get("wall_seconds"))
+        for s in stages
+        if number(s.get("wall_seconds")) > 0
+    }
     late = lag[lag > 0.001]
-    return [latency_finding(
-        "generator_lag",
-        f"the load generator fell behind its schedule: sending late is {claim['share']:.0%} "
-        "of latency (counted, not hidden: latency starts at the planned time)",
-        ["lag"], claim, int(late.size),
-        {"lag_p50_s": float(np.median(lag)), "lag_max_s": float(lag.max()),
-         "late_records": int(late.size), "generator_cores_by_stage": cores},
-        [RECORDS, RUN_JSON],
-        "use more generator workers (--workers), or run them on a node the service does not use",
-    )]  # fmt: skip
+    return [
+        latency_finding(
+            "generator_lag",
+            f"the load generator fell behind its schedule: sending late is {claim['share']:.0%} "
+            "of latency (counted, not hidden: latency starts at the planned time)",
+            ["lag"],
+            claim,
+            int(late.size),
+            {
+                "lag_p50_s": float(np.median(lag)),
+                "lag_max_s": float(lag.max()),
+                "late_records": int(late.size),
+                "generator_cores_by_stage": cores,
+            },
+            [RECORDS, RUN_JSON],
+            "use more generator workers (--workers), or run them on a node the service does "
+            "not use",
+        )
+    ]
 
 
 def transport(run: RunData, att: Attribution, claims: ServiceClaims) -> list[Finding]:
@@ -432,13 +495,17 @@ def transport(run: RunData, att: Attribution, claims: ServiceClaims) -> list[Fin
     claim = att.claim(back)
     if max(claim["share"], claim["tail_share"]) < 0.1:
         return []
-    return [latency_finding(
-        "transport",
-        f"replies take long to come back: {claim['share']:.0%} of latency after the service "
-        "finished",
-        ["transport"], claim, int(np.count_nonzero(back)),
-        {"transport_p50_s": float(np.median(back)), "transport_max_s": float(back.max())},
-        [RECORDS],
-        "a busy generator or raylet delays replies: fewer generator workers per node, or "
-        "smaller replies",
-    )]  # fmt: skip
+    return [
+        latency_finding(
+            "transport",
+            f"replies take long to come back: {claim['share']:.0%} of latency after the service "
+            "finished",
+            ["transport"],
+            claim,
+            int(np.count_nonzero(back)),
+            {"transport_p50_s": float(np.median(back)), "transport_max_s": float(back.max())},
+            [RECORDS],
+            "a busy generator or raylet delays replies: fewer generator workers per node, or "
+            "smaller replies",
+        )
+    ]

@@ -46,8 +46,14 @@ SCHEMA_VERSION = 2
 """Version of the ``comparison.json`` layout (2: runs and blocks as units, Holm)."""
 HIGHER_IS_BETTER = frozenset({"throughput_ops_s"})
 """Metrics where a larger B is an improvement; for every other one it is a regression."""
-KIND_OF = {"p50_s": "p50", "p95_s": "p95", "p99_s": "p99", "throughput_ops_s": "throughput",
-           "memory_peak_mb": "memory", "mlx_peak_mb": "memory"}  # fmt: skip
+KIND_OF = {
+    "p50_s": "p50",
+    "p95_s": "p95",
+    "p99_s": "p99",
+    "throughput_ops_s": "throughput",
+    "memory_peak_mb": "memory",
+    "mlx_peak_mb": "memory",
+}
 """Which calibration kind each metric's run-to-run drift comes from."""
 DEFAULT_FACTOR = 1.05
 """Smallest ratio that counts as a change by default. A threshold at the very size of the
@@ -181,9 +187,12 @@ def _machine(run: RunData) -> dict[str, Any]:
 
 def _describe(run: RunData) -> dict[str, Any]:
     return {
-        "run_id": run.run_id, "path": str(run.path), "config": spec_value(run, "config", "name"),
-        "git_commit": _machine(run).get("git_commit"), "status": run.run.get("status"),
-    }  # fmt: skip
+        "run_id": run.run_id,
+        "path": str(run.path),
+        "config": spec_value(run, "config", "name"),
+        "git_commit": _machine(run).get("git_commit"),
+        "status": run.run.get("status"),
+    }
 
 
 def _shifted(rows: Sequence[dict[str, Any]], key: str, offset: float) -> list[dict[str, Any]]:
@@ -243,9 +252,12 @@ def _check_same_experiment(sides: Sequence[tuple[str, Sequence[RunData]]]) -> No
     """Raise :class:`ConfigError` when the runs used different profiles or schemas."""
     for what, get, advice in (
         ("profiles", lambda r: spec_value(r, "profile", "name"), "run both sides with one profile"),
-        ("schema versions", lambda r: r.run.get("schema_version"),
-         "rerun the older side with this loadlens version"),
-    ):  # fmt: skip
+        (
+            "schema versions",
+            lambda r: r.run.get("schema_version"),
+            "rerun the older side with this loadlens version",
+        ),
+    ):
         seen: dict[Any, str] = {}
         for label, runs in sides:
             for run in runs:
@@ -313,9 +325,17 @@ class _Row:
     """``(ratio, low, high, p)``."""
 
 
-def _level_row(key: tuple[Kind, str, str], values: tuple[float | None, float | None],
-               counts: tuple[int, int], a: list[Level], b: list[Level], prior: Prior | None,
-               how: str, confidence: float, log_scale: bool) -> _Row:  # fmt: skip
+def _level_row(
+    key: tuple[Kind, str, str],
+    values: tuple[float | None, float | None],
+    counts: tuple[int, int],
+    a: list[Level],
+    b: list[Level],
+    prior: Prior | None,
+    how: str,
+    confidence: float,
+    log_scale: bool,
+) -> _Row:
     """A row tested on per-run levels; its ratio is of ``values`` (B over A)."""
     runs = (len(a), len(b))
     if not a or not b:
@@ -357,16 +377,33 @@ def _error_row(a: Sequence[RunFigures], b: Sequence[RunFigures]) -> _Row:
 def _judge(rows: list[_Row], alpha: float, factor: float) -> list[CompareRow]:
     """Holm over every tested row, then the factor threshold, then the metric's direction."""
     tested = [r for r in rows if r.test is not None]
-    rejected = dict(zip(map(id, tested), holm([r.test[3] for r in tested if r.test], alpha),
-                        strict=True))  # fmt: skip
+    rejected = dict(
+        zip(map(id, tested), holm([r.test[3] for r in tested if r.test], alpha), strict=True)
+    )
     out = []
     for r in rows:
         (a, b), (n_a, n_b), (k_a, k_b) = r.values, r.counts, r.runs
         if r.test is None:
             ratio = None if a is None or b is None else _ratio(b, a)
             verdict_none: Verdict = "no change" if "no failure" in r.how else "not testable"
-            out.append(CompareRow(*r.key, a, b, ratio, None, None, None, False, verdict_none,
-                                  n_a, n_b, r.how, k_a, k_b))  # fmt: skip
+            out.append(
+                CompareRow(
+                    *r.key,
+                    a,
+                    b,
+                    ratio,
+                    None,
+                    None,
+                    None,
+                    False,
+                    verdict_none,
+                    n_a,
+                    n_b,
+                    r.how,
+                    k_a,
+                    k_b,
+                )
+            )
             continue
         ratio, low, high, p = r.test
         low_v = None if math.isnan(low) else low
@@ -380,8 +417,11 @@ def _judge(rows: list[_Row], alpha: float, factor: float) -> list[CompareRow]:
                 verdict = "regression" if up != (r.key[2] in HIGHER_IS_BETTER) else "improvement"
             else:
                 how += f"; significant, but within the x{factor:g} threshold"
-        out.append(CompareRow(*r.key, a, b, ratio, p, low_v, high_v, significant, verdict, n_a,
-                              n_b, how, k_a, k_b))  # fmt: skip
+        out.append(
+            CompareRow(
+                *r.key, a, b, ratio, p, low_v, high_v, significant, verdict, n_a, n_b, how, k_a, k_b
+            )
+        )
     return out
 
 
@@ -394,11 +434,21 @@ def _targets_table(a: RunData, b: RunData, targets: Sequence[Target]) -> list[di
     checked = zip(check_targets(a, list(targets)), check_targets(b, list(targets)), strict=True)
     for ra, rb in checked:
         t = ra.target
-        table.append({
-            "name": t.name, "metric": t.metric, "op": t.op, "threshold": t.threshold,
-            "unit": t.unit, "a": ra.value, "b": rb.value, "passed_a": ra.passed,
-            "passed_b": rb.passed, "evidence_a": ra.evidence, "evidence_b": rb.evidence,
-        })  # fmt: skip
+        table.append(
+            {
+                "name": t.name,
+                "metric": t.metric,
+                "op": t.op,
+                "threshold": t.threshold,
+                "unit": t.unit,
+                "a": ra.value,
+                "b": rb.value,
+                "passed_a": ra.passed,
+                "passed_b": rb.passed,
+                "evidence_a": ra.evidence,
+                "evidence_b": rb.evidence,
+            }
+        )
     return table
 
 
@@ -454,8 +504,9 @@ def compare_runs(
     warnings = _warnings(sides)
     drift, rounds_needed = "priors given by the caller", None
     if priors is None:
-        cal, drift = calibration.find(_machine(b[0]), spec_value(b[0], "profile", "name"),
-                                      cache_dir or default_cache_dir())  # fmt: skip
+        cal, drift = calibration.find(
+            _machine(b[0]), spec_value(b[0], "profile", "name"), cache_dir or default_cache_dir()
+        )
         priors = {kind: cal.prior(kind, drift) for kind in cal.sigma}
         rounds_needed = cal.rounds.get("p95")
     if rounds_needed and min(len(a), len(b)) < rounds_needed:
@@ -476,36 +527,68 @@ def compare_runs(
             key: tuple[Kind, str, str] = ("op", op, metric)
             values = (quantile(da, q) if da else None, quantile(db, q) if db else None)
             threshold, la, lb = latency_levels(figs_a, figs_b, op, q)
-            how = (f"share of ops slower than the pooled p{q * 100:g} ({threshold * 1000:.1f} "
-                   "ms), variance from time blocks")  # fmt: skip
+            how = (
+                f"share of ops slower than the pooled p{q * 100:g} ({threshold * 1000:.1f} "
+                "ms), variance from time blocks"
+            )
             prior = priors.get(KIND_OF[metric])
-            rows.append(_level_row(key, values, (len(da), len(db)), la, lb, prior, how,
-                                   confidence, False))  # fmt: skip
+            rows.append(
+                _level_row(key, values, (len(da), len(db)), la, lb, prior, how, confidence, False)
+            )
     for name in [*ops, "all"]:
         la = [f.throughput[name] for f in figs_a if name in f.throughput]
         lb = [f.throughput[name] for f in figs_b if name in f.throughput]
         pooled = (_pooled_rate(a, name), _pooled_rate(b, name))
-        rows.append(_level_row(("op", name, "throughput_ops_s"), pooled, (len(la), len(lb)),
-                               la, lb, priors.get("throughput"), "log ok ops per second per "
-                               "run, variance from time blocks", confidence, True))  # fmt: skip
+        rows.append(
+            _level_row(
+                ("op", name, "throughput_ops_s"),
+                pooled,
+                (len(la), len(lb)),
+                la,
+                lb,
+                priors.get("throughput"),
+                "log ok ops per second per run, variance from time blocks",
+                confidence,
+                True,
+            )
+        )
     for metric, peak in (("memory_peak_mb", _memory_peak), ("mlx_peak_mb", _mlx_peak)):
         peaks_a, peaks_b = [m for m in map(peak, a) if m], [m for m in map(peak, b) if m]
         if not (peaks_a or peaks_b or metric == "memory_peak_mb"):
             continue
         key = ("resource", "replicas", metric)
-        pooled_peak = (max((m for m, _ in peaks_a), default=None),
-                       max((m for m, _ in peaks_b), default=None))  # fmt: skip
+        pooled_peak = (
+            max((m for m, _ in peaks_a), default=None),
+            max((m for m, _ in peaks_b), default=None),
+        )
         counts = (len(peaks_a), len(peaks_b))
         sources = sorted({source for _, source in peaks_a + peaks_b})
         if len(sources) > 1:
-            rows.append(_Row(key, pooled_peak, counts, counts,
-                             f"sides measured differently: {', '.join(sources)}"))  # fmt: skip
+            rows.append(
+                _Row(
+                    key,
+                    pooled_peak,
+                    counts,
+                    counts,
+                    f"sides measured differently: {', '.join(sources)}",
+                )
+            )
             continue
         la = [Level(math.log(m), 0.0) for m, _ in peaks_a if m > 0]
         lb = [Level(math.log(m), 0.0) for m, _ in peaks_b if m > 0]
-        rows.append(_level_row(key, pooled_peak, counts, la, lb, priors.get("memory"),
-                               f"log {sources[0] if sources else ''} peak, one per run",
-                               confidence, True))  # fmt: skip
+        rows.append(
+            _level_row(
+                key,
+                pooled_peak,
+                counts,
+                la,
+                lb,
+                priors.get("memory"),
+                f"log {sources[0] if sources else ''} peak, one per run",
+                confidence,
+                True,
+            )
+        )
     rows.append(_error_row(figs_a, figs_b))
     merged_a, merged_b = merge_runs(a), merge_runs(b)
     flamegraphs = {}

@@ -43,8 +43,10 @@ class RunFigures:
     @classmethod
     def of(cls, run: RunData) -> RunFigures:
         """The series of ``run``'s records."""
-        rows = sorted((r for r in run.records if number(r.get("planned")) > 0),
-                      key=lambda r: number(r.get("planned")))  # fmt: skip
+        rows = sorted(
+            (r for r in run.records if number(r.get("planned")) > 0),
+            key=lambda r: number(r.get("planned")),
+        )
         window = span(rows)
         ops = sorted({str(r.get("op")) for r in rows})
         durations: dict[str, list[float]] = {op: [] for op in ops}
@@ -56,8 +58,11 @@ class RunFigures:
         throughput: dict[str, Level] = {}
         if window and window[1] > window[0]:
             for op in [*ops, "all"]:
-                times = [number(r.get("planned")) for r in rows
-                         if r.get("ok") and (op == "all" or r.get("op") == op)]  # fmt: skip
+                times = [
+                    number(r.get("planned"))
+                    for r in rows
+                    if r.get("ok") and (op == "all" or r.get("op") == op)
+                ]
                 if times:
                     k = blocks.get(op) or n_blocks([number(r.get("duration")) for r in rows])
                     throughput[op] = block_rate(times, window[0], window[1], k)

@@ -108,11 +108,21 @@ def latency_finding(
 ) -> Finding:
     """A latency cause from a claim (:meth:`Attribution.claim`'s sums)."""
     return Finding(
-        kind=kind, title=title, tier="latency", explains=explains, seconds=claim["seconds"],
-        share=claim["share"], tail_seconds=claim["tail_seconds"],
-        tail_share=claim["tail_share"], support=support, evidence=evidence, files=files,
-        suggestion=suggestion, by_op=claim["by_op"], gain_s=gain_s,
-    )  # fmt: skip
+        kind=kind,
+        title=title,
+        tier="latency",
+        explains=explains,
+        seconds=claim["seconds"],
+        share=claim["share"],
+        tail_seconds=claim["tail_seconds"],
+        tail_share=claim["tail_share"],
+        support=support,
+        evidence=evidence,
+        files=files,
+        suggestion=suggestion,
+        by_op=claim["by_op"],
+        gain_s=gain_s,
+    )
 
 
 def material(claim: dict[str, Any]) -> bool:

@@ -40,20 +40,36 @@ def errors(run: RunData, att: Attribution, limit_mb: float) -> list[Finding | Fa
         by_op[str(r.get("op"))] = by_op.get(str(r.get("op")), 0) + 1
     top = max(kinds.items(), key=lambda kv: (kv[1], kv[0]))[0]
     example = next(str(r.get("error")) for r in failed if error_kind(r) == top)
-    evidence = {"records": len(run.records), "errors": len(failed), "error_rate": rate,
-                "by_kind": kinds, "by_op": by_op, "example": example[:300]}  # fmt: skip
+    evidence = {
+        "records": len(run.records),
+        "errors": len(failed),
+        "error_rate": rate,
+        "by_kind": kinds,
+        "by_op": by_op,
+        "example": example[:300],
+    }
     title = f"{len(failed)} of {len(run.records)} ops failed ({rate:.1%}), mostly {top}"
     if rate < MATERIAL_ERROR_RATE:
         return [Fact("errors", title, evidence, [RECORDS])]
     failed_s = att.column("failed")
     claim = att.claim(failed_s)
-    return [Finding(
-        kind="errors", title=title, tier="errors", explains=["failed"],
-        seconds=claim["seconds"], share=claim["share"], tail_seconds=claim["tail_seconds"],
-        tail_share=claim["tail_share"], support=len(failed), evidence=evidence,
-        files=[RECORDS], suggestion=f"read the {top} errors in {RECORDS} (e.g. {example[:120]})",
-        by_op=claim["by_op"],
-    )]  # fmt: skip
+    return [
+        Finding(
+            kind="errors",
+            title=title,
+            tier="errors",
+            explains=["failed"],
+            seconds=claim["seconds"],
+            share=claim["share"],
+            tail_seconds=claim["tail_seconds"],
+            tail_share=claim["tail_share"],
+            support=len(failed),
+            evidence=evidence,
+            files=[RECORDS],
+            suggestion=f"read the {top} errors in {RECORDS} (e.g. {example[:120]})",
+            by_op=claim["by_op"],
+        )
+    ]
 
 
 def _slope_per_min(t: np.ndarray, v: np.ndarray) -> float:
@@ -67,10 +83,17 @@ def _explained_mb(gauges: list[dict[str, Any]], t: np.ndarray) -> np.ndarray:
     if not gauges:
         return np.zeros(len(t))
     times = np.array([number(g.get("t")) for g in gauges])
-    held = np.array([
-        number(g.get("mlx_active")) + number(g.get("mlx_cache")) + number(g.get("index_bytes"))
-        for g in gauges
-    ]) / MB  # fmt: skip
+    held = (
+        np.array(
+            [
+                number(g.get("mlx_active"))
+                + number(g.get("mlx_cache"))
+                + number(g.get("index_bytes"))
+                for g in gauges
+            ]
+        )
+        / MB
+    )
     at = np.clip(np.searchsorted(times, t, side="right") - 1, 0, len(times) - 1)
     return held[at]
 
@@ -104,22 +127,40 @@ def memory_growth(run: RunData, att: Attribution, limit_mb: float) -> list[Findi
         still = late >= 0.5 * slope
         minutes = (limit_mb - float(rss[-1])) / slope if slope > 0 else float("inf")
         evidence = {
-            "role": role, "samples": len(t), "span_s": float(np.ptp(t)),
-            "slope_mb_per_min": slope, "late_slope_mb_per_min": late, "growth_mb": growth,
-            "rss_last_mb": float(rss[-1]), "limit_mb": limit_mb,
-            "minutes_to_limit": max(minutes, 0.0), "net_of_caches": bool(gauges),
-        }  # fmt: skip
+            "role": role,
+            "samples": len(t),
+            "span_s": float(np.ptp(t)),
+            "slope_mb_per_min": slope,
+            "late_slope_mb_per_min": late,
+            "growth_mb": growth,
+            "rss_last_mb": float(rss[-1]),
+            "limit_mb": limit_mb,
+            "minutes_to_limit": max(minutes, 0.0),
+            "net_of_caches": bool(gauges),
+        }
         verdict = "and is still growing" if still else "but flattens late (warm-up?)"
-        title = (f"{role}: memory beyond its caches grows {slope:.0f} MB/min {verdict}; "
-                 f"{float(rss[-1]):.0f} MB now, limit {limit_mb:.0f} MB")  # fmt: skip
+        title = (
+            f"{role}: memory beyond its caches grows {slope:.0f} MB/min {verdict}; "
+            f"{float(rss[-1]):.0f} MB now, limit {limit_mb:.0f} MB"
+        )
         if not still or minutes > HORIZON_MIN:
             out.append(Fact("memory_growth", title, evidence, [TIMELINE, GAUGES]))
             continue
-        out.append(Finding(
-            kind="memory_leak", title=title + f" (reached in {max(minutes, 0):.0f} min)",
-            tier="stability", explains=[], seconds=0.0, share=0.0, tail_seconds=0.0,
-            tail_share=0.0, support=len(t), evidence=evidence, files=[TIMELINE, GAUGES],
-            suggestion="compare tracemalloc diffs between snapshots (--trace-python) to find "
-                       "what keeps allocating; caches are already subtracted here",
-        ))  # fmt: skip
+        out.append(
+            Finding(
+                kind="memory_leak",
+                title=title + f" (reached in {max(minutes, 0):.0f} min)",
+                tier="stability",
+                explains=[],
+                seconds=0.0,
+                share=0.0,
+                tail_seconds=0.0,
+                tail_share=0.0,
+                support=len(t),
+                evidence=evidence,
+                files=[TIMELINE, GAUGES],
+                suggestion="compare tracemalloc diffs between snapshots (--trace-python) to find "
+                "what keeps allocating; caches are already subtracted here",
+            )
+        )
     return out

@@ -179,8 +179,11 @@ def compare_levels(
     s2_data = max(ss / nu_data - within_mean, 0.0) if nu_data else 0.0
     nu_prior = prior.df if prior else 0.0
     df_between = nu_prior + nu_data
-    sigma2 = ((nu_prior * prior.sigma**2 if prior else 0.0) + nu_data * s2_data) / df_between \
-        if df_between > 0 else 0.0  # fmt: skip
+    sigma2 = (
+        ((nu_prior * prior.sigma**2 if prior else 0.0) + nu_data * s2_data) / df_between
+        if df_between > 0
+        else 0.0
+    )
     if sigma2 > 0:
         parts.append((sigma2 * (1 / len(a) + 1 / len(b)), df_between))
     var = sum(v for v, _ in parts)
@@ -191,8 +194,9 @@ def compare_levels(
     df = var * var / denominator if denominator > 0 else math.inf
     se = math.sqrt(var)
     half = t_critical(confidence, df) * se
-    return Test(diff, diff - half, diff + half, t_two_sided_p(diff / se, df), se, df,
-                math.sqrt(sigma2))  # fmt: skip
+    return Test(
+        diff, diff - half, diff + half, t_two_sided_p(diff / se, df), se, df, math.sqrt(sigma2)
+    )
 
 
 def holm(p_values: Sequence[float], alpha: float) -> list[bool]:
@@ -278,8 +282,15 @@ def t_critical(confidence: float, df: float) -> float:
     return (low + high) / 2.0
 
 
-def power_rounds(effect: float, sigma: float, within: float, *, alpha: float = 0.05,
-                 power: float = 0.9, most: int = 50) -> int | None:  # fmt: skip
+def power_rounds(
+    effect: float,
+    sigma: float,
+    within: float,
+    *,
+    alpha: float = 0.05,
+    power: float = 0.9,
+    most: int = 50,
+) -> int | None:
     """Fewest runs a side that detect a change of size ``effect`` (in the figure's units)
     with ``power``, given run-to-run sd ``sigma`` and one run's within-run variance;
     two-sided at ``alpha``, normal reference. ``None`` when ``most`` are not enough."""

@@ -31,8 +31,11 @@ from datamodel.runfolder import INGEST, RECORDS, RUN_JSON, TIMELINE, RunData
 
 Op = Literal["<", "<=", ">", ">="]
 OPS: dict[str, Callable[[float, float], bool]] = {
-    "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge,
-}  # fmt: skip
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
 """Comparison operators a target may use."""
 RECORD_OPS = ("analyze", "search", "embed", "switch", "ingest")
 """Operation names the ``p95_s:OP`` / ``p99_s:OP`` metrics accept."""
@@ -97,8 +100,11 @@ def _values(rows: list[dict[str, Any]], *path: str) -> list[float]:
 
 
 def _init_seconds_max(run: RunData, _: str | None) -> Measured:
-    rows = [(v, r.get("replica")) for r in run.section("replicas")
-            for v in _values([r], "init_seconds", "total")]  # fmt: skip
+    rows = [
+        (v, r.get("replica"))
+        for r in run.section("replicas")
+        for v in _values([r], "init_seconds", "total")
+    ]
     if not rows:
         return None, f"no replicas[].init_seconds.total in {RUN_JSON}"
     value, replica = max(rows, key=lambda vr: vr[0])
@@ -174,9 +180,9 @@ def _active_projects(run: RunData, _: str | None) -> Measured:
     names = sorted({str(r["project"]) for r in run.ok_records() if r.get("project")})
     shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
     return float(len(names)), (
-        f"{len(names)} distinct project(s) with an ok record in {RECORDS}" + (
-            f": {shown}" if names else "")
-    )  # fmt: skip
+        f"{len(names)} distinct project(s) with an ok record in {RECORDS}"
+        + (f": {shown}" if names else "")
+    )
 
 
 def _lines_of_code(run: RunData, _: str | None) -> Measured:
@@ -196,8 +202,11 @@ def _lines_of_code(run: RunData, _: str | None) -> Measured:
     if not lines:
         return None, f"no ingest report with lines in {INGEST} (indexes reused?)"
     total = sum(lines.values())
-    missing = (f"; {len(unknown)} project(s) without a report (index reused) not counted"
-               if unknown else "")  # fmt: skip
+    missing = (
+        f"; {len(unknown)} project(s) without a report (index reused) not counted"
+        if unknown
+        else ""
+    )
     return total, f"{total:,.0f} lines over {len(lines)} project(s) in {INGEST}{missing}"
 
 
@@ -316,10 +325,13 @@ def _target(path: Path, index: int, table: Any) -> Target:
     if unit != metric.unit:
         raise ConfigError(f"{where}: key 'unit': metric {table['metric']!r} is in {metric.unit!r}")
     return Target(
-        name=str(table.get("name", table["metric"])), metric=str(table["metric"]),
-        op=cast(Op, table["op"]), threshold=float(threshold), unit=unit,
+        name=str(table.get("name", table["metric"])),
+        metric=str(table["metric"]),
+        op=cast(Op, table["op"]),
+        threshold=float(threshold),
+        unit=unit,
         description=str(table.get("description", "")),
-    )  # fmt: skip
+    )
 
 
 def known_targets() -> list[str]:

@@ -66,15 +66,21 @@ class BertConfig:
     @classmethod
     def from_file(cls, path: Path) -> BertConfig:
         """Read ``config.json``; raise :class:`ModelError` naming the file and bad field."""
-        fields = {"vocab_size": "vocab_size", "hidden_size": "hidden_size",
-                  "num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
-                  "intermediate_size": "intermediate_size",
-                  "max_positions": "max_position_embeddings",
-                  "type_vocab_size": "type_vocab_size"}  # fmt: skip
+        fields = {
+            "vocab_size": "vocab_size",
+            "hidden_size": "hidden_size",
+            "num_layers": "num_hidden_layers",
+            "num_heads": "num_attention_heads",
+            "intermediate_size": "intermediate_size",
+            "max_positions": "max_position_embeddings",
+            "type_vocab_size": "type_vocab_size",
+        }
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
-            cfg = cls(**{k: int(raw[v]) for k, v in fields.items()},
-                      layer_norm_eps=float(raw["layer_norm_eps"]))  # fmt: skip
+            cfg = cls(
+                **{k: int(raw[v]) for k, v in fields.items()},
+                layer_norm_eps=float(raw["layer_norm_eps"]),
+            )
         except OSError as exc:
             raise ModelError(f"cannot read {path}: {exc}") from exc
         except KeyError as exc:
@@ -95,9 +101,14 @@ class BertConfig:
             "embeddings.LayerNorm.weight": (h,),
             "embeddings.LayerNorm.bias": (h,),
         }
-        dense = {"attention.self.query": (h, h), "attention.self.key": (h, h),
-                 "attention.self.value": (h, h), "attention.output.dense": (h, h),
-                 "intermediate.dense": (i, h), "output.dense": (h, i)}  # fmt: skip
+        dense = {
+            "attention.self.query": (h, h),
+            "attention.self.key": (h, h),
+            "attention.self.value": (h, h),
+            "attention.output.dense": (h, h),
+            "intermediate.dense": (i, h),
+            "output.dense": (h, i),
+        }
         for n in range(self.num_layers):
             p = f"encoder.layer.{n}."
             for name, (out_dim, in_dim) in dense.items():
@@ -142,9 +153,13 @@ def load_weights(path: Path, cfg: BertConfig) -> dict[str, mx.array]:
 _LOG2E, _LN2 = 1.4426950408889634, 0.6931471805599453
 # Abramowitz & Stegun 7.1.28: erf(z) = 1 - (1 + a1 z + ... + a6 z^6)^-16, |error| <= 3e-7;
 # here with the 1/sqrt(2) of GELU folded in (coefficient k multiplied by 2^(-k/2)).
-_ERF_A = tuple(a * 2 ** (-k / 2) for k, a in enumerate(
-    (0.0705230784, 0.0422820123, 0.0092705272, 0.0001520143, 0.0002765672, 0.0000430638),
-    start=1))  # fmt: skip
+_ERF_A = tuple(
+    a * 2 ** (-k / 2)
+    for k, a in enumerate(
+        (0.0705230784, 0.0422820123, 0.0092705272, 0.0001520143, 0.0002765672, 0.0000430638),
+        start=1,
+    )
+)
 
 
 @mx.compile
@@ -168,8 +183,11 @@ def _exp_nonpositive(x: mx.array) -> mx.array:
     f = (t - n.astype(mx.float32)) * _LN2
     f2 = f * f
     f4 = f2 * f2  # Taylor series of e^f to degree 8 in Estrin form
-    p = (1 + f) + f2 * (1 / 2 + f / 6) + f4 * (
-        (1 / 24 + f / 120) + f2 * (1 / 720 + f / 5040) + f4 / 40320)  # fmt: skip
+    p = (
+        (1 + f)
+        + f2 * (1 / 2 + f / 6)
+        + f4 * ((1 / 24 + f / 120) + f2 * (1 / 720 + f / 5040) + f4 / 40320)
+    )
     n = n - ((n + 125) & ((n + 125) >> 31))  # max(n, -125) in integer ops: 2^n stays normal
     return p * mx.view((n + 127) << 23, mx.float32)  # 2^n built from its exponent bits
 
@@ -197,8 +215,11 @@ class BertEncoder:
                 "qkv_w": mx.concatenate([w[k + ".weight"] for k in qkv]).T,
                 "qkv_b": mx.concatenate([w[k + ".bias"] for k in qkv]),
             }
-            for short, name in (("o", "attention.output.dense"), ("i", "intermediate.dense"),
-                                ("f", "output.dense")):  # fmt: skip
+            for short, name in (
+                ("o", "attention.output.dense"),
+                ("i", "intermediate.dense"),
+                ("f", "output.dense"),
+            ):
                 lw[short + "_w"] = w[f"{p}{name}.weight"].T
                 lw[short + "_b"] = w[f"{p}{name}.bias"]
             for short, name in (("ln1", "attention.output.LayerNorm"), ("ln2", "output.LayerNorm")):
@@ -216,18 +237,24 @@ class BertEncoder:
         # Plain ops, not mx.fast.scaled_dot_product_attention: no fused CPU kernel, no faster.
         scores = (q * (1 / math.sqrt(d))) @ k.transpose(0, 1, 3, 2) + mask_bias
         ctx = (self._softmax(scores) @ v).transpose(0, 2, 1, 3).reshape(b, t, h)
-        x = mx.fast.layer_norm(mx.addmm(lw["o_b"], ctx, lw["o_w"]) + x,
-                               lw["ln1_w"], lw["ln1_b"], eps)  # fmt: skip
+        x = mx.fast.layer_norm(
+            mx.addmm(lw["o_b"], ctx, lw["o_w"]) + x, lw["ln1_w"], lw["ln1_b"], eps
+        )
         y = self._gelu(mx.addmm(lw["i_b"], x, lw["i_w"]))
-        return mx.fast.layer_norm(mx.addmm(lw["f_b"], y, lw["f_w"]) + x,
-                                  lw["ln2_w"], lw["ln2_b"], eps)  # fmt: skip
+        return mx.fast.layer_norm(
+            mx.addmm(lw["f_b"], y, lw["f_w"]) + x, lw["ln2_w"], lw["ln2_b"], eps
+        )
 
     def __call__(self, ids: mx.array, mask: mx.array) -> mx.array:
         """Mean-pooled, L2-normalised embeddings of token ``ids`` (B, T) under ``mask``."""
         e = self._emb
         x = e["word_embeddings.weight"][ids] + e["position_embeddings.weight"][: ids.shape[1]]
-        x = mx.fast.layer_norm(x + e["token_type_embeddings.weight"][0], e["LayerNorm.weight"],
-                               e["LayerNorm.bias"], self.cfg.layer_norm_eps)  # fmt: skip
+        x = mx.fast.layer_norm(
+            x + e["token_type_embeddings.weight"][0],
+            e["LayerNorm.weight"],
+            e["LayerNorm.bias"],
+            self.cfg.layer_norm_eps,
+        )
         mask_bias = ((mask - 1.0) * 1e6)[:, None, None, :]  # padding keys get ~zero weight
         for lw in self._layers:
             x = self._layer(x, mask_bias, lw)

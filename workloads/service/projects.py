@@ -20,9 +20,21 @@ from workloads.service.sources import count_lines
 
 # Ordered so that the first ten present give >= 100k lines with the smallest trees first.
 STDLIB_CANDIDATES = (
-    "http", "importlib", "multiprocessing", "xml", "ctypes", "email", "asyncio",
-    "tkinter", "unittest", "lib2to3", "distutils", "idlelib", "pydoc_data", "encodings",
-)  # fmt: skip
+    "http",
+    "importlib",
+    "multiprocessing",
+    "xml",
+    "ctypes",
+    "email",
+    "asyncio",
+    "tkinter",
+    "unittest",
+    "lib2to3",
+    "distutils",
+    "idlelib",
+    "pydoc_data",
+    "encodings",
+)
 PACKAGE_CANDIDATES = ("pip", "setuptools", "numpy", "psutil", "mlx_lm", "ray")
 MIN_DEFAULT_LINES = 5000
 

@@ -94,9 +94,17 @@ class ServiceConfig:
                 f"service config: base_dtype must be one of {sorted(DTYPES)}, "
                 f"got {self.base_dtype!r}"
             )
-        for name in ("adapter_rank", "adapter_cache_count", "adapter_cache_bytes",
-                     "index_cache_count", "embed_batch_size", "embed_max_tokens",
-                     "top_k", "prefill_tokens", "generate_tokens"):  # fmt: skip
+        for name in (
+            "adapter_rank",
+            "adapter_cache_count",
+            "adapter_cache_bytes",
+            "index_cache_count",
+            "embed_batch_size",
+            "embed_max_tokens",
+            "top_k",
+            "prefill_tokens",
+            "generate_tokens",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"service config: {name} must be >= 1, got {getattr(self, name)}")
 
@@ -274,10 +282,12 @@ class Service:
         previous = self.projects.current
         _, timing = self.projects.switch(name)
         return OpResult(
-            "switch", name,
+            "switch",
+            name,
             StageTimings(adapter=timing.adapter_seconds, index=timing.index_seconds),
-            switched=previous != name, misses=_misses(timing),
-        )  # fmt: skip
+            switched=previous != name,
+            misses=_misses(timing),
+        )
 
     def embed(self, texts: Sequence[str]) -> tuple[np.ndarray, OpResult]:
         """Embed ``texts`` (no project needed)."""
@@ -285,9 +295,11 @@ class Service:
         flops0 = self.embedder.stats.flops
         vectors = self.embedder.embed(texts)
         result = OpResult(
-            "embed", None, StageTimings(embed=time.perf_counter() - start),
+            "embed",
+            None,
+            StageTimings(embed=time.perf_counter() - start),
             flops=self.embedder.stats.flops - flops0,
-        )  # fmt: skip
+        )
         return vectors, result
 
     def search(self, name: str, query: str, k: int | None = None) -> OpResult:
@@ -303,10 +315,13 @@ class Service:
         hits = index.search(vector, k or self.config.top_k)
         t3 = time.perf_counter()
         return OpResult(
-            "search", name, StageTimings(index=t1 - t0, embed=t2 - t1, search=t3 - t2),
-            _hits(hits), misses=["index"] if self.indexes.stats.misses > misses0 else [],
+            "search",
+            name,
+            StageTimings(index=t1 - t0, embed=t2 - t1, search=t3 - t2),
+            _hits(hits),
+            misses=["index"] if self.indexes.stats.misses > misses0 else [],
             flops=self.embedder.stats.flops - flops0,
-        )  # fmt: skip
+        )
 
     def analyze(self, name: str, query: str) -> OpResult:
         """Switch to ``name`` if needed, retrieve code for ``query``, run the adapted model."""
@@ -326,12 +341,21 @@ class Service:
         t4 = time.perf_counter()
         processed = len(prompt) + max(self.config.generate_tokens - 1, 0)
         return OpResult(
-            "analyze", name,
-            StageTimings(adapter=timing.adapter_seconds, index=timing.index_seconds,
-                         embed=t2 - t1, search=t3 - t2, model=t4 - t3),
-            _hits(hits), tokens, switched=previous != name, misses=_misses(timing),
+            "analyze",
+            name,
+            StageTimings(
+                adapter=timing.adapter_seconds,
+                index=timing.index_seconds,
+                embed=t2 - t1,
+                search=t3 - t2,
+                model=t4 - t3,
+            ),
+            _hits(hits),
+            tokens,
+            switched=previous != name,
+            misses=_misses(timing),
             flops=self.embedder.stats.flops - flops0 + processed * self.model_flops_per_token,
-        )  # fmt: skip
+        )
 
     def stats(self) -> dict[str, Any]:
         """Cache counters and memory figures of this replica, JSON-ready.

@@ -14,9 +14,31 @@ from pathlib import Path
 from datamodel.errors import ProjectError, SourceFileError
 
 SOURCE_SUFFIXES = frozenset(
-    {".py", ".pyi", ".c", ".h", ".cc", ".cpp", ".hpp", ".rs", ".go", ".js", ".ts", ".tsx",
-     ".java", ".kt", ".swift", ".m", ".mm", ".rb", ".sh", ".md", ".rst", ".toml"}
-)  # fmt: skip
+    {
+        ".py",
+        ".pyi",
+        ".c",
+        ".h",
+        ".cc",
+        ".cpp",
+        ".hpp",
+        ".rs",
+        ".go",
+        ".js",
+        ".ts",
+        ".tsx",
+        ".java",
+        ".kt",
+        ".swift",
+        ".m",
+        ".mm",
+        ".rb",
+        ".sh",
+        ".md",
+        ".rst",
+        ".toml",
+    }
+)
 SKIP_DIRS = frozenset({".git", "__pycache__", "node_modules", ".venv", "venv", ".tox", "build"})
 MAX_FILE_BYTES = 2 * 1024 * 1024
 

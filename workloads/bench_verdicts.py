@@ -1,0 +1,309 @@
+"""``python -m workloads.bench verdicts``: are loadlens's verdicts calibrated on this machine?
+
+(a) **A/A**: several real runs of one configuration (half with one seed, half with others);
+    every pair compared one run a side, and disjoint groups of runs compared as A/B rounds.
+    It prints the share of comparisons that flag any change (goal: at most 5%).
+(b) **Power**: real recorded runs with a planted change, a 10% slowdown of every operation
+    and, separately, the slowest 3% of each op made 3x slower; how often each is detected.
+(c) **Rounds**: from the A/A spread, how many runs a side an A/B needs here to detect a 10%
+    change, written as this machine's calibration (used by every later comparison).
+(d) **Planted bottlenecks**: one short run per planted cause, and what ranked first.
+
+Every comparison in (a) and (b) uses a drift prior calibrated on the *other* runs only
+(leave-out), so no run is judged with a prior fitted to itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from datamodel.cache import default_cache_dir
+from datamodel.quantiles import quantile
+from datamodel.records import number
+from datamodel.runfolder import RunData
+from profiling.verdict import calibration
+from profiling.verdict.compare import Comparison, compare_runs
+from profiling.verdict.figures import RunFigures
+from profiling.verdict.statistics import Prior
+from workloads.results import machine_info, utc_now
+
+TAIL_SHARE = 0.03
+TAIL_FACTOR = 3.0
+SLOWDOWN = 1.10
+
+
+def _peak_mb(run: RunData) -> float:
+    peaks = [number(s.get("uss")) for s in run.samples("replica") if s.get("uss")]
+    return max(peaks) / 1e6 if peaks else 0.0
+
+
+def _priors(runs: Sequence[RunData], source: str) -> dict[str, Prior]:
+    """Drift priors calibrated on ``runs``."""
+    cal = calibration.build(
+        runs[0].run.get("machine") or {},
+        "aa",
+        [RunFigures.of(r) for r in runs],
+        [_peak_mb(r) for r in runs],
+    )
+    return {kind: cal.prior(kind, source) for kind in cal.sigma}
+
+
+def _flagged(c: Comparison) -> bool:
+    return any(r.verdict in ("regression", "improvement") for r in c.rows)
+
+
+def _planted(
+    run: RunData, change: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+) -> RunData:
+    return dataclasses.replace(run, records=change([dict(r) for r in run.records]))
+
+
+def slower(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every operation 10% slower."""
+    for r in records:
+        r["duration"] = number(r.get("duration")) * SLOWDOWN
+    return records
+
+
+def slower_tail(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The slowest 3% of each op 3x slower; the rest untouched."""
+    for op in {str(r.get("op")) for r in records}:
+        mine = [r for r in records if r.get("op") == op]
+        cut = quantile([number(r.get("duration")) for r in mine], 1 - TAIL_SHARE)
+        for r in mine:
+            if number(r.get("duration")) >= cut:
+                r["duration"] = number(r.get("duration")) * TAIL_FACTOR
+    return records
+
+
+def _groups(n: int, k: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Pairs of disjoint groups of ``k`` run indices (each unordered pair of groups once)."""
+    out = []
+    for a in itertools.combinations(range(n), k):
+        rest = [i for i in range(n) if i not in a]
+        for b in itertools.combinations(rest, k):
+            if a < b:
+                out.append((a, b))
+    return out
+
+
+def evaluate(runs: Sequence[RunData], k: int, *, limit: int = 60) -> dict[str, float]:
+    """A/A false alarms and planted-change detection with ``k`` runs a side."""
+    trials = _groups(len(runs), k)[:limit]
+    counts = {"aa": 0, "slower": 0, "tail": 0, "tail_p99": 0}
+    for a_idx, b_idx in trials:
+        others = [r for i, r in enumerate(runs) if i not in a_idx + b_idx]
+        priors = _priors(others, f"leave-out calibration on {len(others)} other runs")
+        a, b = [runs[i] for i in a_idx], [runs[i] for i in b_idx]
+        counts["aa"] += _flagged(compare_runs(a, b, priors=priors))
+        slow = compare_runs(a, [_planted(r, slower) for r in b], priors=priors)
+        counts["slower"] += bool(slow.regressions)
+        tail = compare_runs(a, [_planted(r, slower_tail) for r in b], priors=priors)
+        counts["tail"] += bool(tail.regressions)
+        counts["tail_p99"] += any(r.metric == "p99_s" for r in tail.regressions)
+    return {key: value / len(trials) for key, value in counts.items()} | {"trials": len(trials)}
+
+
+def _run(spec: Any) -> Path:
+    from workloads.runner import execute
+
+    outcome = execute(spec)
+    if outcome.status != "completed":
+        raise RuntimeError(f"run {outcome.run_dir} ended {outcome.status}")
+    return outcome.run_dir
+
+
+def aa_runs(args: argparse.Namespace, results: Path) -> list[Path]:
+    """``args.runs`` runs of one profile and configuration (seeds: half 0, half 1, 2, ...)."""
+    from workloads.runner import RunSpec
+    from workloads.spec import load_profile
+    from workloads.system_config import load_config
+
+    profile = load_profile(args.profile).with_overrides(duration_s=args.duration)
+    warm = RunSpec(
+        profile=profile.with_overrides(duration_s=5),
+        config=load_config(args.config),
+        results_dir=results / "warm-up",
+        quiet=True,
+    )
+    print("  warm-up run (builds the indexes; not counted)", flush=True)
+    _run(warm)
+    paths = []
+    for n in range(args.runs):
+        seed = 0 if n % 2 == 0 else n
+        spec = RunSpec(
+            profile=profile,
+            config=load_config(args.config),
+            results_dir=results,
+            seed=seed,
+            quiet=True,
+        )
+        start = time.perf_counter()
+        paths.append(_run(spec))
+        print(
+            f"  A/A run {n + 1}/{args.runs} (seed {seed}): {paths[-1].name} "
+            f"in {time.perf_counter() - start:.0f} s",
+            flush=True,
+        )
+    return paths
+
+
+PLANTED: dict[str, tuple[str, dict[str, Any], str | None, dict[str, Any]]] = {
+    "slow BLAS": (
+        "slow_blas",
+        {"blas": "bundled"},
+        None,
+        {"mix": {"embed": 0.5, "search": 0.5}, "users": 1},
+    ),
+    "adapter cache thrash": (
+        "adapter_thrash",
+        {"service": {"adapter_cache_count": 1}},
+        "tests.planted:SlowStorageService",
+        {"mix": {"switch": 0.5, "search": 0.5}, "users": 2},
+    ),
+    "index cache thrash": (
+        "index_thrash",
+        {"service": {"index_cache_count": 1}},
+        "tests.planted:SlowStorageService",
+        {"mix": {"search": 1.0}, "users": 2},
+    ),
+    "overload (open loop above capacity)": (
+        "overload",
+        {},
+        None,
+        {"mode": "open", "rate": 40.0, "mix": {"analyze": 1.0}},
+    ),
+    "hot Python loop": (
+        "hot_code",
+        {},
+        "tests.planted:HotLoopService",
+        {"mix": {"analyze": 1.0}, "users": 2},
+    ),
+    "leak in the service": (
+        "memory_leak",
+        {},
+        "tests.planted:LeakyService",
+        {"mix": {"search": 0.7, "analyze": 0.3}, "users": 2, "duration_s": 20},
+    ),
+}
+"""Case -> (expected top finding, config changes, test-only service, stage fields)."""
+
+
+def planted_table(results: Path) -> list[tuple[str, str, str, float]]:
+    """Run each planted case (needs the repository's tests/ folder on the path)."""
+    from workloads.runner import RunSpec
+    from workloads.service.projects import default_projects
+    from workloads.spec import parse_profile
+    from workloads.system_config import load_config
+    from workloads.target import Target
+
+    rows = []
+    projects = tuple(default_projects(3))
+    for case, (expected, change, target, stage) in PLANTED.items():
+        fields = {"name": "s", "duration_s": 10, "mode": "closed", **stage}
+        mix = ", ".join(f"{k} = {v}" for k, v in fields.pop("mix").items())
+        lines = [f'{k} = "{v}"' if isinstance(v, str) else f"{k} = {v}" for k, v in fields.items()]
+        text = (
+            "projects = 3\nreplicas = 1\n[[stage]]\n" + "\n".join(lines) + f"\nmix = {{ {mix} }}\n"
+        )
+        profile = parse_profile(tomllib.loads(text), source=case, name="planted")
+        base = load_config("optimized")
+        config = dataclasses.replace(
+            base,
+            blas=change.get("blas", base.blas),
+            service={**base.service, **change.get("service", {})},
+        )
+        spec = RunSpec(
+            profile=profile,
+            config=config,
+            results_dir=results,
+            quiet=True,
+            extra_projects=projects,
+            target=Target("python", target) if target else Target("builtin"),
+        )
+        analysis = json.loads((_run(spec) / "analysis.json").read_text())
+        top = (analysis["findings"] or [{"kind": "none", "share": 0.0, "tier": "-"}])[0]
+        share = f"{top['share']:.0%} of latency" if top["tier"] == "latency" else top["tier"]
+        rows.append((case, expected, f"{top['kind']} ({share})", float(top.get("share", 0.0))))
+        print(f"  {case}: top finding {top['kind']} ({share}); expected {expected}", flush=True)
+    return rows
+
+
+def bench_verdicts(args: argparse.Namespace) -> None:
+    """The calibration benchmark (see the module docstring)."""
+    import ray
+
+    machine = machine_info()
+    print(f"command: {' '.join([Path(sys.executable).name, *sys.orig_argv[1:]])}")
+    print(f"machine: {json.dumps(machine)}")
+    results = Path(args.results_dir or tempfile.mkdtemp(prefix="loadlens-bench-verdicts-"))
+    print(f"results: {results}", flush=True)
+    temp = Path(tempfile.mkdtemp(prefix="ll-ray-", dir="/tmp"))
+    ray.init(address="local", include_dashboard=False, _temp_dir=str(temp), log_to_driver=False)
+    try:
+        paths = [Path(p) for p in args.reuse] if args.reuse else aa_runs(args, results)
+        runs = [RunData.load(p) for p in paths]
+        cal = calibration.build(
+            machine,
+            runs[0].run["spec"]["profile"]["name"],
+            [RunFigures.of(r) for r in runs],
+            [_peak_mb(r) for r in runs],
+            measured_utc=utc_now(),
+            command=" ".join(sys.orig_argv),
+        )
+        saved = calibration.save(cal, machine, Path(args.cache_dir or default_cache_dir()))
+        print(
+            f"\n(c) run-to-run drift on {cal.machine}, profile {cal.profile}, {cal.runs} runs "
+            f"(saved to {saved}):"
+        )
+        for kind in calibration.KINDS:
+            print(
+                f"  {kind:<10} sd {cal.sigma.get(kind, 0):.4f} (df {cal.df.get(kind, 0):.0f}), "
+                f"within-run var {cal.within.get(kind, 0):.2e}: a 10% change needs "
+                f"{cal.rounds.get(kind) or '> 50'} run(s) a side"
+            )
+        print("\n(a)+(b) comparisons, drift prior calibrated on the other runs only:")
+        for k in sorted({1, *args.rounds}):
+            if 2 * k + 2 > len(runs):
+                print(f"  {k} run(s) a side: not enough runs ({len(runs)})")
+                continue
+            r = evaluate(runs, k)
+            print(
+                f"  {k} run(s) a side, {r['trials']:.0f} trials: A/A flagged {r['aa']:.0%}; "
+                f"10% slowdown detected {r['slower']:.0%}; 3x slowest-3% detected "
+                f"{r['tail']:.0%} (in a p99 row {r['tail_p99']:.0%})",
+                flush=True,
+            )
+        if args.planted:
+            print("\n(d) planted bottlenecks (one short run each):")
+            rows = planted_table(results)
+            print(f"  {'case':<38}{'expected':<16}top finding")
+            for case, expected, top, _ in rows:
+                mark = "ok" if top.startswith(expected) else "MISSED"
+                print(f"  {case:<38}{expected:<16}{top}  {mark}")
+    finally:
+        ray.shutdown()
+
+
+def add_parser(sub: Any) -> None:
+    """The ``verdicts`` subcommand's arguments."""
+    v = sub.add_parser("verdicts", help="A/A false alarms, power, rounds needed, planted causes")
+    v.add_argument("--profile", default="multi-project")
+    v.add_argument("--config", default="optimized")
+    v.add_argument("--runs", type=int, default=8, help="A/A runs of one configuration")
+    v.add_argument("--duration", type=float, default=40.0, help="seconds per A/A run")
+    v.add_argument("--rounds", type=int, nargs="+", default=[2, 3], help="runs a side to test")
+    v.add_argument("--reuse", nargs="+", default=None, help="run folders to use instead")
+    v.add_argument("--no-planted", dest="planted", action="store_false")
+    v.add_argument("--results-dir", default=None)
+    v.add_argument("--cache-dir", default=None, help="where the calibration is saved")
