@@ -93,6 +93,12 @@ def check_profiling(run: Path, records: list[dict]) -> None:
     assert snapshots[-1]["tracemalloc_top"] and "tracemalloc_diff" in snapshots[-1]
     probe = json.loads((run / "mlx_probe.json").read_text())
     assert probe[0]["backend"] in ("cpu", "metal", "cuda") and probe[0]["matmul_gflops"] > 0
+    # Threads fit the node: one replica gets every core as MLX streams, its BLAS one thread,
+    # and the BLAS is the fastest one the survey measured on this CPU.
+    assert probe[0]["streams"] == probe[0]["cpus_available"]
+    assert probe[0]["env"]["OPENBLAS_NUM_THREADS"] == probe[0]["env"]["MKL_NUM_THREADS"] == "1"
+    assert probe[0]["blas_choice"] == probe[0]["achievable_blas"] == probe[0]["blas_kind"]
+    assert {c["blas"] for c in probe[0]["survey"]} == {"bundled", "openblas", "mkl"}
     analysis = json.loads((run / "analysis.json").read_text())
     assert analysis["findings"], "a smoke run on 2 cores always has something to say"
     budget = analysis["budget"]
@@ -224,6 +230,6 @@ def test_ab_smoke_compares_and_reports(tmp_path, cache_dir):
     probes = [
         json.loads((ab / r["run_dir"] / "mlx_probe.json").read_text())[0] for r in info["rounds"]
     ]
-    assert [p["blas_kind"] for p in probes] == ["openblas", "reference"]
+    assert [p["blas_kind"] for p in probes] == [probes[0]["achievable_blas"], "reference"]
     report = (ab / info["rounds"][0]["run_dir"] / "report.html").read_text()
     assert "baseline" in report and "optimized" in report and diff in report

@@ -44,6 +44,23 @@ class Progress:
         if cluster.dashboard_url:
             self.say(f"dashboard: {cluster.dashboard_url}  (token: {cluster.token_hint()})")
 
+    def ingest(self, done: int, total: int, seconds: float) -> None:
+        """Index building: chunks embedded so far, chunks/s and time left (once a second)."""
+        now = time.monotonic()
+        if self.quiet or (now - self._last_line < 1.0 and done < total):
+            return
+        self._last_line = now
+        rate = done / seconds if seconds > 0 else 0.0
+        left = f"{(total - done) / rate:.0f} s left" if rate > 0 else "starting"
+        line = (
+            f"[indexes] {done:,}/{total:,} chunks embedded | {rate:5.1f} chunks/s | {left} | "
+            f"{seconds:.0f} s"
+        )
+        if self.tty:
+            print("\r" + line.ljust(100), end="", file=self.stream, flush=True)
+        else:
+            print(line, file=self.stream, flush=True)
+
     def start_stage(self, stage: Stage, index: int) -> None:
         """A new stage begins."""
         self._stage, self._stage_index = stage, index

@@ -186,7 +186,8 @@ class ServiceReplica:
         """
         from profiling.capture.mlx_probe import probe
 
-        return {"replica": self.index, "pid": os.getpid(), **probe()}
+        streams = getattr(getattr(self.service, "embedder", None), "stream_count", 1)
+        return {"replica": self.index, "pid": os.getpid(), "streams": streams, **probe()}
 
     @ray.method(concurrency_group="ctl")
     def info(self) -> dict[str, Any]:
@@ -219,6 +220,18 @@ class ServiceReplica:
             "seconds": time.perf_counter() - start,
             "report": facts,
         }
+
+    def ingest_plan(self, project: str) -> dict[str, Any]:
+        """What is left to embed before ``project``'s index can be built; errors as data."""
+        try:
+            keys, texts, chunks = self.service.ingest_plan(project)
+        except Exception as exc:
+            return {"project": project, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        return {"project": project, "ok": True, "keys": keys, "texts": texts, "chunks": chunks}
+
+    def embed_into_store(self, keys: list[bytes], texts: list[str]) -> int:
+        """Embed ``texts`` for any project into the shared store (a share of an ingest)."""
+        return int(self.service.embed_into_store(keys, texts))
 
     def call(self, request: dict[str, Any]) -> dict[str, Any]:
         """Serve one request ``{op, project, query, texts}``; never raises."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
-import time
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -18,6 +18,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cluster.connect import Cluster, connect, disconnect
+from datamodel.cache import default_cache_dir
 from datamodel.errors import LoadlensError
 from datamodel.runfolder import (
     GAUGES,
@@ -32,8 +33,9 @@ from profiling.render.html import write_report
 from profiling.render.terminal import render_terminal, write_analysis
 from profiling.verdict.analyze import analyze
 from profiling.verdict.targets import known_targets, load_targets
-from workloads.blas import blas_env
+from workloads.blas import BLAS_THREADS, blas_env, resolve, survey
 from workloads.generator import GeneratorWorker
+from workloads.ingest import ingest_all
 from workloads.progress import Progress
 from workloads.replica import ServiceReplica
 from workloads.results import machine_info, new_run_id, utc_now
@@ -321,7 +323,10 @@ def _execute(
     progress: Progress,
     interrupts: _Interrupts,
 ) -> str:
-    env = {**blas_env(spec.config.blas), **worker_env(spec.target)}
+    cache = spec.cache_dir or default_cache_dir()
+    blas = resolve(spec.config.blas, cache)
+    env = {**blas_env(blas), **worker_env(spec.target)}
+    blas_facts = _blas_facts(spec.config.blas, blas, cache)
     cluster: Cluster = connect(spec.address)
     progress.cluster(cluster)
     projects = choose_projects(spec)
@@ -330,6 +335,7 @@ def _execute(
     routes = assign(names, replica_count)
     config = _service_config(spec)
     nodes = [n["node_id"] for n in cluster.nodes if n["alive"] and n["resources"].get("CPU", 0) > 0]
+    streams = _streams(cluster, nodes, replica_count)
     profiling = (
         ProfilingSession(run_dir, nodes, pyspy_rate_hz=spec.pyspy_rate_hz)
         if spec.profiling
@@ -347,7 +353,7 @@ def _execute(
                 ),
             ).remote(
                 k,
-                config,
+                {**config, "cpu_streams": streams[k]},
                 [
                     (p.name, str(p.root), str(p.adapter) if p.adapter else None)
                     for p in projects
@@ -360,7 +366,8 @@ def _execute(
         ]
         infos = ray.get([r.info.remote() for r in replicas])
         # One replica at a time, before any load: a probe taken while others run reads low.
-        write_json(run_dir / "mlx_probe.json", [ray.get(r.probe.remote()) for r in replicas])
+        probes = [{**ray.get(r.probe.remote()), **blas_facts} for r in replicas]
+        write_json(run_dir / "mlx_probe.json", probes)
         run_info.update(
             status="running",
             cluster=asdict(cluster),
@@ -400,13 +407,21 @@ def _execute(
             profiling.record_flames(infos)
             profiling.snapshot(replicas, "start")
         if spec.profile.ingest_at_start:
-            start = time.perf_counter()
-            ingests = ray.get([replicas[routes[n]].ingest.remote(n) for n in names])
-            if not spec.config.affinity:  # every replica serves every project: all need indexes
-                ray.get([r.ingest.remote(n) for r in replicas for n in names])
-            write_json(run_dir / "ingest.json", ingests)
-            built = sum(1 for i in ingests if i.get("built"))
-            progress.say(f"indexes ready in {time.perf_counter() - start:.1f} s ({built} built)")
+            summary = ingest_all(
+                replicas,
+                {n: routes[n] for n in names},
+                stopped=lambda: interrupts.count > 0,
+                report=progress.ingest,
+                every_replica=not spec.config.affinity,
+            )
+            write_json(run_dir / "ingest.json", summary.reports)
+            run_info["ingest"] = summary.as_dict()
+            write_json(run_dir / "run.json", run_info)
+            built = sum(1 for i in summary.reports if i.get("built"))
+            progress.say(
+                f"indexes ready in {summary.seconds:.1f} s ({built} built, {summary.embedded:,} of "
+                f"{summary.chunks:,} chunks embedded, the rest found by content)"
+            )
         stages = []
         for index, stage in enumerate(spec.profile.stages):
             if interrupts.count:
@@ -422,6 +437,36 @@ def _execute(
         if live is not None and live.gauges is not None:
             live.gauges.close()
     return "interrupted" if interrupts.count else "completed"
+
+
+def _streams(cluster: Cluster, nodes: list[str], replicas: int) -> list[int]:
+    """Cores each replica gets: its node's CPUs over the replicas placed there (>= 1).
+
+    Replicas are placed round-robin over ``nodes`` (see :func:`_execute`)."""
+    cpus = {n["node_id"]: int(n["resources"].get("CPU", 1)) for n in cluster.nodes}
+    placed = [nodes[k % len(nodes)] for k in range(replicas)]
+    return [max(1, cpus.get(node, 1) // placed.count(node)) for node in placed]
+
+
+def _blas_facts(asked: str, used: str, cache: Path) -> dict[str, Any]:
+    """What mlx_probe.json says of the BLAS choice: asked, used, and the survey behind it."""
+    facts: dict[str, Any] = {
+        "blas_config": asked,
+        "blas_choice": used,
+        "blas_threads": BLAS_THREADS,
+    }
+    if sys.platform != "linux":
+        return facts
+    found = survey(BLAS_THREADS, cache)
+    facts.update(
+        achievable_blas=found["fastest"],
+        achievable_gflops=found["fastest_matmul_512_gflops"],
+        survey=[
+            {k: c.get(k) for k in ("blas", "ok", "gflops", "matmul_512_gflops", "problem")}
+            for c in found["candidates"]
+        ],
+    )
+    return facts
 
 
 def _watch_everything(

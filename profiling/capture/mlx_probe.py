@@ -15,12 +15,20 @@ import psutil
 
 from workloads.blas import loaded_blas
 
-THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "LOADLENS_BLAS")
+THREAD_VARS = (
+    "OPENBLAS_NUM_THREADS",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "MKL_THREADING_LAYER",
+    "LOADLENS_BLAS",
+)
 
 
 def blas_kind(paths: list[str]) -> str:
     """Name the BLAS that serves MLX: a preloaded OpenBLAS wins over the wheel's own."""
     names = [os.path.basename(p).lower() for p in paths]
+    if any(n.startswith("libmkl_rt") for n in names):
+        return "mkl"
     if any("openblas" in n and "scipy_openblas" not in n for n in names):
         return "openblas"
     if any("accelerate" in n for n in names) or mx.metal.is_available():
@@ -66,5 +74,8 @@ def probe() -> dict[str, Any]:
         "matmul_gflops": round(matmul_gflops(), 2),
         "threads": psutil.Process().num_threads(),
         "cpu_count": os.cpu_count(),
+        "cpus_available": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else None,
         "env": {k: os.environ.get(k) for k in THREAD_VARS},
     }

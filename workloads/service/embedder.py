@@ -11,9 +11,11 @@ scalar ``exp``/``erf`` (the cost of softmax and exact GELU) with compiled approx
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import math
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -264,6 +266,20 @@ class BertEncoder:
         return pooled / mx.maximum(norm, 1e-12)
 
 
+def _identity(folder: Path, max_tokens: int, fast_math: bool) -> str:
+    """A short stable name for an embedder: its config, the weights' size and edges, and
+    its settings (a vector depends on all of them)."""
+    weights = folder / "model.safetensors"
+    h = hashlib.sha256((folder / "config.json").read_bytes())
+    size = weights.stat().st_size
+    with weights.open("rb") as fh:
+        h.update(fh.read(1 << 20))
+        fh.seek(max(size - (1 << 20), 0))
+        h.update(fh.read(1 << 20))
+    h.update(f"{size}|tok{max_tokens}|fast{int(fast_math)}".encode())
+    return f"minilm-{h.hexdigest()[:16]}"
+
+
 @dataclass
 class EmbedStats:
     """Running counters of an :class:`Embedder` (padded_tokens counts pad positions)."""
@@ -294,6 +310,7 @@ class Embedder:
         max_tokens: int = 128,
         length_bucketing: bool = True,
         fast_math: bool = True,
+        streams: int = 1,
     ) -> None:
         folder = Path(model_dir) if model_dir is not None else minilm_dir()
         for name in _REQUIRED_FILES:
@@ -316,6 +333,23 @@ class Embedder:
         self.length_bucketing = length_bucketing
         self.fast_math = fast_math
         self.stats = EmbedStats()
+        # MLX runs each CPU stream on a thread of its own: a batch split over ``streams``
+        # streams keeps that many cores busy, where one stream runs its element-wise ops on
+        # one core whatever the BLAS does. Metal has its own parallelism: one stream there.
+        # MLX streams belong to the thread that made them: each calling thread gets its own.
+        self.stream_count = 1 if mx.metal.is_available() else max(1, streams)
+        self._local = threading.local()
+        self.identity = _identity(folder, max_tokens, fast_math)
+        """Names what makes this embedder's vectors what they are (weights, window, math)."""
+
+    def _streams(self) -> list[mx.Stream]:
+        """This thread's CPU streams (none when one stream is all there is to use)."""
+        streams: list[mx.Stream] | None = getattr(self._local, "streams", None)
+        if streams is None:
+            count = self.stream_count
+            streams = [mx.new_stream(mx.cpu) for _ in range(count)] if count > 1 else []
+            self._local.streams = streams
+        return streams
 
     def batch_flops(self, batch: int, width: int) -> float:
         """Matmul FLOPs of one ``batch x width`` forward pass: the dense layers
@@ -356,7 +390,17 @@ class Embedder:
         for j, r in enumerate(rows):
             ids[j, : len(r)] = r
             mask[j, : len(r)] = 1.0
-        vecs = self.encoder(mx.array(ids), mx.array(mask))
+        streams = self._streams()
+        if len(streams) > 1 and len(rows) >= 2 * len(streams):
+            parts = np.array_split(np.arange(len(rows)), len(streams))
+            outs = []
+            for stream, idx in zip(streams, parts, strict=True):
+                with mx.stream(stream):
+                    outs.append(self.encoder(mx.array(ids[idx]), mx.array(mask[idx])))
+            mx.eval(outs)
+            vecs = mx.concatenate(outs)
+        else:
+            vecs = self.encoder(mx.array(ids), mx.array(mask))
         mx.eval(vecs)
         real = int(mask.sum())
         self.stats.batches += 1

@@ -25,9 +25,11 @@ from typing import Any
 import numpy as np
 
 from datamodel.errors import IndexStoreError, ProjectError, SourceFileError
+from workloads.service.embedstore import KEY_BYTES, EmbeddingStore, content_key
 from workloads.service.sources import Chunk, chunk_text, iter_source_files, read_source
 
-SCHEMA = 1
+SCHEMA = 2
+"""Index layout version (2: content keys stored beside the vectors)."""
 EmbedFn = Callable[[Sequence[str]], np.ndarray]
 
 
@@ -42,6 +44,10 @@ class IngestReport:
     seconds: float
     skipped: list[tuple[str, str]] = field(default_factory=list)
     """(file, reason) for files that could not be read; the ingest went on without them."""
+    embedded: int = 0
+    """Chunks embedded by this build (the rest were found by content in the store)."""
+    reused: int = 0
+    """Chunks whose vectors came from the store (embedded before, unchanged since)."""
 
 
 @dataclass(frozen=True)
@@ -172,6 +178,21 @@ class ProjectVectorStoreManager:
         report.chunks = len(chunks)
         return chunks, report
 
+    def missing(
+        self,
+        project: str,
+        source_root: Path,
+        store: EmbeddingStore,
+        max_chunks: int | None = None,
+    ) -> tuple[list[bytes], list[str], int]:
+        """``(keys, texts, chunks)``: the distinct chunks of ``project`` whose vectors the
+        store lacks, and how many chunks it has in all."""
+        chunks, _ = self.collect_chunks(project, source_root, max_chunks)
+        keys = [content_key(c.text) for c in chunks]
+        known = store.get(keys)
+        todo = {k: c.text for k, c in zip(keys, chunks, strict=True) if k not in known}
+        return list(todo), list(todo.values()), len(chunks)
+
     def build(
         self,
         project: str,
@@ -180,14 +201,30 @@ class ProjectVectorStoreManager:
         *,
         max_chunks: int | None = None,
         batch: int = 256,
+        store: EmbeddingStore | None = None,
+        embedder_id: str = "",
     ) -> IngestReport:
-        """Chunk, embed and persist ``project``'s index atomically (replacing an old one)."""
+        """Chunk, embed and persist ``project``'s index atomically (replacing an old one).
+
+        With a ``store``, only chunks whose text it has no vector for are embedded, and
+        each embedded batch is stored at once: a build that is interrupted resumes where
+        it stopped, and a rebuild after a small change embeds only the changed chunks.
+        """
         start = time.perf_counter()
         chunks, report = self.collect_chunks(project, source_root, max_chunks)
-        parts = [
-            embed([c.text for c in chunks[i : i + batch]]) for i in range(0, len(chunks), batch)
-        ]
-        vectors = np.concatenate(parts).astype(np.float32, copy=False)
+        keys = [content_key(c.text) for c in chunks]
+        known = store.get(keys) if store is not None else {}
+        todo = {k: c.text for k, c in zip(keys, chunks, strict=True) if k not in known}
+        pending = list(todo.items())
+        for i in range(0, len(pending), batch):
+            part = pending[i : i + batch]
+            vectors = embed([text for _, text in part]).astype(np.float32, copy=False)
+            if store is not None:
+                store.put([k for k, _ in part], vectors)
+            known.update(zip((k for k, _ in part), vectors, strict=True))
+        report.embedded = len(todo)
+        report.reused = sum(1 for k in keys if k not in todo)
+        vectors = np.stack([known[k] for k in keys]).astype(np.float32, copy=False)
         meta = {
             "schema": SCHEMA,
             "project": project,
@@ -200,11 +237,13 @@ class ProjectVectorStoreManager:
             "lines": report.lines,
             "chunks": len(chunks),
             "skipped": report.skipped,
+            "embedder": embedder_id,
         }
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{project}-", dir=self.root))
         try:
             np.save(tmp / "vectors.npy", vectors, allow_pickle=False)
+            np.save(tmp / "keys.npy", np.array(keys, dtype=f"S{KEY_BYTES}"), allow_pickle=False)
             (tmp / "chunks.json").write_text(
                 json.dumps([[c.path, c.start_line, c.end_line, c.text] for c in chunks])
             )
@@ -224,6 +263,16 @@ class ProjectVectorStoreManager:
             self._loaded.pop(project, None)
         report.seconds = time.perf_counter() - start
         return report
+
+    def referenced_keys(self) -> set[bytes]:
+        """Content keys of every index persisted under this manager's root."""
+        keys: set[bytes] = set()
+        for path in self.root.glob("*/keys.npy"):
+            try:
+                keys.update(bytes(k) for k in np.load(path, allow_pickle=False))
+            except (OSError, ValueError):
+                continue
+        return keys
 
     def describe(self, project: str) -> dict[str, Any]:
         """What ``project``'s index on disk was built from (files, lines, chunks, skipped)."""

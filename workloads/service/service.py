@@ -29,6 +29,7 @@ from workloads.service.basemodel import (
     load_base_model,
 )
 from workloads.service.embedder import Embedder
+from workloads.service.embedstore import EmbeddingStore
 from workloads.service.index import IngestReport, ProjectVectorStoreManager, SearchHit
 from workloads.service.projects import Project, ProjectContextManager, SwitchTiming
 
@@ -87,6 +88,9 @@ class ServiceConfig:
     """MLX buffer cache limit for the replica process (``None``: MLX's default)."""
     mlx_memory_limit_mb: int | None = None
     """MLX memory limit for the replica process (``None``: MLX's default)."""
+    cpu_streams: int = 1
+    """MLX CPU streams the embedder splits each batch over: the cores this replica gets
+    (the runner sets it to the node's cores over its replicas there; 1 on Metal)."""
 
     def __post_init__(self) -> None:
         if self.base_dtype not in DTYPES:
@@ -217,7 +221,10 @@ class Service:
             max_tokens=config.embed_max_tokens,
             length_bucketing=config.length_bucketing,
             fast_math=config.fast_math,
+            streams=config.cpu_streams,
         )
+        self.store = EmbeddingStore(cache / "embeddings" / self.embedder.identity)
+        """Vectors by chunk content, shared by every replica and run on this machine."""
         embedder_loaded = time.perf_counter()
         base_key = hashlib.sha256(
             str(Path(base_path).resolve()).encode() + (Path(base_path) / "config.json").read_bytes()
@@ -268,14 +275,38 @@ class Service:
         self.projects.add(project, adapter)
 
     def ingest(self, name: str, *, rebuild: bool = False) -> IngestReport | None:
-        """Build ``name``'s index unless a fresh one exists; returns the report if it built."""
+        """Build ``name``'s index unless a fresh one exists; returns the report if it built.
+
+        Chunks whose text the embedding store already has are not embedded again, so a
+        rebuild after a small change embeds only what changed.
+        """
         project = self.projects.get(name)
         cap = self.config.max_chunks_per_project
         if not rebuild and self.indexes.is_fresh(name, project.root, cap):
             return None
         return self.indexes.build(
-            name, project.root, self.embedder.embed, max_chunks=self.config.max_chunks_per_project
+            name,
+            project.root,
+            self.embedder.embed,
+            max_chunks=cap,
+            store=self.store,
+            embedder_id=self.embedder.identity,
         )
+
+    def ingest_plan(self, name: str) -> tuple[list[bytes], list[str], int]:
+        """``(keys, texts, chunks)`` still to embed before ``name``'s index can be built
+        (nothing when a fresh index exists), and its chunk count."""
+        project = self.projects.get(name)
+        cap = self.config.max_chunks_per_project
+        if self.indexes.is_fresh(name, project.root, cap):
+            return [], [], 0
+        return self.indexes.missing(name, project.root, self.store, cap)
+
+    def embed_into_store(self, keys: Sequence[bytes], texts: Sequence[str]) -> int:
+        """Embed ``texts`` and keep their vectors in the store under ``keys``; returns how
+        many. Any replica can do this for any project: the store is shared on disk."""
+        self.store.put(list(keys), self.embedder.embed(texts))
+        return len(texts)
 
     def switch(self, name: str) -> OpResult:
         """Make ``name`` the active project (adapter active, index loaded)."""
