@@ -91,9 +91,12 @@ def span(records: Iterable[Mapping[str, Any]]) -> tuple[float, float] | None:
     return None if start is None or end is None else (start, end)
 
 
-def throughput(records: Sequence[Mapping[str, Any]]) -> tuple[float, int, float] | None:
-    """``(ok ops per second, ok ops, seconds)`` over the records' span; ``None`` if no span."""
-    window = span(records)
+def throughput(
+    records: Sequence[Mapping[str, Any]], window: tuple[float, float] | None = None
+) -> tuple[float, int, float] | None:
+    """``(ok ops per second, ok ops, seconds)`` over ``window`` (default: the records' own
+    span); ``None`` when there is no span."""
+    window = window or span(records)
     if window is None or window[1] <= window[0]:
         return None
     ok = sum(1 for r in records if r.get("ok"))

@@ -16,7 +16,7 @@ import numpy as np
 from datamodel.records import number
 from datamodel.runfolder import MLX_PROBE, PROFILES, RECORDS, RUN_JSON, TIMELINE, RunData
 from datamodel.stacks import self_time, strip_line_numbers
-from profiling.verdict import causes, health
+from profiling.verdict import causes, health, load
 from profiling.verdict.attribution import SERVICE, Attribution, Budget
 from profiling.verdict.causes import IDLE_LEAVES, ServiceClaims
 from profiling.verdict.findings import Fact, Finding, rank
@@ -32,9 +32,9 @@ CAUSES: dict[str, Cause] = {
     "slow_blas": causes.slow_blas,
     "oversubscription": causes.oversubscription,
     "hot_code": causes.hot_code,
-    "queueing": causes.queueing,
-    "generator_lag": causes.generator_lag,
-    "transport": causes.transport,
+    "queueing": load.queueing,
+    "generator_lag": load.generator_lag,
+    "transport": load.transport,
 }
 """Latency causes, in the order they claim: service causes first (the queue is shared out
 by the service time they claim), then what is left of the queue, then lag and transport."""
@@ -147,7 +147,7 @@ def _context(run: RunData, att: Attribution, found: list[Finding]) -> list[Fact]
                 [RECORDS],
             )
         )
-    for node, cpu in causes.cpu_by_node(run).items():
+    for node, cpu in load.cpu_by_node(run).items():
         facts.append(
             Fact(
                 "cpu",

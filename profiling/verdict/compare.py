@@ -20,7 +20,7 @@ the ``error_rate`` of all records.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,19 +28,29 @@ from typing import Any, Literal
 from datamodel.cache import default_cache_dir
 from datamodel.errors import ConfigError
 from datamodel.quantiles import quantile
-from datamodel.records import number, span
+from datamodel.records import span, throughput
 from datamodel.runfolder import RunData
-from datamodel.stacks import merge, strip_line_numbers
+from datamodel.stacks import strip_line_numbers
 from profiling.render.flamegraph import render_diff_svg
 from profiling.verdict import calibration
 from profiling.verdict.figures import LATENCY_METRICS, RunFigures, latency_levels
+from profiling.verdict.sides import (
+    check_same_experiment,
+    describe,
+    machine,
+    memory_peak,
+    merge_runs,
+    mlx_peak,
+    spec_value,
+    warnings_of,
+)
 from profiling.verdict.statistics import (
     Level,
     Prior,
     compare_levels,
     holm,
 )
-from profiling.verdict.targets import MB, Target, check_targets
+from profiling.verdict.targets import Target, check_targets
 
 SCHEMA_VERSION = 2
 """Version of the ``comparison.json`` layout (2: runs and blocks as units, Holm)."""
@@ -58,8 +68,6 @@ KIND_OF = {
 DEFAULT_FACTOR = 1.05
 """Smallest ratio that counts as a change by default. A threshold at the very size of the
 change one wants to see would miss half of such changes, so it sits below 10%."""
-MACHINE_KEYS = ("hostname", "os", "machine", "chip", "cpus_logical", "memory_bytes")
-"""Machine facts that make two runs incomparable in absolute terms when they differ."""
 
 Kind = Literal["op", "resource"]
 Verdict = Literal["improvement", "regression", "no change", "not testable"]
@@ -170,146 +178,6 @@ class Comparison:
 
 def _finite(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
-def spec_value(run: RunData, *keys: str) -> Any:
-    """``run.json`` ``spec.<keys...>`` (e.g. ``"profile", "name"``), ``None`` when absent."""
-    node: Any = run.run.get("spec")
-    for key in keys:
-        node = node.get(key) if isinstance(node, dict) else None
-    return node
-
-
-def _machine(run: RunData) -> dict[str, Any]:
-    machine = run.run.get("machine")
-    return machine if isinstance(machine, dict) else {}
-
-
-def _describe(run: RunData) -> dict[str, Any]:
-    return {
-        "run_id": run.run_id,
-        "path": str(run.path),
-        "config": spec_value(run, "config", "name"),
-        "git_commit": _machine(run).get("git_commit"),
-        "status": run.run.get("status"),
-    }
-
-
-def _shifted(rows: Sequence[dict[str, Any]], key: str, offset: float) -> list[dict[str, Any]]:
-    if not offset:
-        return list(rows)
-    return [{**r, key: number(r[key]) + offset} if number(r.get(key)) > 0 else r for r in rows]
-
-
-def merge_runs(runs: Sequence[RunData]) -> RunData:
-    """One :class:`RunData` holding the raw data of several rounds of one side.
-
-    Records, timelines, ingest reports, snapshots, replica sections and profiles are
-    concatenated (profiles summed per role). Each later round's times are shifted to start
-    where the previous round ended, so that a rate over the merged records (throughput)
-    is the pooled rate, not one diluted by the other side's interleaved rounds.
-    """
-    if not runs:
-        raise ConfigError("no run to merge")
-    if len(runs) == 1:
-        return runs[0]
-    records: list[dict[str, Any]] = []
-    timeline: list[dict[str, Any]] = []
-    cursor: float | None = None
-    for run in runs:
-        window = span(run.records)
-        offset = cursor - window[0] if window and cursor is not None else 0.0
-        records += _shifted(run.records, "planned", offset)
-        timeline += _shifted(run.timeline or [], "t", offset)
-        cursor = window[1] + offset if window else cursor
-
-    def joined(get: Callable[[RunData], list[dict[str, Any]] | None]) -> Any:
-        parts = [get(r) for r in runs]
-        return None if all(p is None for p in parts) else [x for p in parts for x in p or []]
-
-    roles = sorted({role for r in runs for role in r.profiles or {}})
-    profiles = {role: merge(*((r.profiles or {}).get(role, {}) for r in runs)) for role in roles}
-    first = runs[0]
-    return RunData(
-        path=first.path,
-        run={
-            **first.run,
-            "replicas": joined(lambda r: r.section("replicas")),
-            "replica_stats": joined(lambda r: r.section("replica_stats")),
-            "merged_runs": [r.run_id for r in runs],
-        },
-        records=records,
-        ingest=joined(lambda r: r.ingest),
-        timeline=timeline if any(r.timeline is not None for r in runs) else None,
-        profiles=profiles or None,
-        snapshots=joined(lambda r: r.snapshots),
-        mlx_probe=joined(lambda r: r.mlx_probe),
-        notes=[f"{r.run_id}: {note}" for r in runs for note in r.notes],
-    )
-
-
-def _check_same_experiment(sides: Sequence[tuple[str, Sequence[RunData]]]) -> None:
-    """Raise :class:`ConfigError` when the runs used different profiles or schemas."""
-    for what, get, advice in (
-        ("profiles", lambda r: spec_value(r, "profile", "name"), "run both sides with one profile"),
-        (
-            "schema versions",
-            lambda r: r.run.get("schema_version"),
-            "rerun the older side with this loadlens version",
-        ),
-    ):
-        seen: dict[Any, str] = {}
-        for label, runs in sides:
-            for run in runs:
-                seen.setdefault(get(run), f"{label}: run {run.run_id}")
-        if len(seen) > 1:
-            found = ", ".join(f"{value!r} ({where})" for value, where in seen.items())
-            raise ConfigError(f"cannot compare runs of different {what}: {found}; {advice}")
-
-
-def _warnings(sides: Sequence[tuple[str, Sequence[RunData]]]) -> list[str]:
-    """Why the comparison may mislead: unfinished runs, other machines, other settings."""
-    (label_0, runs_0), *_ = sides
-    ref = runs_0[0]
-    where_ref = f"{label_0}: run {ref.run_id}"
-    out: list[str] = []
-    for label, runs in sides:
-        for run in runs:
-            where = f"{label}: run {run.run_id}"
-            if run.run.get("status") not in (None, "completed"):
-                out.append(f"{where} did not complete (status {run.run.get('status')!r})")
-            if run is ref:
-                continue
-            for key in MACHINE_KEYS:
-                x, y = _machine(ref).get(key), _machine(run).get(key)
-                if x is not None and y is not None and x != y:
-                    out.append(
-                        f"different machines: {key} {x!r} ({where_ref}) vs {y!r} ({where}); "
-                        "absolute numbers may not be comparable"
-                    )
-            p_ref, p_run = spec_value(ref, "profile") or {}, spec_value(run, "profile") or {}
-            differ = sorted(k for k in set(p_ref) | set(p_run) if p_ref.get(k) != p_run.get(k))
-            if differ:
-                out.append(f"profile settings differ ({where_ref} vs {where}): {', '.join(differ)}")
-    return list(dict.fromkeys(out))
-
-
-def _memory_peak(run: RunData) -> tuple[float, str] | None:
-    """``(MB, source)`` of the run's largest replica memory figure, if any."""
-    samples = run.samples("replica")
-    for key, source in (("uss", "USS"), ("rss", "RSS")):
-        values = [number(s[key]) for s in samples if isinstance(s.get(key), int | float)]
-        if values:
-            return max(values) / MB, source
-    ends = [number(s.get("rss_bytes")) for s in run.section("replica_stats")]
-    return (max(ends) / MB, "end-of-run RSS") if any(ends) else None
-
-
-def _mlx_peak(run: RunData) -> tuple[float, str] | None:
-    """``(MB, source)`` of the largest MLX peak memory any replica reported, if any."""
-    mlx = [s.get("mlx") for s in run.section("replica_stats")]
-    peaks = [number(m.get("peak_bytes")) for m in mlx if isinstance(m, dict)]
-    return (max(peaks) / MB, "MLX peak_bytes") if any(peaks) else None
 
 
 @dataclass
@@ -500,12 +368,12 @@ def compare_runs(
     if not 0.0 < alpha < 1.0:
         raise ConfigError(f"alpha must be within (0, 1), got {alpha}")
     sides = [("A", a), ("B", b)]
-    _check_same_experiment(sides)
-    warnings = _warnings(sides)
+    check_same_experiment(sides)
+    warnings = warnings_of(sides)
     drift, rounds_needed = "priors given by the caller", None
     if priors is None:
         cal, drift = calibration.find(
-            _machine(b[0]), spec_value(b[0], "profile", "name"), cache_dir or default_cache_dir()
+            machine(b[0]), spec_value(b[0], "profile", "name"), cache_dir or default_cache_dir()
         )
         priors = {kind: cal.prior(kind, drift) for kind in cal.sigma}
         rounds_needed = cal.rounds.get("p95")
@@ -552,7 +420,7 @@ def compare_runs(
                 True,
             )
         )
-    for metric, peak in (("memory_peak_mb", _memory_peak), ("mlx_peak_mb", _mlx_peak)):
+    for metric, peak in (("memory_peak_mb", memory_peak), ("mlx_peak_mb", mlx_peak)):
         peaks_a, peaks_b = [m for m in map(peak, a) if m], [m for m in map(peak, b) if m]
         if not (peaks_a or peaks_b or metric == "memory_peak_mb"):
             continue
@@ -597,8 +465,8 @@ def compare_runs(
     return Comparison(
         a_label=a_label,
         b_label=b_label,
-        a_runs=[_describe(r) for r in a],
-        b_runs=[_describe(r) for r in b],
+        a_runs=[describe(r) for r in a],
+        b_runs=[describe(r) for r in b],
         factor=factor,
         alpha=alpha,
         rows=_judge(rows, alpha, factor),
@@ -620,8 +488,8 @@ def _pooled_rate(runs: Sequence[RunData], op: str) -> float | None:
     ok = seconds = 0.0
     for run in runs:
         rows = [r for r in run.records if op == "all" or r.get("op") == op]
-        window = span(run.records)
-        if window and window[1] > window[0]:
-            ok += sum(1 for r in rows if r.get("ok"))
-            seconds += window[1] - window[0]
+        rate = throughput(rows, span(run.records))
+        if rate is not None:
+            ok += rate[1]
+            seconds += rate[2]
     return ok / seconds if seconds > 0 else None
