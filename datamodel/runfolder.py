@@ -16,6 +16,7 @@ import os
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -206,6 +207,11 @@ def _read_profiles(folder: Path, notes: list[str]) -> dict[str, Stacks] | None:
         except OSError as exc:
             notes.append(f"ignored {PROFILES}/{path.name}: {exc}")
     return profiles or None
+
+
+def utc_now() -> str:
+    """The current time, UTC, ISO 8601."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def write_json(path: Path, data: Any) -> None:

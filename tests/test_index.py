@@ -122,3 +122,10 @@ def test_the_store_refuses_mismatched_rows_and_finds_other_writers(tmp_path):
     other.put([content_key("a")], np.ones((1, 4), dtype=np.float32))
     assert store.get([content_key("a"), content_key("b")]).keys() == {content_key("a")}
     assert content_key("a") != content_key("a ") and len(content_key("x")) == 16
+
+
+def test_keys_ending_in_zero_bytes_survive_the_disk(tmp_path):
+    keys = [b"\x01" * 15 + b"\x00", b"\x00" * 16, content_key("x")]
+    store = EmbeddingStore(tmp_path / "emb")
+    store.put(keys, np.eye(3, 4, dtype=np.float32))
+    assert set(EmbeddingStore(tmp_path / "emb").get(keys)) == set(keys)

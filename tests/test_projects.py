@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from datamodel.errors import ConfigError, ProjectError
+from datamodel.errors import ConfigError
 from workloads.service.projects import check_name, default_projects, parse_project_arg
 from workloads.service.sources import count_lines
 
@@ -27,7 +27,8 @@ def test_parse_project_arg(tmp_path):
     p = parse_project_arg(f"mine={tmp_path}:{tmp_path / 'adapter'}")
     assert (p.name, p.root, p.adapter) == ("mine", tmp_path, tmp_path / "adapter")
     assert parse_project_arg(str(tmp_path)).name == tmp_path.name
-    with pytest.raises(ProjectError, match="does not exist"):
+    with pytest.raises(ConfigError, match="does not exist") as bad:
         parse_project_arg(f"x={tmp_path / 'nope'}")
+    assert bad.value.exit_code == 2  # bad input, as the README promises
     with pytest.raises(ConfigError, match="not allowed"):
         check_name("../etc")

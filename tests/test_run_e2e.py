@@ -122,6 +122,10 @@ def check_profiling(run: Path, records: list[dict]) -> None:
         (["--profile", "smoke", "--projects", "0"], "projects"),
         (["--config", "nope"], "unknown config 'nope' (known: baseline, optimized"),
         (["--profile", "smoke", "--address", "127.0.0.1:9"], "no Ray cluster answers at"),
+        (["--profile", "smoke", "--project", "x=/no/such/folder"], "does not exist"),
+        (["--profile", "smoke", "--target", "python:no_such_module:Svc"], "cannot import"),
+        (["--profile", "smoke", "--target", "python:json:JSONDecoder"], "lacks analyze"),
+        (["--profile", "smoke", "--target", "http://x"], "expected 'builtin'"),
     ],
 )
 def test_bad_input_exits_2_with_a_clear_message(tmp_path, cache_dir, args, message):

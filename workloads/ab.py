@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from datamodel.errors import LoadlensError
-from datamodel.runfolder import write_json
+from datamodel.runfolder import utc_now, write_json
 from workloads.progress import Progress
-from workloads.results import new_run_id, utc_now
+from workloads.results import new_run_id
 from workloads.runner import RunOutcome, RunSpec, execute
 
 
@@ -63,6 +63,10 @@ def execute_ab(candidate: RunSpec, baseline: RunSpec, *, rounds: int) -> ABOutco
                 }
             )
             write_json(ab_dir / "ab.json", info)
+            if outcome.stopped_at_once:  # a second interrupt: no comparison, out now
+                info.update(ended_utc=utc_now(), status="interrupted")
+                write_json(ab_dir / "ab.json", info)
+                return ABOutcome(ab_dir, "interrupted", [], outcomes)
             if outcome.status != "completed":
                 status = outcome.status
                 break

@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import itertools
 import json
+import random
 import sys
 import tempfile
 import time
@@ -30,12 +31,12 @@ from typing import Any
 from datamodel.cache import default_cache_dir
 from datamodel.quantiles import quantile
 from datamodel.records import number
-from datamodel.runfolder import RunData
+from datamodel.runfolder import RunData, utc_now
 from profiling.verdict import calibration
 from profiling.verdict.compare import Comparison, compare_runs
 from profiling.verdict.figures import RunFigures
 from profiling.verdict.statistics import Prior
-from workloads.results import machine_info, utc_now
+from workloads.results import machine_info
 
 TAIL_SHARE = 0.03
 TAIL_FACTOR = 3.0
@@ -55,7 +56,7 @@ def _priors(runs: Sequence[RunData], source: str) -> dict[str, Prior]:
         [RunFigures.of(r) for r in runs],
         [_peak_mb(r) for r in runs],
     )
-    return {kind: cal.prior(kind, source) for kind in cal.sigma}
+    return cal.priors(source)
 
 
 def _flagged(c: Comparison) -> bool:
@@ -97,9 +98,11 @@ def _groups(n: int, k: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
     return out
 
 
-def evaluate(runs: Sequence[RunData], k: int, *, limit: int = 60) -> dict[str, float]:
-    """A/A false alarms and planted-change detection with ``k`` runs a side."""
-    trials = _groups(len(runs), k)[:limit]
+def evaluate(runs: Sequence[RunData], k: int, *, limit: int = 150) -> dict[str, float]:
+    """A/A false alarms and planted-change detection with ``k`` runs a side, over up to
+    ``limit`` pairs of disjoint groups drawn at random (seeded) from all of them."""
+    trials = _groups(len(runs), k)
+    trials = random.Random(k).sample(trials, min(limit, len(trials)))
     counts = {"aa": 0, "slower": 0, "tail": 0, "tail_p99": 0}
     for a_idx, b_idx in trials:
         others = [r for i, r in enumerate(runs) if i not in a_idx + b_idx]

@@ -22,7 +22,9 @@ from datamodel.errors import ConfigError, LoadlensError
 from datamodel.runfolder import RunData, write_json
 from profiling.render.compare_text import render_terminal
 from profiling.verdict.baselines import DEFAULT_ROOT, load_baseline, save_baseline
+from profiling.verdict.calibration import read_calibration
 from profiling.verdict.compare import DEFAULT_FACTOR, Comparison, compare_runs, spec_value
+from profiling.verdict.statistics import Prior
 from profiling.verdict.targets import Target, known_targets, load_targets
 
 EXIT_REGRESSION = 1
@@ -49,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"smallest ratio B/A (or A/B) that counts as a change (default {DEFAULT_FACTOR})",
     )
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (0.05)")
+    p.add_argument(
+        "--calibration",
+        default="auto",
+        help="run-to-run drift to allow for: auto (this machine's A/A calibration, else the "
+        "shipped one), none, or a calibration file",
+    )
     p.add_argument("--out", type=Path, default=None, help="where comparison.json goes")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.add_argument(
@@ -99,6 +107,19 @@ def _targets(args: argparse.Namespace, run: RunData) -> list[Target]:
     return load_targets(name)
 
 
+def _priors(choice: str) -> dict[str, Prior] | None:
+    """``auto``: the calibration that fits (``None`` here); ``none``: no drift allowance;
+    else a calibration file written by ``python -m workloads.bench verdicts``."""
+    if choice == "auto":
+        return None
+    if choice == "none":
+        return {}
+    calibration = read_calibration(Path(choice))
+    if calibration is None:
+        raise ConfigError(f"--calibration {choice}: not a calibration file")
+    return calibration.priors(f"calibration file {choice}")
+
+
 def _compare(args: argparse.Namespace) -> Comparison:
     if args.check_baseline:
         _expect(args.runs, 1, "--check-baseline NAME RUN")
@@ -119,6 +140,7 @@ def _compare(args: argparse.Namespace) -> Comparison:
         alpha=args.alpha,
         targets=_targets(args, side_a[0]),
         out_dir=out,
+        priors=_priors(args.calibration),
     )
     write_json(out / COMPARISON_JSON, comparison.as_dict())
     if out == side_b[0].path and (out / "run.json").is_file():

@@ -41,6 +41,9 @@ EMBED_TEXTS = (
     "return sorted(items, key=lambda x: x.name)",
 )
 REPLY_TIMEOUT_S = 300.0
+STOP_GRACE_S = 5.0
+"""After a stop, how long operations in flight may still finish before they are recorded as
+interrupted (so a stop is bounded even behind a long queue)."""
 
 
 @ray.remote(num_cpus=0, max_concurrency=1000)  # type: ignore[call-overload]
@@ -123,6 +126,9 @@ class GeneratorWorker:
             record.switched = reply["switched"]
         except TimeoutError:
             record.error = f"Timeout: no reply in {REPLY_TIMEOUT_S:.0f} s"
+        except asyncio.CancelledError:
+            record.error = f"Interrupted: no reply within {STOP_GRACE_S:.0f} s of the stop"
+            raise
         except Exception as exc:  # a dead replica, a lost object: the op failed, the run goes on
             record.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         finally:
@@ -173,8 +179,29 @@ class GeneratorWorker:
                 if await self._sleep_or_stop(min(think_time_s, deadline - time.perf_counter())):
                     break
 
-        await asyncio.gather(*(user(k) for k in range(users)))
+        await self._finish([asyncio.create_task(user(k)) for k in range(users)])
         return self._cost(cpu0, wall0, issued0)
+
+    async def _finish(self, tasks: list[asyncio.Task[None]]) -> None:
+        """Wait for ``tasks``; once stopped, give them :data:`STOP_GRACE_S`, then cancel the
+        rest (each cancelled operation still leaves its record)."""
+        if not tasks:
+            return
+        pending: set[asyncio.Task[Any]] = set(tasks)
+        while pending:
+            stop = asyncio.create_task(self._stop.wait())
+            _, pending = await asyncio.wait(pending | {stop}, return_when=asyncio.FIRST_COMPLETED)
+            if stop in pending:
+                pending.discard(stop)
+                stop.cancel()
+                continue
+            pending.discard(stop)
+            if pending:
+                _, late = await asyncio.wait(pending, timeout=STOP_GRACE_S)
+                for task in late:
+                    task.cancel()
+                await asyncio.gather(*late, return_exceptions=True)
+            return
 
     async def run_open(
         self, stage: str, *, arrivals: list[tuple[float, str, str]], seed: int
@@ -190,6 +217,5 @@ class GeneratorWorker:
             task = asyncio.create_task(self._issue(stage, op, project, rng, wall0 + at_s))
             pending.add(task)
             task.add_done_callback(pending.discard)
-        if pending:
-            await asyncio.gather(*pending)
+        await self._finish(list(pending))
         return self._cost(cpu0, wall0, issued0)

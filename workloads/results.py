@@ -11,11 +11,6 @@ from pathlib import Path
 from typing import Any
 
 
-def utc_now() -> str:
-    """The current time, UTC, ISO 8601."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
 def new_run_id(profile: str) -> str:
     """A sortable, unique run id such as ``20261127-131415-smoke-1a2b``."""
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -119,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _exit_now() -> None:
+    """Exit 130 without the interpreter's teardown: a second interrupt means now, and
+    everything measured is on disk and Ray is stopped already."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse, run, and turn a :class:`LoadlensError` into its exit code."""
     args = build_parser().parse_args(argv)
@@ -163,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
 
             base_spec = dataclasses.replace(spec, config=load_config(args.baseline))
             ab = execute_ab(spec, base_spec, rounds=rounds)
+            if any(r.stopped_at_once for r in ab.rounds):
+                _exit_now()
             if ab.status == "interrupted":
                 return 130
             if ab.regressions:
@@ -173,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     except LoadlensError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    if outcome.stopped_at_once:
+        _exit_now()
     if outcome.status == "interrupted":
         return 130
     if outcome.status != "completed":

@@ -6,7 +6,9 @@ drains finished records from the generator workers each time it wakes.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import platform
 import signal
 import sys
 from dataclasses import asdict, dataclass, field
@@ -26,8 +28,10 @@ from datamodel.runfolder import (
     RecordWriter,
     RunData,
     read_records,
+    utc_now,
     write_json,
 )
+from datamodel.summary import summarize
 from profiling.capture.session import ProfilingSession, head_processes
 from profiling.render.html import write_report
 from profiling.render.terminal import render_terminal, write_analysis
@@ -38,13 +42,12 @@ from workloads.generator import GeneratorWorker
 from workloads.ingest import ingest_all
 from workloads.progress import Progress
 from workloads.replica import ServiceReplica
-from workloads.results import machine_info, new_run_id, utc_now
+from workloads.results import machine_info, new_run_id
 from workloads.routing import assign
 from workloads.service.projects import Project, default_projects
 from workloads.service.service import STAGE_FRAMES
 from workloads.shapes import active_projects, plan_stage
 from workloads.spec import Profile, Stage
-from workloads.summary import summarize
 from workloads.system_config import SystemConfig
 from workloads.target import BUILTIN, Target, worker_env
 
@@ -90,26 +93,59 @@ class RunOutcome:
     summary: dict[str, Any] = field(default_factory=dict)
     targets_failed: list[str] = field(default_factory=list)
     """Names of targets that were measured and missed."""
+    stopped_at_once: bool = False
+    """A second interrupt ended it: the analysis was skipped, the process should exit now."""
 
 
 class _Interrupts:
-    """First Ctrl-C: stop gracefully. Second: raise KeyboardInterrupt at once."""
+    """First Ctrl-C (or SIGTERM: a CI timeout, ``kill``, a service manager): stop issuing
+    and finish gracefully. A second one: raise KeyboardInterrupt at once.
+
+    Python runs a handler once for signals that arrive while the main thread waits in C
+    (``ray.wait``), so each signal is also counted through a wakeup pipe, one byte a signal.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.count = 0
-        self._old: Any = None
+        self._old: dict[int, Any] = {}
+        self._old_fd = -1
+        self._pipe: tuple[int, int] | None = None
 
     def __enter__(self) -> _Interrupts:
-        self._old = signal.signal(signal.SIGINT, self._handle)
+        self._pipe = os.pipe()
+        for fd in self._pipe:
+            os.set_blocking(fd, False)
+        self._old_fd = signal.set_wakeup_fd(self._pipe[1])
+        for sig in self.SIGNALS:
+            self._old[sig] = signal.signal(sig, self._handle)
         return self
 
+    def reinstall(self) -> None:
+        """Take the signals back: ``ray.init`` installs handlers of its own (SIGTERM)."""
+        if self._pipe is not None:
+            signal.set_wakeup_fd(self._pipe[1])
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._handle)
+
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.count += 1
+        arrived = 0
+        if self._pipe is not None:
+            with contextlib.suppress(BlockingIOError):
+                arrived = sum(1 for b in os.read(self._pipe[0], 4096) if b in self.SIGNALS)
+        self.count += max(arrived, 1)
         if self.count > 1:
             raise KeyboardInterrupt
 
     def __exit__(self, *exc: object) -> None:
-        signal.signal(signal.SIGINT, self._old)
+        signal.set_wakeup_fd(self._old_fd)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        if self._pipe is not None:
+            for fd in self._pipe:
+                os.close(fd)
+            self._pipe = None
 
 
 def choose_projects(spec: RunSpec) -> list[Project]:
@@ -258,17 +294,19 @@ def execute(spec: RunSpec) -> RunOutcome:
         "ended_utc": None,
         "spec": spec.as_dict(),
         "machine": machine_info(),
+        "driver": {"pid": os.getpid(), "hostname": platform.node()},
     }
     write_json(run_dir / "run.json", run_info)
     progress = Progress(quiet=spec.quiet)
     writer = RecordWriter(run_dir / "records.jsonl")
     status = "failed"
+    hard = False
     try:
         with _Interrupts() as interrupts:
             status = _execute(spec, run_dir, run_info, writer, progress, interrupts)
     except KeyboardInterrupt:
-        status = "interrupted"
-        progress.say("second Ctrl-C: stopped at once; records so far are kept")
+        status, hard = "interrupted", True
+        progress.say("second interrupt: stopping at once; the records so far are kept")
     finally:
         writer.close()
         disconnect()
@@ -278,6 +316,9 @@ def execute(spec: RunSpec) -> RunOutcome:
         run_info.update(status=status, ended_utc=utc_now(), records=len(records))
         write_json(run_dir / "run.json", run_info)
     progress.final(summary, run_dir, status)
+    if hard:
+        progress.say(f"analysis skipped; `python -m profiling.report {run_dir}` writes it")
+        return RunOutcome(run_dir, status, len(records), summary, [], stopped_at_once=True)
     failed = judge(run_dir, spec, progress)
     return RunOutcome(run_dir, status, len(records), summary, failed)
 
@@ -328,6 +369,7 @@ def _execute(
     env = {**blas_env(blas), **worker_env(spec.target)}
     blas_facts = _blas_facts(spec.config.blas, blas, cache)
     cluster: Cluster = connect(spec.address)
+    interrupts.reinstall()
     progress.cluster(cluster)
     projects = choose_projects(spec)
     names = [p.name for p in projects]
@@ -428,15 +470,29 @@ def _execute(
                 break
             stages.append(_run_stage(live, stage, index))
         run_info["stages"] = stages
-        run_info["replica_stats"] = ray.get([r.stats.remote() for r in replicas])
+        run_info["replica_stats"] = _replica_stats(replicas, progress)
         if profiling is not None:
             profiling.snapshot(replicas, "end")
     finally:
         if profiling is not None:
-            profiling.finish()
+            if interrupts.count > 1:
+                profiling.abort("a second interrupt stopped the run at once")
+            else:
+                profiling.finish()
         if live is not None and live.gauges is not None:
             live.gauges.close()
     return "interrupted" if interrupts.count else "completed"
+
+
+def _replica_stats(replicas: list[Any], progress: Progress) -> list[dict[str, Any]]:
+    """Each replica's final figures; a replica that is gone (restarts spent) is a message."""
+    out = []
+    for k, replica in enumerate(replicas):
+        try:
+            out.append(ray.get(replica.stats.remote(), timeout=60))
+        except Exception as exc:  # a dead actor: its records already say so
+            progress.say(f"replica {k}: no final figures ({type(exc).__name__})")
+    return out
 
 
 def _streams(cluster: Cluster, nodes: list[str], replicas: int) -> list[int]:

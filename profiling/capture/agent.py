@@ -87,6 +87,13 @@ class ProfilingAgent:
         self.problems.extend(out)
         return out
 
+    def abort(self) -> None:
+        """Stop sampling and kill every py-spy this agent started, without waiting."""
+        self._stop.set()
+        for rec in self._recordings.values():
+            if rec.process.poll() is None:
+                rec.process.kill()
+
     def stop(self) -> dict[str, Any]:
         """Stop sampling and py-spy; hand over the rest: samples, stacks by role, problems."""
         self._stop.set()

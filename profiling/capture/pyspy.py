@@ -99,7 +99,7 @@ def start(role: str, pid: int, out_dir: Path, rate_hz: int = DEFAULT_RATE_HZ) ->
     return Recording(role=role, pid=pid, output=output, process=proc, log=log)
 
 
-def stop(rec: Recording, timeout_s: float = 30.0) -> tuple[str, str | None]:
+def stop(rec: Recording, timeout_s: float = 5.0) -> tuple[str, str | None]:
     """Stop a recording (SIGINT makes py-spy write its file); returns (collapsed, problem)."""
     if rec.process.poll() is None:
         rec.process.send_signal(signal.SIGINT)

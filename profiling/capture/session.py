@@ -19,6 +19,9 @@ from datamodel.runfolder import write_json
 from profiling.capture.agent import ProfilingAgent
 from profiling.capture.pyspy import DEFAULT_RATE_HZ
 
+STOP_TIMEOUT_S = 20.0
+"""Longest an agent may take to stop and hand over its flame graphs."""
+
 
 def head_processes() -> dict[int, str]:
     """Ray's own processes of an embedded cluster, from Ray's records (not process names)."""
@@ -91,9 +94,21 @@ class ProfilingSession:
             self.problems.extend(problems)
 
     def drain(self) -> None:
-        """Append the agents' new samples to ``timeline.jsonl``."""
-        for rows in ray.get([a.drain.remote() for a in self.agents.values()]):
-            self._write(rows)
+        """Append the agents' new samples to ``timeline.jsonl``.
+
+        An agent that died is dropped with a line in ``profiling.json`` saying what was
+        lost; the run and the other agents go on.
+        """
+        refs = {node: a.drain.remote() for node, a in self.agents.items()}
+        for node, ref in refs.items():
+            try:
+                self._write(ray.get(ref, timeout=30))
+            except Exception as exc:
+                self.problems.append(
+                    f"profiling agent on node {node[:8]} was lost mid-run ({type(exc).__name__}):"
+                    " that node's timeline and flame graphs stop here"
+                )
+                del self.agents[node]
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
         for row in rows:
@@ -108,6 +123,27 @@ class ProfilingSession:
             except Exception as exc:
                 self.problems.append(f"snapshot {label!r} of replica {k} failed: {exc!r}"[:300])
 
+    def abort(self, why: str) -> None:
+        """Stop every agent and its py-spy at once (a second interrupt): no flame graphs,
+        the timeline drained so far stays, ``profiling.json`` says why."""
+        refs = [a.abort.remote() for a in self.agents.values()]
+        try:
+            ray.get(refs, timeout=0.5)
+        except Exception as exc:
+            self.problems.append(f"stopping the profiling agents: {type(exc).__name__}")
+        self.problems.append(f"capture cut short: {why}; no flame graphs were written")
+        self._timeline.close()
+        write_json(self.run_dir / "snapshots.json", self.snapshots)
+        write_json(
+            self.run_dir / "profiling.json",
+            {
+                "problems": self.problems,
+                "exited": [],
+                "pyspy_rate_hz": self.pyspy_rate_hz,
+                "driver_pid": os.getpid(),
+            },
+        )
+
     def finish(self) -> None:
         """Stop agents; write timelines, flame graphs (collapsed, SVG, speedscope), snapshots."""
         from datamodel.stacks import read_collapsed
@@ -117,7 +153,7 @@ class ProfilingSession:
         gone: list[dict[str, Any]] = []
         for node, agent in self.agents.items():
             try:
-                result = ray.get(agent.stop.remote(), timeout=120)
+                result = ray.get(agent.stop.remote(), timeout=STOP_TIMEOUT_S)
             except Exception as exc:
                 self.problems.append(f"profiling agent on node {node[:8]} failed: {exc!r}"[:300])
                 continue

@@ -593,6 +593,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--comparison", type=Path, help="an A/B comparison JSON file")
     args = parser.parse_args(argv)
     try:
+        from profiling.verdict.repair import repair
+
+        repaired = repair(args.run_dir)
+        if repaired:
+            print(repaired, file=sys.stderr)
         comparison = json.loads(args.comparison.read_text()) if args.comparison else None
         print(write_report(args.run_dir, comparison))
     except (LoadlensError, OSError, json.JSONDecodeError) as exc:

@@ -22,10 +22,10 @@ from datamodel.runfolder import (
     SNAPSHOTS,
     TIMELINE,
     RunData,
+    utc_now,
     write_json,
 )
 from workloads.names import SAFE_NAME, check_name
-from workloads.results import utc_now
 
 DEFAULT_ROOT = Path("results") / "baselines"
 """Where named baselines live unless told otherwise."""

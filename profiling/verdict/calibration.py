@@ -47,7 +47,8 @@ class Calibration:
     runs: int
     """A/A runs behind the figures."""
     sigma: dict[str, float]
-    """Kind -> run-to-run standard deviation of the log figure (beyond within-run noise)."""
+    """Kind (``p95``) or op and kind (``analyze:p95``) -> run-to-run standard deviation of
+    the figure beyond within-run noise: per op where the runs had that op, pooled per kind."""
     df: dict[str, float]
     """Kind -> degrees of freedom behind ``sigma``."""
     within: dict[str, float]
@@ -60,8 +61,12 @@ class Calibration:
     """The command that measured it."""
 
     def prior(self, kind: str, source: str) -> Prior:
-        """The prior of ``kind``'s between-run variance."""
+        """The prior of the between-run variance of ``kind`` (or ``op:kind``)."""
         return Prior(self.sigma.get(kind, 0.0), max(self.df.get(kind, 0.0), 1.0), source)
+
+    def priors(self, source: str) -> dict[str, Prior]:
+        """Every prior this calibration holds, by kind and by ``op:kind``."""
+        return {key: self.prior(key, source) for key in self.sigma}
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -116,25 +121,36 @@ def build(
     within: dict[str, float] = {}
     rounds: dict[str, int | None] = {}
     ops = sorted({op for f in runs for op in f.durations})
+
+    def keep(key: str, levels: list[list[Level]], effect: float) -> None:
+        s2, nu, w = _pooled_sigma(levels)
+        sigma[key], df[key], within[key] = math.sqrt(s2), nu, w
+        rounds[key] = power_rounds(effect, sigma[key], w)
+
     for metric, q in LATENCY_METRICS.items():
         kind = metric.removesuffix("_s")
         rows, effects = [], []
         for op in ops:
             threshold, levels, _ = latency_levels(runs, [], op, q)
-            rows.append(levels)
             pooled = np.array([d for f in runs for d in f.durations.get(op, [])])
-            if pooled.size:
-                effects.append(
-                    float((pooled * (1 + DETECT) > threshold).mean() - (pooled > threshold).mean())
-                )
-        s2, nu, w = _pooled_sigma(rows)
-        sigma[kind], df[kind], within[kind] = math.sqrt(s2), nu, w
-        rounds[kind] = power_rounds(float(np.median(effects)) if effects else 0.0, sigma[kind], w)
-    s2, nu, w = _pooled_sigma(
-        [[f.throughput[op] for f in runs if op in f.throughput] for op in [*ops, "all"]]
+            if not pooled.size:
+                continue
+            slower = float((pooled * (1 + DETECT) > threshold).mean())
+            effects.append(slower - float((pooled > threshold).mean()))
+            rows.append(levels)
+            keep(f"{op}:{kind}", [levels], effects[-1])  # each op drifts as much as it does
+        keep(kind, rows, float(np.median(effects)) if effects else 0.0)
+    for op in [*ops, "all"]:
+        keep(
+            f"{op}:throughput",
+            [[f.throughput[op] for f in runs if op in f.throughput]],
+            math.log1p(DETECT),
+        )
+    keep(
+        "throughput",
+        [[f.throughput[op] for f in runs if op in f.throughput] for op in [*ops, "all"]],
+        math.log1p(DETECT),
     )
-    sigma["throughput"], df["throughput"], within["throughput"] = math.sqrt(s2), nu, w
-    rounds["throughput"] = power_rounds(math.log1p(DETECT), sigma["throughput"], w)
     logs = [Level(math.log(m), 0.0) for m in peaks if m > 0]
     s2, nu, w = _pooled_sigma([logs])
     sigma["memory"], df["memory"], within["memory"] = math.sqrt(s2), nu, w
@@ -156,7 +172,8 @@ def save(calibration: Calibration, machine: Mapping[str, Any], cache_dir: Path) 
     return path
 
 
-def _read(path: Path) -> Calibration | None:
+def read_calibration(path: Path) -> Calibration | None:
+    """The calibration in ``path``; ``None`` when it is missing or not one."""
     try:
         data = json.loads(path.read_text())
         return Calibration(**data)
@@ -173,13 +190,13 @@ def find(
     one with the largest drift, to stay cautious); else the shipped default.
     """
     folder = calibration_root(cache_dir) / machine_key(machine)
-    if profile and (exact := _read(folder / f"{profile}.json")):
+    if profile and (exact := read_calibration(folder / f"{profile}.json")):
         return exact, f"A/A calibration of this machine, profile {profile}"
-    others = [c for p in sorted(folder.glob("*.json")) if (c := _read(p))]
+    others = [c for p in sorted(folder.glob("*.json")) if (c := read_calibration(p))]
     if others:
         worst = max(others, key=lambda c: max(c.sigma.values(), default=0.0))
         return worst, f"A/A calibration of this machine, profile {worst.profile}"
-    default = _read(DEFAULT_FILE)
+    default = read_calibration(DEFAULT_FILE)
     if default is None:  # pragma: no cover - the file ships with the package
         return Calibration("unknown", "none", 0, {}, {}, {}, {}), "no calibration"
     return default, (

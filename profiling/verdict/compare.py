@@ -375,7 +375,7 @@ def compare_runs(
         cal, drift = calibration.find(
             machine(b[0]), spec_value(b[0], "profile", "name"), cache_dir or default_cache_dir()
         )
-        priors = {kind: cal.prior(kind, drift) for kind in cal.sigma}
+        priors = cal.priors(drift)
         rounds_needed = cal.rounds.get("p95")
     if rounds_needed and min(len(a), len(b)) < rounds_needed:
         warnings.append(
@@ -399,7 +399,7 @@ def compare_runs(
                 f"share of ops slower than the pooled p{q * 100:g} ({threshold * 1000:.1f} "
                 "ms), variance from time blocks"
             )
-            prior = priors.get(KIND_OF[metric])
+            prior = priors.get(f"{op}:{KIND_OF[metric]}") or priors.get(KIND_OF[metric])
             rows.append(
                 _level_row(key, values, (len(da), len(db)), la, lb, prior, how, confidence, False)
             )
@@ -414,7 +414,7 @@ def compare_runs(
                 (len(la), len(lb)),
                 la,
                 lb,
-                priors.get("throughput"),
+                priors.get(f"{name}:throughput") or priors.get("throughput"),
                 "log ok ops per second per run, variance from time blocks",
                 confidence,
                 True,

@@ -24,6 +24,17 @@ KEY_BYTES = 16
 """Bytes of a content key (a truncated SHA-256 of the chunk text)."""
 
 
+def pack_keys(keys: Sequence[bytes]) -> np.ndarray:
+    """Keys as an ``(n, KEY_BYTES)`` uint8 array (numpy's fixed-width bytes would drop a
+    key's trailing zero bytes on the way back)."""
+    return np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), KEY_BYTES)
+
+
+def unpack_keys(array: np.ndarray) -> list[bytes]:
+    """The keys of :func:`pack_keys`."""
+    return [row.tobytes() for row in np.asarray(array, dtype=np.uint8).reshape(-1, KEY_BYTES)]
+
+
 def content_key(text: str) -> bytes:
     """The key of a chunk: the first :data:`KEY_BYTES` of the SHA-256 of its UTF-8 text."""
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()[:KEY_BYTES]
@@ -47,10 +58,10 @@ class EmbeddingStore:
                 continue
             try:
                 with np.load(path, allow_pickle=False) as data:
-                    keys, vectors = data["keys"], data["vectors"]
-            except (OSError, ValueError, KeyError):
-                continue  # a shard being replaced by compaction: read it next time
-            self._vectors.update(zip((bytes(k) for k in keys), vectors, strict=True))
+                    keys, vectors = unpack_keys(data["keys"]), data["vectors"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # being replaced by compaction, or not a shard: skipped
+            self._vectors.update(zip(keys, vectors, strict=True))
             self._shards.add(path.name)
 
     def get(self, keys: Iterable[bytes]) -> dict[bytes, np.ndarray]:
@@ -69,7 +80,7 @@ class EmbeddingStore:
         self.root.mkdir(parents=True, exist_ok=True)
         name = f"shard-{time.time_ns()}-{os.getpid()}-{threading.get_ident()}.npz"
         with self._lock:
-            _save(self.root / name, np.array(keys, dtype=f"S{KEY_BYTES}"), array)
+            _save(self.root / name, pack_keys(keys), array)
             self._vectors.update(zip(keys, array, strict=True))
             self._shards.add(name)
 
@@ -89,7 +100,7 @@ class EmbeddingStore:
                 return len(kept), 0
             name = f"shard-{time.time_ns()}-{os.getpid()}-compact.npz"
             vectors = np.stack([self._vectors[k] for k in kept]) if kept else np.zeros((0, 1))
-            _save(self.root / name, np.array(kept, dtype=f"S{KEY_BYTES}"), vectors)
+            _save(self.root / name, pack_keys(kept), vectors)
             for path in old:
                 path.unlink(missing_ok=True)
             self._vectors = {k: self._vectors[k] for k in kept}

@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 
 from datamodel.errors import IndexStoreError, ProjectError, SourceFileError
-from workloads.service.embedstore import KEY_BYTES, EmbeddingStore, content_key
+from workloads.service.embedstore import EmbeddingStore, content_key, pack_keys, unpack_keys
 from workloads.service.sources import Chunk, chunk_text, iter_source_files, read_source
 
-SCHEMA = 2
-"""Index layout version (2: content keys stored beside the vectors)."""
+SCHEMA = 3
+"""Index layout version (3: content keys, as bytes rows, stored beside the vectors)."""
 EmbedFn = Callable[[Sequence[str]], np.ndarray]
 
 
@@ -243,7 +243,7 @@ class ProjectVectorStoreManager:
         tmp = Path(tempfile.mkdtemp(prefix=f".{project}-", dir=self.root))
         try:
             np.save(tmp / "vectors.npy", vectors, allow_pickle=False)
-            np.save(tmp / "keys.npy", np.array(keys, dtype=f"S{KEY_BYTES}"), allow_pickle=False)
+            np.save(tmp / "keys.npy", pack_keys(keys), allow_pickle=False)
             (tmp / "chunks.json").write_text(
                 json.dumps([[c.path, c.start_line, c.end_line, c.text] for c in chunks])
             )
@@ -269,7 +269,7 @@ class ProjectVectorStoreManager:
         keys: set[bytes] = set()
         for path in self.root.glob("*/keys.npy"):
             try:
-                keys.update(bytes(k) for k in np.load(path, allow_pickle=False))
+                keys.update(unpack_keys(np.load(path, allow_pickle=False)))
             except (OSError, ValueError):
                 continue
         return keys

@@ -64,7 +64,7 @@ def parse_project_arg(arg: str) -> Project:
     path, _, adapter = rest.partition(":")
     root = Path(path).expanduser()
     if not root.is_dir():
-        raise ProjectError(f"project {name!r}: source tree {root} does not exist")
+        raise ConfigError(f"--project {name!r}: source tree {root} does not exist")
     adapter_path = Path(adapter).expanduser() if adapter else None
     return Project(name=check_name(name), root=root, adapter=adapter_path)
 

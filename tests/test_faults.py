@@ -1,0 +1,228 @@
+"""Faults injected into real runs through the CLI: signals to the process group, a killed
+driver repaired afterwards, a profiling agent killed mid-run. Nothing measured is lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+from test_run_e2e import ROOT, only_run, read_jsonl
+
+
+def start(results: Path, cache: Path, *args: str) -> subprocess.Popen[str]:
+    """A run in a session of its own, as a terminal would start it."""
+    env = {**os.environ, "LOADLENS_CACHE": str(cache)}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "workloads.run",
+            "--results-dir",
+            str(results),
+            "--no-fail-on-targets",
+            *args,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def wait_for(predicate, proc: subprocess.Popen[str], timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended early: {proc.communicate()[1][-3000:]}")
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting for the run")
+
+
+def records_written(results: Path, at_least: int):
+    def check() -> bool:
+        found = list(results.glob("*/records.jsonl"))
+        return bool(found) and len(found[0].read_text().splitlines()) >= at_least
+
+    return check
+
+
+def finish(proc: subprocess.Popen[str], timeout: float) -> tuple[float, str]:
+    """Seconds until ``proc`` exits (killing its whole group if it overstays) and stderr."""
+    start_t = time.monotonic()
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    return time.monotonic() - start_t, err
+
+
+def test_sigterm_is_a_graceful_stop_with_summary_analysis_and_report(tmp_path, cache_dir):
+    results = tmp_path / "results"
+    proc = start(results, cache_dir, "--profile", "smoke", "--duration", "120")
+    wait_for(records_written(results, 10), proc)
+    proc.send_signal(signal.SIGTERM)
+    seconds, err = finish(proc, timeout=60)
+    assert proc.returncode == 130, err[-3000:]
+    assert seconds < 20, f"SIGTERM took {seconds:.1f} s to a finished run folder"
+    run = only_run(results)
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "interrupted" and info["ended_utc"]
+    records = read_jsonl(run / "records.jsonl")
+    assert len(records) == sum(s["issued"] for s in info["stages"]) == info["records"]
+    assert json.loads((run / "summary.json").read_text())["records"] == len(records)
+    assert json.loads((run / "analysis.json").read_text())["budget"]["records"] == len(records)
+    assert (run / "report.html").is_file()
+
+
+OVERLOAD = """
+description = "open loop far above capacity: a backlog that a graceful stop has to wait for"
+projects = 3
+replicas = 1
+max_chunks_per_project = 24
+[[stage]]
+name = "flood"
+duration_s = 120
+mode = "open"
+rate = 40.0
+mix = { analyze = 1.0 }
+"""
+
+
+def test_ctrl_c_to_the_process_group_once_then_twice(tmp_path, cache_dir):
+    """Once: a graceful stop, bounded even behind a backlog. Twice: out at once."""
+    profile = tmp_path / "flood.toml"
+    profile.write_text(OVERLOAD)
+    results = tmp_path / "once"
+    proc = start(results, cache_dir, "--profile", str(profile))
+    wait_for(records_written(results, 20), proc)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group
+    seconds, err = finish(proc, timeout=60)
+    assert proc.returncode == 130, err[-3000:]
+    assert seconds < 20, f"a Ctrl-C took {seconds:.1f} s to a finished run folder"
+    run = only_run(results)
+    info = json.loads((run / "run.json").read_text())
+    records = read_jsonl(run / "records.jsonl")
+    assert info["status"] == "interrupted" and info["records"] == len(records)
+    assert len(records) == sum(s["issued"] for s in info["stages"])  # the backlog recorded too
+    assert any("Interrupted: no reply" in (r["error"] or "") for r in records)
+    assert (run / "analysis.json").is_file() and (run / "report.html").is_file()
+
+    results = tmp_path / "twice"
+    proc = start(results, cache_dir, "--profile", str(profile))
+    wait_for(records_written(results, 20), proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)
+    seconds, err = finish(proc, timeout=30)
+    assert proc.returncode == 130, err[-3000:]
+    assert seconds < 3, f"a second Ctrl-C took {seconds:.1f} s"
+    run = only_run(results)
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "interrupted"
+    assert len(read_jsonl(run / "records.jsonl")) == info["records"] >= 20
+    assert "profiling.report" in err  # how to get the analysis it skipped
+
+
+def test_a_killed_driver_leaves_a_run_that_report_repairs(tmp_path, cache_dir):
+    results = tmp_path / "results"
+    proc = start(results, cache_dir, "--profile", "smoke", "--duration", "120")
+    wait_for(records_written(results, 10), proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
+    proc.communicate()
+    run = only_run(results)
+    assert json.loads((run / "run.json").read_text())["status"] == "running"
+    repaired = subprocess.run(
+        [sys.executable, "-m", "profiling.report", str(run)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert repaired.returncode == 0, repaired.stderr[-2000:]
+    assert "marked 'crashed'" in repaired.stderr
+    info = json.loads((run / "run.json").read_text())
+    records = read_jsonl(run / "records.jsonl")
+    assert info["status"] == "crashed" and info["records"] == len(records) >= 10
+    assert info["ended_utc"] and info["repaired_utc"]
+    assert json.loads((run / "analysis.json").read_text())["budget"]["records"] == len(records)
+    assert "crashed" in (run / "report.html").read_text()
+
+
+def test_a_profiling_agent_killed_mid_run_costs_only_its_capture(tmp_path, cache_dir):
+    results = tmp_path / "results"
+    proc = start(results, cache_dir, "--profile", "smoke", "--duration", "25")
+    wait_for(records_written(results, 10), proc)
+    session = {p.pid for p in psutil.process_iter() if _in_session(p, proc.pid)}
+    agents = [p for p in map(psutil.Process, session) if "ProfilingAgent" in " ".join(p.cmdline())]
+    assert agents, "no profiling agent found in the run's session"
+    for agent in agents:
+        agent.kill()
+    _, err = finish(proc, timeout=180)
+    assert proc.returncode == 0, err[-3000:]
+    run = only_run(results)
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "completed"
+    records = read_jsonl(run / "records.jsonl")
+    assert len(records) == sum(s["issued"] for s in info["stages"]) and all(
+        r["ok"] for r in records
+    )
+    problems = json.loads((run / "profiling.json").read_text())["problems"]
+    assert any("lost mid-run" in p or "agent" in p for p in problems), problems
+
+
+def _in_session(process: psutil.Process, sid: int) -> bool:
+    try:
+        return os.getsid(process.pid) == sid
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+INGEST = """
+projects = 3
+replicas = 1
+max_chunks_per_project = 300
+[[stage]]
+name = "after"
+duration_s = 5
+mode = "closed"
+users = 1
+mix = { search = 1.0 }
+"""
+
+
+def test_ctrl_c_during_the_index_build_stops_it_and_the_next_run_resumes(tmp_path):
+    cache = tmp_path / "cache"  # empty: every index has to be built
+    profile = tmp_path / "ingest.toml"
+    profile.write_text(INGEST)
+    results = tmp_path / "results"
+    proc = start(results, cache, "--profile", str(profile))
+    wait_for(lambda: len(list(cache.glob("embeddings/*/shard-*.npz"))) >= 2, proc)
+    stopped_at = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    seconds, err = finish(proc, timeout=60)
+    assert proc.returncode == 130, err[-3000:]
+    assert seconds < 10, f"the index build took {seconds:.1f} s to stop"
+    first = json.loads((only_run(results) / "run.json").read_text())
+    assert first["status"] == "interrupted" and first["ingest"]["interrupted"]
+    embedded_before = first["ingest"]["embedded"]
+    assert 0 < embedded_before < first["ingest"]["chunks"]
+    assert time.monotonic() - stopped_at < 60
+    again = tmp_path / "again"
+    proc = start(again, cache, "--profile", str(profile))
+    _, err = finish(proc, timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    second = json.loads((only_run(again) / "run.json").read_text())["ingest"]
+    assert second["chunks"] == first["ingest"]["chunks"]
+    assert second["embedded"] <= second["chunks"] - embedded_before  # resumed, not redone
