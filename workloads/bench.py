@@ -275,6 +275,22 @@ def bench_service(args: argparse.Namespace) -> None:
         st_text = f", sentence-transformers {st_rates[-1]:.1f}" if st is not None else ""
         print(f"embedding round {round_no + 1}: MLX {mlx_rates[-1]:.1f} texts/s{st_text}")
     mlx_rate = statistics.median(mlx_rates)
+    if streams > 1:
+        single = Embedder(
+            batch_size=32,
+            max_tokens=128,
+            length_bucketing=config.service.get("length_bucketing", True),
+            fast_math=config.service.get("fast_math", True),
+            streams=1,
+        )
+        single.embed(texts[:32])
+        t = time.perf_counter()
+        single.embed(texts)
+        one = len(texts) / (time.perf_counter() - t)
+        print(
+            f"threads: 1 CPU stream {one:.1f} texts/s vs {streams} streams {mlx_rate:.1f} "
+            f"({mlx_rate / one:.2f}x), BLAS 1 thread in both"
+        )
     print(
         f"MLX embedding throughput: {mlx_rate:.1f} texts/s, median of {args.rounds} "
         f"({len(texts)} texts of 128 tokens, batch 32, {streams} CPU stream(s), BLAS "
