@@ -5,15 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 
 import pytest
 import ray
 from ray.cluster_utils import Cluster
-from test_run_e2e import ROOT, only_run, read_jsonl
+from runs import finish, only_run, read_jsonl, records_written, start, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -41,54 +39,42 @@ def replica_pids() -> dict[str, int]:
 
 def test_smoke_across_two_nodes_survives_a_killed_replica(two_nodes, tmp_path, cache_dir):
     results = tmp_path / "results"
-    env = {**os.environ, "LOADLENS_CACHE": str(cache_dir)}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "workloads.run",
-            "--profile",
-            "smoke",
-            "--address",
-            two_nodes.address,
-            "--replicas",
-            "2",
-            "--projects",
-            "4",
-            "--duration",
-            "40",
-            "--results-dir",
-            str(results),
-            "--no-fail-on-targets",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = start(
+        results,
+        cache_dir,
+        "--profile",
+        "smoke",
+        "--address",
+        two_nodes.address,
+        "--replicas",
+        "2",
+        "--projects",
+        "4",
+        "--duration",
+        "40",
     )
     try:
-        deadline = time.monotonic() + 180
-        records_path = None
-        while time.monotonic() < deadline and proc.poll() is None:
-            runs = list(results.glob("*/records.jsonl")) if results.exists() else []
-            if runs and len(runs[0].read_text().splitlines()) >= 6:
-                records_path = runs[0]
-                break
-            time.sleep(0.5)
-        assert records_path is not None, "the run never produced records"
+        wait_for(records_written(results, 6), proc)
         ports = {n["NodeID"]: n["MetricsExportPort"] for n in ray.nodes() if n["Alive"]}
+        live = (
+            "loadlens_ops_total",
+            "loadlens_op_latency_seconds_bucket",
+            "loadlens_replica_rss_bytes",
+            "loadlens_mlx_active_bytes",
+            "loadlens_index_hits",
+            "loadlens_cache_bytes",
+        )
         seen = ""
-        for _ in range(40):
+        for _ in range(40):  # scraped while the run goes: the gauges are set every second
             seen = "".join(scrape(p) for p in ports.values())
-            if "loadlens_ops_total" in seen and "loadlens_op_latency_seconds" in seen:
+            if all(name in seen for name in live):
                 break
             time.sleep(1)
-        assert "loadlens_ops_total" in seen and "loadlens_op_latency_seconds_bucket" in seen
+        assert all(name in seen for name in live), [n for n in live if n not in seen]
         victim_name, victim_pid = sorted(replica_pids().items())[0]
         killed_at = time.time()
         os.kill(victim_pid, signal.SIGKILL)
-        _, err = proc.communicate(timeout=240)
+        _, err = finish(proc, timeout=240)
     finally:
         if proc.poll() is None:
             proc.kill()

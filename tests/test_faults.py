@@ -9,63 +9,9 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import psutil
-from test_run_e2e import ROOT, only_run, read_jsonl
-
-
-def start(results: Path, cache: Path, *args: str) -> subprocess.Popen[str]:
-    """A run in a session of its own, as a terminal would start it."""
-    env = {**os.environ, "LOADLENS_CACHE": str(cache)}
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "workloads.run",
-            "--results-dir",
-            str(results),
-            "--no-fail-on-targets",
-            *args,
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-
-
-def wait_for(predicate, proc: subprocess.Popen[str], timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"the run ended early: {proc.communicate()[1][-3000:]}")
-        time.sleep(0.2)
-    raise AssertionError("timed out waiting for the run")
-
-
-def records_written(results: Path, at_least: int):
-    def check() -> bool:
-        found = list(results.glob("*/records.jsonl"))
-        return bool(found) and len(found[0].read_text().splitlines()) >= at_least
-
-    return check
-
-
-def finish(proc: subprocess.Popen[str], timeout: float) -> tuple[float, str]:
-    """Seconds until ``proc`` exits (killing its whole group if it overstays) and stderr."""
-    start_t = time.monotonic()
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-    return time.monotonic() - start_t, err
+from runs import ROOT, finish, only_run, read_jsonl, records_written, start, wait_for
 
 
 def test_sigterm_is_a_graceful_stop_with_summary_analysis_and_report(tmp_path, cache_dir):
@@ -226,3 +172,35 @@ def test_ctrl_c_during_the_index_build_stops_it_and_the_next_run_resumes(tmp_pat
     second = json.loads((only_run(again) / "run.json").read_text())["ingest"]
     assert second["chunks"] == first["ingest"]["chunks"]
     assert second["embedded"] <= second["chunks"] - embedded_before  # resumed, not redone
+
+
+def expected_ids(issued_by_worker: dict[str, int]) -> set[str]:
+    """The ids the generator workers say they issued: ``<worker>-<0..issued-1>``."""
+    return {f"{w}-{k}" for w, n in issued_by_worker.items() for k in range(n)}
+
+
+def test_a_killed_generator_worker_is_replaced_and_nothing_is_lost(tmp_path, cache_dir):
+    results = tmp_path / "results"
+    proc = start(results, cache_dir, "--profile", "smoke", "--duration", "30")
+    wait_for(records_written(results, 10), proc)
+    session = [psutil.Process(p.pid) for p in psutil.process_iter() if _in_session(p, proc.pid)]
+    generators = [p for p in session if "GeneratorWorker" in " ".join(p.cmdline())]
+    assert len(generators) == 2, [p.cmdline() for p in session]
+    generators[0].kill()
+    _, err = finish(proc, timeout=180)
+    assert proc.returncode == 0, err[-3000:]
+    run = only_run(results)
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "completed"
+    (outage,) = info["generators"]["outages"]
+    records = read_jsonl(run / "records.jsonl")
+    ids = [r["id"] for r in records]
+    assert len(ids) == len(set(ids)), "an operation was recorded twice"
+    issued = info["generators"]["issued_by_worker"]
+    survivors = {w: n for w, n in issued.items() if int(w) != outage["worker"]}
+    assert expected_ids(survivors) <= set(ids)  # every op a live worker issued is a record
+    lost = [r for r in records if (r["error"] or "").startswith("GeneratorLost")]
+    assert len(lost) == outage["in_flight_lost"]
+    assert all(r["worker"] == outage["worker"] for r in lost)
+    assert any(r["worker"] == outage["replaced_by"] and r["ok"] for r in records)
+    assert "generator" in err and "was lost" in err

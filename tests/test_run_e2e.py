@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from runs import ROOT, finish, only_run, read_jsonl, record_lines, start, wait_for
 
 
 def run_cli(*args: str, cache: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
@@ -25,15 +24,6 @@ def run_cli(*args: str, cache: Path, timeout: float = 240) -> subprocess.Complet
         text=True,
         timeout=timeout,
     )
-
-
-def only_run(results: Path) -> Path:
-    (run,) = list(results.iterdir())
-    return run
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_smoke_run_records_every_operation(tmp_path, cache_dir):
@@ -60,7 +50,10 @@ def test_smoke_run_records_every_operation(tmp_path, cache_dir):
     assert all(r["node"] and r["pid"] == info["replicas"][0]["pid"] for r in records)
     analyze = [r for r in records if r["op"] == "analyze"]
     assert all(r["stages"]["model"] > 0 and r["service"] <= r["duration"] for r in analyze)
-    assert len({r["id"] for r in records}) == len(records)
+    issued = info["generators"]["issued_by_worker"]
+    expected = {f"{w}-{k}" for w, n in issued.items() for k in range(n)}
+    assert [r["id"] for r in records] and {r["id"] for r in records} == expected  # exactly once
+    assert len({r["id"] for r in records}) == len(records) and not info["generators"]["outages"]
     assert all(
         r["planned"] <= r["sent"] and r["lag"] + r["wait"] + r["service"] <= r["duration"]
         for r in records
@@ -151,41 +144,24 @@ def test_failing_project_and_ctrl_c_keep_every_record(tmp_path, cache_dir):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "blob.py").write_bytes(b"\x00\x01\x02")  # binary: no index can be built
-    env = {**os.environ, "LOADLENS_CACHE": str(cache_dir)}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "workloads.run",
-            "--profile",
-            "smoke",
-            "--duration",
-            "120",
-            "--project",
-            f"broken={broken}",
-            "--results-dir",
-            str(results),
-            "--no-fail-on-targets",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = start(
+        results,
+        cache_dir,
+        "--profile",
+        "smoke",
+        "--duration",
+        "120",
+        "--project",
+        f"broken={broken}",
     )
-    try:
-        deadline = time.monotonic() + 150
-        while time.monotonic() < deadline and proc.poll() is None:
-            runs = list(results.glob("*/records.jsonl")) if results.exists() else []
-            lines = runs[0].read_text().splitlines() if runs else []
-            if sum('"project": "broken"' in line for line in lines) >= 2 and len(lines) >= 8:
-                break
-            time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+
+    def broken_records_seen() -> bool:
+        lines = record_lines(results)
+        return sum('"project": "broken"' in line for line in lines) >= 2 and len(lines) >= 8
+
+    wait_for(broken_records_seen, proc, timeout=150)
+    proc.send_signal(signal.SIGINT)
+    _, err = finish(proc, timeout=120)
     assert proc.returncode == 130, err[-3000:]
     run = only_run(results)
     info = json.loads((run / "run.json").read_text())

@@ -51,6 +51,8 @@ class GeneratorWorker:
     """Worker ``worker``: issues operations to replicas by project affinity."""
 
     def __init__(self, worker: int, replicas: list[Any], routes: dict[str, int] | None) -> None:
+        """Records get ids ``<worker>-<sequence>``: give a replacement a worker number of its
+        own, so that no id is ever issued twice."""
         """``routes`` maps each project to its replica; ``None`` spreads ops at random."""
         self.worker = worker
         self.replicas = replicas
@@ -58,6 +60,8 @@ class GeneratorWorker:
         self._records: list[dict[str, Any]] = []
         self._stop = asyncio.Event()
         self._in_flight = 0
+        self._pending: dict[str, dict[str, Any]] = {}
+        """Operations sent and not recorded yet: what would be lost with this worker."""
         self._issued = 0
         self._calls: dict[tuple[str, str, int], Any] = {}
 
@@ -76,9 +80,15 @@ class GeneratorWorker:
         self._stop.set()
 
     async def drain(self) -> dict[str, Any]:
-        """Hand over the records finished since the last drain, plus live counters."""
+        """Hand over the records finished since the last drain, plus live counters and the
+        operations still in flight (the driver records them as lost if this worker dies)."""
         records, self._records = self._records, []
-        return {"records": records, "in_flight": self._in_flight, "issued": self._issued}
+        return {
+            "records": records,
+            "in_flight": self._in_flight,
+            "issued": self._issued,
+            "pending": list(self._pending.values()),
+        }
 
     def _request(self, op: str, project: str, rng: random.Random) -> dict[str, Any]:
         request: dict[str, Any] = {"op": op, "project": project, "query": rng.choice(QUERIES)}
@@ -106,6 +116,7 @@ class GeneratorWorker:
         )
         self._issued += 1
         self._in_flight += 1
+        self._pending[record.id] = record.as_dict()
         try:
             key = (op, project, replica)
             call = self._calls.get(key)
@@ -134,6 +145,7 @@ class GeneratorWorker:
         finally:
             record.duration = time.perf_counter() - planned
             self._in_flight -= 1
+            self._pending.pop(record.id, None)
             self._records.append(record.as_dict())
 
     def _cost(self, cpu0: float, wall0: float, issued0: int) -> dict[str, Any]:

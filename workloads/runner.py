@@ -11,6 +11,7 @@ import os
 import platform
 import signal
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -38,7 +39,7 @@ from profiling.render.terminal import render_terminal, write_analysis
 from profiling.verdict.analyze import analyze
 from profiling.verdict.targets import known_targets, load_targets
 from workloads.blas import BLAS_THREADS, blas_env, resolve, survey
-from workloads.generator import GeneratorWorker
+from workloads.fleet import Fleet
 from workloads.ingest import ingest_all
 from workloads.progress import Progress
 from workloads.replica import ServiceReplica
@@ -46,7 +47,7 @@ from workloads.results import machine_info, new_run_id
 from workloads.routing import assign
 from workloads.service.projects import Project, default_projects
 from workloads.service.service import STAGE_FRAMES
-from workloads.shapes import active_projects, plan_stage
+from workloads.shapes import WorkerPlan, active_projects, plan_stage
 from workloads.spec import Profile, Stage
 from workloads.system_config import SystemConfig
 from workloads.target import BUILTIN, Target, worker_env
@@ -181,7 +182,7 @@ class _Live:
     run_dir: Path
     names: list[str]
     replicas: list[Any]
-    workers: list[Any]
+    fleet: Fleet
     writer: RecordWriter
     progress: Progress
     interrupts: _Interrupts
@@ -192,9 +193,7 @@ class _Live:
 
     def drain(self) -> None:
         """Move finished records (and profiling samples) to disk and the display."""
-        for batch in ray.get([w.drain.remote() for w in self.workers]):
-            self.writer.write(batch["records"])
-            self.progress.add(batch["records"], batch["in_flight"])
+        self.fleet.drain(self.writer, self.progress)
         if self.profiling is not None:
             self.profiling.drain()
         self.poll_gauges()
@@ -217,6 +216,15 @@ class _Live:
         if not self._pending_gauges:
             self._pending_gauges = [r.gauges.remote() for r in self.replicas]
 
+    def watch_generators(self, numbers: list[int]) -> None:
+        """Profile new generator workers (a replacement) under their own roles."""
+        if self.profiling is None:
+            return
+        roles: dict[str, dict[int, str]] = {}
+        for info in self.fleet.infos(numbers):
+            roles.setdefault(info["node"], {})[info["pid"]] = f"generator-{info['worker']}"
+        self.profiling.watch(roles)
+
     def rewatch_replicas(self) -> None:
         """A restarted replica has a new pid: point the profiler at it."""
         if self.profiling is None:
@@ -234,41 +242,67 @@ class _Live:
             self.replica_pids.update({i["replica"]: i["pid"] for i in moved})
 
 
+def _start_plan(
+    worker: Any, stage: Stage, plan: WorkerPlan, names: list[str], elapsed: float
+) -> Any:
+    """Start ``plan`` on ``worker``, ``elapsed`` seconds into the stage (for a replacement:
+    what is left of the time, or the arrivals not due yet); ``None`` if nothing is left."""
+    if stage.mode == "closed":
+        left = stage.duration_s - elapsed
+        if plan.users == 0 or left <= 0.5:
+            return None
+        return worker.run_closed.remote(
+            stage.name,
+            users=plan.users,
+            duration_s=left,
+            think_time_s=stage.think_time_s,
+            mix=list(stage.mix),
+            projects=active_projects(stage, names),
+            popularity=stage.popularity,
+            zipf_s=stage.zipf_s,
+            seed=plan.seed + int(elapsed * 1000),
+        )
+    arrivals = [(o.at_s - elapsed, o.op, o.project) for o in plan.ops if o.at_s > elapsed]
+    if not arrivals:
+        return None
+    return worker.run_open.remote(stage.name, arrivals=arrivals, seed=plan.seed)
+
+
 def _run_stage(live: _Live, stage: Stage, index: int) -> dict[str, Any]:
-    spec, names, workers = live.spec, live.names, live.workers
-    plans = plan_stage(stage, names, spec.seed + index, len(workers))
-    refs = []
-    for worker, plan in zip(workers, plans, strict=True):
-        if stage.mode == "closed":
-            if plan.users == 0:
-                continue
-            refs.append(
-                worker.run_closed.remote(
-                    stage.name,
-                    users=plan.users,
-                    duration_s=stage.duration_s,
-                    think_time_s=stage.think_time_s,
-                    mix=list(stage.mix),
-                    projects=active_projects(stage, names),
-                    popularity=stage.popularity,
-                    zipf_s=stage.zipf_s,
-                    seed=plan.seed,
-                )
-            )
-        else:
-            arrivals = [(o.at_s, o.op, o.project) for o in plan.ops]
-            refs.append(worker.run_open.remote(stage.name, arrivals=arrivals, seed=plan.seed))
+    spec, names, fleet = live.spec, live.names, live.fleet
+    numbers = sorted(fleet.workers)
+    plans = plan_stage(stage, names, spec.seed + index, len(numbers))
+    started = time.perf_counter()
+    runs: dict[Any, tuple[int, WorkerPlan]] = {}
+    for k, plan in zip(numbers, plans, strict=True):
+        ref = _start_plan(fleet.workers[k], stage, plan, names, 0.0)
+        if ref is not None:
+            runs[ref] = (k, plan)
     live.progress.start_stage(stage, index)
-    pending = list(refs)
+    costs: list[dict[str, Any]] = []
     stopped = False
-    while pending:
-        _, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
+    while runs:
+        ready, _ = ray.wait(list(runs), num_returns=len(runs), timeout=1.0)
         if live.interrupts.count and not stopped:
-            ray.get([w.stop.remote() for w in workers])
+            fleet.stop()
             stopped = True
         live.drain()
+        for ref in ready:
+            k, plan = runs.pop(ref)
+            try:
+                costs.append(ray.get(ref))
+            except Exception as exc:  # the worker died: record its loss, carry its plan on
+                fleet.lose(k, exc, live.writer, live.progress)
+                if stopped:
+                    continue
+                (new,) = fleet.start(1)
+                live.watch_generators([new])
+                fleet.outages[-1]["replaced_by"] = new
+                elapsed = time.perf_counter() - started
+                ref = _start_plan(fleet.workers[new], stage, plan, names, elapsed)
+                if ref is not None:
+                    runs[ref] = (new, plan)
     live.drain()
-    costs = ray.get(refs)
     if live.profiling is not None:
         live.rewatch_replicas()
         live.profiling.snapshot(live.replicas, f"stage:{stage.name}:end")
@@ -422,19 +456,15 @@ def _execute(
         progress.say(
             f"{len(replicas)} replicas ready; {len(projects)} projects: {', '.join(names)}"
         )
-        workers = [
-            GeneratorWorker.options(  # type: ignore[attr-defined]
-                name=f"generator-{w}-{run_dir.name}"
-            ).remote(w, replicas, routes if spec.config.affinity else None)
-            for w in range(spec.workers)
-        ]
+        fleet = Fleet(replicas, routes if spec.config.affinity else None, run_dir.name)
+        first = fleet.start(spec.workers)
         gauges = RecordWriter(run_dir / GAUGES) if profiling is not None else None
         live = _Live(
             spec,
             run_dir,
             names,
             replicas,
-            workers,
+            fleet,
             writer,
             progress,
             interrupts,
@@ -443,9 +473,7 @@ def _execute(
             gauges,
         )
         if profiling is not None:
-            _watch_everything(
-                profiling, infos, ray.get([w.info.remote() for w in workers]), cluster.embedded
-            )
+            _watch_everything(profiling, infos, fleet.infos(first), cluster.embedded)
             profiling.record_flames(infos)
             profiling.snapshot(replicas, "start")
         if spec.profile.ingest_at_start:
@@ -470,6 +498,7 @@ def _execute(
                 break
             stages.append(_run_stage(live, stage, index))
         run_info["stages"] = stages
+        run_info["generators"] = {"issued_by_worker": fleet.issued, "outages": fleet.outages}
         run_info["replica_stats"] = _replica_stats(replicas, progress)
         if profiling is not None:
             profiling.snapshot(replicas, "end")

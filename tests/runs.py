@@ -1,0 +1,84 @@
+"""Helpers for tests that drive real runs through the CLI in a process of their own."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def only_run(results: Path) -> Path:
+    """The one run folder under ``results``."""
+    (run,) = list(results.iterdir())
+    return run
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def start(results: Path, cache: Path, *args: str) -> subprocess.Popen[str]:
+    """``python -m workloads.run`` in a session of its own, as a terminal would start it."""
+    env = {**os.environ, "LOADLENS_CACHE": str(cache)}
+    command = [
+        sys.executable,
+        "-m",
+        "workloads.run",
+        "--results-dir",
+        str(results),
+        "--no-fail-on-targets",
+        *args,
+    ]
+    return subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def wait_for(
+    predicate: Callable[[], bool], proc: subprocess.Popen[str], timeout: float = 180.0
+) -> None:
+    """Poll ``predicate`` until it holds; fail if the run ends first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended early: {proc.communicate()[1][-3000:]}")
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting for the run")
+
+
+def record_lines(results: Path) -> list[str]:
+    """The record lines written so far by the run under ``results``."""
+    found = list(results.glob("*/records.jsonl")) if results.exists() else []
+    return found[0].read_text().splitlines() if found else []
+
+
+def records_written(results: Path, at_least: int) -> Callable[[], bool]:
+    return lambda: len(record_lines(results)) >= at_least
+
+
+def finish(proc: subprocess.Popen[str], timeout: float) -> tuple[float, str]:
+    """Seconds until ``proc`` exits (its whole session killed if it overstays), and stderr."""
+    start_t = time.monotonic()
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    return time.monotonic() - start_t, err
