@@ -204,3 +204,44 @@ def test_a_killed_generator_worker_is_replaced_and_nothing_is_lost(tmp_path, cac
     assert all(r["worker"] == outage["worker"] for r in lost)
     assert any(r["worker"] == outage["replaced_by"] and r["ok"] for r in records)
     assert "generator" in err and "was lost" in err
+
+
+def _replica_pids(sid: int) -> set[int]:
+    return {
+        p.pid
+        for p in psutil.process_iter()
+        if _in_session(p, sid) and "ServiceReplica" in " ".join(_cmdline(p))
+    }
+
+
+def _cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
+
+
+def test_a_replica_killed_twice_leaves_error_records_not_a_failed_run(tmp_path, cache_dir):
+    results = tmp_path / "results"
+    proc = start(results, cache_dir, "--profile", "smoke", "--duration", "30")
+    wait_for(records_written(results, 10), proc)
+    found = _replica_pids(proc.pid)
+    assert len(found) == 1, [_cmdline(p) for p in psutil.process_iter() if _in_session(p, proc.pid)]
+    (first,) = found
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: _replica_pids(proc.pid) - {first}, proc, timeout=60)  # Ray restarted it
+    (second,) = _replica_pids(proc.pid) - {first}
+    os.kill(second, signal.SIGKILL)  # beyond max_restarts: gone for good
+    killed_at = time.time()
+    _, err = finish(proc, timeout=180)
+    assert proc.returncode == 0, err[-3000:]
+    run = only_run(results)
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "completed"
+    records = read_jsonl(run / "records.jsonl")
+    assert len(records) == sum(s["issued"] for s in info["stages"])
+    after = [r for r in records if r["sent"] > killed_at + 2]
+    assert after and not any(r["ok"] for r in after)
+    assert all("Actor" in r["error"] or "died" in r["error"] for r in after)
+    analysis = json.loads((run / "analysis.json").read_text())
+    assert analysis["findings"][0]["kind"] == "errors"
