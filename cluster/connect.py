@@ -1,17 +1,20 @@
 """How loadlens finds or starts Ray.
 
 Default: an embedded local cluster started by the run (``address="local"``, its own temp
-folder, dashboard on 127.0.0.1, Ray's token authentication left as Ray sets it: on for
-new local clusters since Ray 2.5x). ``--address``/``RAY_ADDRESS`` joins an existing one;
-a wrong address fails within seconds with a clear message instead of hanging. A process
-that is already connected (a test session, a notebook) keeps its connection: the run uses
-it and leaves it open.
+folder, dashboard on 127.0.0.1) with Ray's token authentication turned on explicitly
+(``RAY_AUTH_MODE=token``; Ray keeps the token in ``~/.ray/auth_token``): the dashboard API
+and the GCS refuse requests without it. ``--address``/``RAY_ADDRESS`` joins an existing
+cluster, with a warning when that cluster does not authenticate; a wrong address fails
+within seconds with a clear message instead of hanging. A process that is already
+connected (a test session, a notebook) keeps its connection: the run uses it and leaves
+it open.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,8 @@ import ray
 from datamodel.errors import ConfigError
 
 PROBE_TIMEOUT_S = 5.0
+AUTH_MODE_VAR = "RAY_AUTH_MODE"
+"""Ray's switch for token authentication (``token`` or ``disabled``)."""
 _owned = False
 """Whether this process's Ray connection was made by :func:`connect` (and is ours to end)."""
 
@@ -85,7 +90,16 @@ def connect(
         _check_reachable(address)
         ctx = ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
         embedded = False
+        if not token_auth_enabled():
+            print(
+                f"warning: the Ray cluster at {address} does not use token authentication: "
+                "anyone who can reach it can run code on it (see "
+                "https://docs.ray.io/en/latest/ray-security/token-auth.html)",
+                file=sys.stderr,
+            )
     else:
+        # Explicitly, not left to Ray's default: a cluster started here authenticates.
+        _enable_token_auth()
         temp = temp_dir or Path(tempfile.gettempdir()) / f"loadlens-ray-{os.getuid()}"
         temp.mkdir(parents=True, exist_ok=True)
         ctx = ray.init(
@@ -105,6 +119,29 @@ def connect(
         dashboard_url=f"http://{url}" if url and not url.startswith("http") else url,
         nodes=_nodes(),
     )
+
+
+def _enable_token_auth() -> None:
+    """Token authentication for the cluster this process starts (and for this process: Ray
+    reads its config once, so it is read again, as Ray itself does when it turns it on)."""
+    os.environ[AUTH_MODE_VAR] = "token"
+    try:
+        from ray._raylet import Config  # type: ignore[attr-defined]
+    except ImportError:
+        return
+    Config.initialize("")
+
+
+def token_auth_enabled() -> bool:
+    """Whether this process talks to Ray with token authentication."""
+    try:
+        from ray._raylet import (  # type: ignore[attr-defined]
+            AuthenticationMode,
+            get_authentication_mode,
+        )
+    except ImportError:  # a Ray without token authentication
+        return False
+    return bool(get_authentication_mode() == AuthenticationMode.TOKEN)
 
 
 def _nodes() -> list[dict[str, Any]]:

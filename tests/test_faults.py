@@ -9,8 +9,12 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import psutil
+import pytest
 from runs import ROOT, finish, only_run, read_jsonl, records_written, start, wait_for
 
 
@@ -245,3 +249,39 @@ def test_a_replica_killed_twice_leaves_error_records_not_a_failed_run(tmp_path, 
     assert all("Actor" in r["error"] or "died" in r["error"] for r in after)
     analysis = json.loads((run / "analysis.json").read_text())
     assert analysis["findings"][0]["kind"] == "errors"
+
+
+def test_the_embedded_cluster_refuses_requests_without_its_token(tmp_path, cache_dir):
+    results = tmp_path / "results"
+    proc = start(results, cache_dir, "--profile", "smoke", "--duration", "60")
+    try:
+        wait_for(records_written(results, 5), proc)
+        cluster = json.loads((only_run(results) / "run.json").read_text())["cluster"]
+        url = f"{cluster['dashboard_url']}/api/version"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url, timeout=10)
+        assert refused.value.code in (401, 403)
+        token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.status == 200
+        env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "not-the-token"}
+        intruder = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                f"import ray; ray.init(address={cluster['address']!r}); print('joined')",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert intruder.returncode != 0 and "joined" not in intruder.stdout
+        assert "auth" in (intruder.stderr + intruder.stdout).lower()
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = finish(proc, timeout=60)
+    assert proc.returncode == 130, err[-2000:]  # loadlens's own calls kept working
+    records = read_jsonl(only_run(results) / "records.jsonl")
+    assert records and all(r["ok"] for r in records)
