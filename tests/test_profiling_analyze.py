@@ -467,3 +467,19 @@ def test_causes_report_the_claims_they_make() -> None:
     assert claims.by_cause["adapter_thrash"].sum() == pytest.approx(8 * 0.5)
     assert claims.queue_share("adapter_thrash").sum() == pytest.approx(10 * 0.5 * 4 / 5)
     assert found.support == 8
+
+
+def test_a_replica_over_its_memory_budget_is_a_stability_finding(tmp_path: Path) -> None:
+    def run_with(uss_mb: float, root: Path) -> Analysis:
+        timeline = [
+            {"t": T0 + k, "role": "replica-0", "pid": 7, "uss": uss_mb * MB, "rss": uss_mb * MB}
+            for k in range(5)
+        ]
+        spec = {"spec": {"profile": {"memory_budget_mb": 300}}}
+        return analyze(write_run(root, records=series(20), timeline_jsonl=timeline, run=spec), [])
+
+    over = run_with(400, tmp_path / "over")
+    assert over.findings[0].kind == "memory_over_budget" and over.findings[0].tier == "stability"
+    within = run_with(200, tmp_path / "within")
+    assert "memory_over_budget" not in kinds(within)
+    assert any(f.kind == "memory_budget" and "within" in f.title for f in within.facts)

@@ -104,3 +104,31 @@ def test_bad_projects_fail_clearly_and_others_keep_serving(service: Service, tmp
         service.analyze("empty", "q")
     ok = service.analyze("beta", "send an HTTP request")
     assert ok.hits and service.adapters.active == "beta"
+
+
+def test_a_memory_budget_sizes_the_caches_to_what_the_models_leave(cache_dir, tmp_path):
+    import psutil
+
+    trees = {
+        f"p{k}": write_tree(tmp_path / f"p{k}", {"m.py": f"VALUE_{k} = {k}\n" * 400})
+        for k in range(4)
+    }
+    held_mb = psutil.Process().memory_info().rss / 2**20
+    config = ServiceConfig(
+        cache_dir=cache_dir,
+        memory_budget_mb=int(held_mb) + 60,
+        mlx_cache_limit_mb=8,
+        index_cache_count=8,
+    )
+    svc = Service(config, [Project(name=n, root=p) for n, p in trees.items()])
+    budget = svc.stats()["memory_budget"]
+    left = budget["budget_bytes"] - budget["held_at_start_bytes"] - 8 * 2**20
+    assert budget["index_cache_bytes"] == max(int(left * 0.7), 4 * 2**20)
+    assert svc.indexes.max_bytes == budget["index_cache_bytes"]
+    assert svc.adapters.max_bytes == budget["adapter_cache_bytes"] <= config.adapter_cache_bytes
+    svc.indexes.max_bytes = 1  # tighter than one index: each load evicts the one before
+    for name in trees:
+        svc.ingest(name)
+        svc.search(name, "value")
+    assert len(svc.indexes.loaded) == 1 and svc.indexes.stats.evictions >= 3
+    assert ServiceConfig(cache_dir=cache_dir).memory_budget_mb is None

@@ -163,7 +163,12 @@ def choose_projects(spec: RunSpec) -> list[Project]:
 def _service_config(spec: RunSpec) -> dict[str, Any]:
     config: dict[str, Any] = dict(spec.config.service)
     profile = spec.profile
-    for key in ("adapter_cache_count", "index_cache_count", "max_chunks_per_project"):
+    for key in (
+        "adapter_cache_count",
+        "index_cache_count",
+        "max_chunks_per_project",
+        "memory_budget_mb",
+    ):
         value = getattr(profile, key, None)
         if value is not None:
             config[key] = value

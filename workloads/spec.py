@@ -92,7 +92,8 @@ class Profile:
     max_chunks_per_project: int | None = None
     """Cap on chunks indexed per project; ``None``: all of them."""
     memory_budget_mb: int | None = None
-    """Memory budget of the run in MiB, for reporting against; ``None``: none."""
+    """Memory each replica may use, in MiB: its adapter and index caches are sized to what
+    the base model and embedder leave of it, and the verdict holds it to it; ``None``: none."""
     adapter_cache_count: int | None = None
     """Overrides the service's resident-adapter count; ``None``: keep the config's."""
     index_cache_count: int | None = None

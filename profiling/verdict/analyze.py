@@ -38,7 +38,11 @@ CAUSES: dict[str, Cause] = {
 }
 """Latency causes, in the order they claim: service causes first (the queue is shared out
 by the service time they claim), then what is left of the queue, then lag and transport."""
-HEALTH = {"errors": health.errors, "memory_growth": health.memory_growth}
+HEALTH = {
+    "errors": health.errors,
+    "memory_growth": health.memory_growth,
+    "memory_budget": health.memory_budget,
+}
 """Findings about errors and memory."""
 
 

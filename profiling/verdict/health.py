@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from datamodel.records import error_counts, error_kind, number, span
-from datamodel.runfolder import GAUGES, RECORDS, TIMELINE, RunData
+from datamodel.runfolder import GAUGES, RECORDS, RUN_JSON, TIMELINE, RunData
 from profiling.verdict.attribution import Attribution
 from profiling.verdict.findings import Fact, Finding
 
@@ -70,6 +70,53 @@ def errors(run: RunData, att: Attribution, limit_mb: float) -> list[Finding | Fa
             by_op=claim["by_op"],
         )
     ]
+
+
+def memory_budget(run: RunData, att: Attribution, limit_mb: float) -> list[Finding | Fact]:
+    """Each replica's peak memory against the profile's budget, when it sets one."""
+    profile = (run.run.get("spec") or {}).get("profile") or {}
+    budget = number(profile.get("memory_budget_mb")) * 1.048576  # MiB -> MB
+    if not budget:
+        return []
+    out: list[Finding | Fact] = []
+    peaks: dict[str, float] = {}
+    for s in run.samples("replica"):
+        value = number(s.get("uss")) or number(s.get("rss"))
+        role = str(s.get("role"))
+        peaks[role] = max(peaks.get(role, 0.0), value / MB)
+    shares = {
+        str(st.get("replica")): (st.get("memory_budget") or {})
+        for st in run.section("replica_stats")
+    }
+    for role, peak in sorted(peaks.items()):
+        evidence = {
+            "role": role,
+            "peak_mb": peak,
+            "budget_mb": budget,
+            "caches": shares.get(role.removeprefix("replica-"), {}),
+        }
+        title = f"{role}: peak memory {peak:.0f} MB against a budget of {budget:.0f} MB"
+        if peak <= budget:
+            out.append(Fact("memory_budget", title + " (within)", evidence, [TIMELINE]))
+            continue
+        out.append(
+            Finding(
+                kind="memory_over_budget",
+                title=title,
+                tier="stability",
+                explains=[],
+                seconds=0.0,
+                share=0.0,
+                tail_seconds=0.0,
+                tail_share=0.0,
+                support=1,
+                evidence=evidence,
+                files=[TIMELINE, RUN_JSON],
+                suggestion="the base model and embedder alone may not fit: raise memory_budget_mb, "
+                "or lower the caches (adapter_cache_bytes, index_cache_count)",
+            )
+        )
+    return out
 
 
 def _slope_per_min(t: np.ndarray, v: np.ndarray) -> float:

@@ -103,13 +103,15 @@ class IndexStats:
 
 
 class ProjectVectorStoreManager:
-    """Builds indexes on disk under ``root`` and keeps up to ``max_loaded`` in memory (LRU)."""
+    """Builds indexes on disk under ``root`` and keeps up to ``max_loaded`` in memory (LRU),
+    and no more than ``max_bytes`` of them when set (the one just loaded always stays)."""
 
     def __init__(
         self,
         root: Path,
         *,
         max_loaded: int = 8,
+        max_bytes: int | None = None,
         max_lines_per_chunk: int = 40,
         max_chars_per_chunk: int = 600,
         lock: threading.RLock | None = None,
@@ -117,6 +119,8 @@ class ProjectVectorStoreManager:
         self._lock = lock or threading.RLock()
         self.root = Path(root)
         self.max_loaded = max_loaded
+        self.max_bytes = max_bytes
+        """Most bytes of loaded indexes (``None``: no byte budget, only the count)."""
         self.max_lines_per_chunk = max_lines_per_chunk
         self.max_chars_per_chunk = max_chars_per_chunk
         self.stats = IndexStats()
@@ -310,7 +314,11 @@ class ProjectVectorStoreManager:
         start = time.perf_counter()
         index = self._read(project)
         self._loaded[project] = index
-        while len(self._loaded) > self.max_loaded:
+        while len(self._loaded) > self.max_loaded or (
+            self.max_bytes is not None
+            and len(self._loaded) > 1
+            and sum(i.nbytes for i in self._loaded.values()) > self.max_bytes
+        ):
             self._loaded.popitem(last=False)
             self.stats.evictions += 1
         self.stats.load_seconds.append(time.perf_counter() - start)

@@ -88,6 +88,9 @@ class ServiceConfig:
     """MLX buffer cache limit for the replica process (``None``: MLX's default)."""
     mlx_memory_limit_mb: int | None = None
     """MLX memory limit for the replica process (``None``: MLX's default)."""
+    memory_budget_mb: int | None = None
+    """Memory this replica may use, in MiB: what is left after the base model and embedder
+    load (less MLX's cache limit) sizes the adapter and index caches; ``None``: no budget."""
     cpu_streams: int = 1
     """MLX CPU streams the embedder splits each batch over: the cores this replica gets
     (the runner sets it to the node's cores over its replicas there; 1 on Metal)."""
@@ -165,6 +168,34 @@ def _misses(timing: SwitchTiming) -> list[str]:
     ]
 
 
+MIB = 1024 * 1024
+MIN_CACHE_BYTES = 4 * MIB
+"""Smallest cache a budget leaves: one adapter and one index still fit (a degraded service,
+swapping on every other request, rather than one that fails)."""
+
+
+def _cache_budget(config: ServiceConfig) -> dict[str, int]:
+    """Share out ``memory_budget_mb``: what this process does not hold yet (models loaded),
+    less MLX's cache limit, goes 30% to adapters and 70% to indexes."""
+    if config.memory_budget_mb is None:
+        return {}
+    import psutil
+
+    held = psutil.Process().memory_info().rss
+    mlx_cache = (config.mlx_cache_limit_mb or 0) * MIB
+    left = config.memory_budget_mb * MIB - held - mlx_cache
+    adapters = max(min(int(left * 0.3), config.adapter_cache_bytes), MIN_CACHE_BYTES)
+    indexes = max(int(left * 0.7), MIN_CACHE_BYTES)
+    return {
+        "budget_bytes": config.memory_budget_mb * MIB,
+        "held_at_start_bytes": held,
+        "mlx_cache_limit_bytes": mlx_cache,
+        "adapter_cache_bytes": adapters,
+        "index_cache_bytes": indexes,
+        "fits": int(left >= 2 * MIN_CACHE_BYTES),
+    }
+
+
 def linear_flops_per_token(model: Any) -> float:
     """Multiply-adds x 2 of one token through every linear layer of an mlx-lm model.
 
@@ -230,17 +261,20 @@ class Service:
             str(Path(base_path).resolve()).encode() + (Path(base_path) / "config.json").read_bytes()
         ).hexdigest()[:12]
         self.adapter_root = cache / "adapters" / base_key
+        self.budget = _cache_budget(config)
+        """How the memory budget was shared out (empty without one)."""
         self.lock = threading.RLock()
         """Held while the caches change, so another thread can read :meth:`stats` safely."""
         self.adapters = AdapterManager(
             self.base.model,
-            max_bytes=config.adapter_cache_bytes,
+            max_bytes=self.budget.get("adapter_cache_bytes", config.adapter_cache_bytes),
             max_count=config.adapter_cache_count,
             lock=self.lock,
         )
         self.indexes = ProjectVectorStoreManager(
             cache / "indexes" / _index_key(config),
             max_loaded=config.index_cache_count,
+            max_bytes=self.budget.get("index_cache_bytes"),
             lock=self.lock,
         )
         self.projects = ProjectContextManager(self.adapters, self.indexes)
@@ -418,4 +452,5 @@ class Service:
                 "cache_bytes": mx.get_cache_memory(),
             },
             "init_seconds": dict(self.init_seconds),
+            "memory_budget": dict(self.budget),
         }
