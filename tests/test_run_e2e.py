@@ -119,6 +119,7 @@ def check_profiling(run: Path, records: list[dict]) -> None:
         (["--profile", "smoke", "--target", "python:no_such_module:Svc"], "cannot import"),
         (["--profile", "smoke", "--target", "python:json:JSONDecoder"], "lacks analyze"),
         (["--profile", "smoke", "--target", "http://x"], "expected 'builtin'"),
+        (["--profile", "smoke", "--results-dir", "/etc/hostname"], "is a file, not a folder"),
     ],
 )
 def test_bad_input_exits_2_with_a_clear_message(tmp_path, cache_dir, args, message):

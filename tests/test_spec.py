@@ -248,3 +248,13 @@ def test_direct_construction_is_validated_too():
         Profile(name="p", stages=(stage,), replicas=0)
     with pytest.raises(dataclasses.FrozenInstanceError):
         stage.users = 3  # type: ignore[misc]
+
+
+def test_a_profile_name_cannot_reach_outside_the_results_folder(tmp_path):
+    bad = tmp_path / "evil.toml"
+    bad.write_text(
+        'name = "../../escape"\n[[stage]]\nname = "s"\nduration_s = 1\nmode = "closed"\n'
+        "mix = { search = 1.0 }\n"
+    )
+    with pytest.raises(ConfigError, match=r"bad profile name '\.\./\.\./escape'"):
+        load_profile(str(bad))

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from datamodel.errors import ConfigError, LoadlensError
+from workloads.names import check_folder
 from workloads.service.projects import parse_project_arg
 from workloads.spec import list_profiles, load_profile
 from workloads.system_config import list_configs, load_config
@@ -150,13 +151,13 @@ def main(argv: list[str] | None = None) -> int:
         spec = RunSpec(
             profile=profile,
             config=load_config(args.config),
-            results_dir=args.results_dir,
+            results_dir=check_folder(args.results_dir, "--results-dir"),
             seed=args.seed,
             address=args.address,
             workers=args.workers,
             extra_projects=tuple(parse_project_arg(a) for a in args.project),
             base_model=args.base_model,
-            cache_dir=args.cache_dir,
+            cache_dir=check_folder(args.cache_dir, "--cache-dir") if args.cache_dir else None,
             quiet=args.quiet,
             profiling=not args.no_profile,
             targets=args.targets,

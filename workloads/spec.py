@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from datamodel.errors import ConfigError
+from workloads.names import check_name
 
 OPS = ("analyze", "search", "embed", "switch", "ingest")
 """Operations a load generator can send to the service."""
@@ -338,6 +339,8 @@ def parse_profile(data: Mapping[str, Any], *, source: str, name: str) -> Profile
         raise ConfigError(f"{source}: stage must be [[stage]] tables, {_got(raw_stages)}")
     stages = tuple(_parse_stage(r, f"{source}: stage {i}") for i, r in enumerate(raw_stages, 1))
     try:
+        # The name becomes part of the run folder's name: no path tricks.
+        check_name(str(values.get("name", name)), "profile")
         return Profile(**{"name": name, **values, "stages": stages})
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
