@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from datamodel.quantiles import summarize
-from workloads import bench_ingest, bench_verdicts
+from workloads import bench_ingest, bench_soak, bench_verdicts
 from workloads.blas import THREAD_VARS, loaded_blas, reexec_with
 from workloads.results import machine_info
 from workloads.system_config import load_config
@@ -464,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--results-dir", default=None)
     bench_verdicts.add_parser(sub)
     bench_ingest.add_parser(sub)
+    bench_soak.add_parser(sub)
     args = p.parse_args(argv)
     if args.what == "service":
         reexec_with(load_config(args.config).blas)
@@ -473,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         "profiling": bench_profiling,
         "verdicts": bench_verdicts.bench_verdicts,
         "ingest": bench_ingest.bench_ingest,
+        "soak": bench_soak.bench_soak,
     }
     handlers[args.what](args)
     return 0
