@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -132,3 +133,44 @@ def test_a_memory_budget_sizes_the_caches_to_what_the_models_leave(cache_dir, tm
         svc.search(name, "value")
     assert len(svc.indexes.loaded) == 1 and svc.indexes.stats.evictions >= 3
     assert ServiceConfig(cache_dir=cache_dir).memory_budget_mb is None
+
+
+def test_stats_read_safely_while_requests_churn_the_caches(cache_dir, tiny_trees):
+    """``stats`` runs on the replica's control thread while requests evict and load."""
+    import threading
+
+    svc = Service(
+        ServiceConfig(cache_dir=cache_dir, adapter_cache_count=1, index_cache_count=1),
+        [Project(name=n, root=p) for n, p in tiny_trees.items()],
+    )
+    for name in tiny_trees:
+        svc.ingest(name)
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def requests() -> None:
+        names = sorted(tiny_trees)
+        k = 0
+        while not stop.is_set():
+            try:
+                svc.switch(names[k % len(names)])
+                svc.search(names[(k + 1) % len(names)], "area of a circle")
+            except BaseException as exc:
+                failures.append(exc)
+                return
+            k += 1
+
+    worker = threading.Thread(target=requests)
+    worker.start()
+    reads = 0
+    try:
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            stats = svc.stats()
+            assert len(stats["adapters"]["resident"]) <= 1 and len(stats["indexes"]["loaded"]) <= 1
+            reads += 1
+    finally:
+        stop.set()
+        worker.join(timeout=30)
+    assert not failures, failures
+    assert reads > 100 and svc.adapters.stats.evictions > 10 and svc.indexes.stats.evictions > 10

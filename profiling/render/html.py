@@ -139,6 +139,25 @@ def _header(run: RunData, analysis: dict[str, Any] | None) -> Section:
         ("python", str(machine.get("python", "-"))),
         ("git commit", str(machine.get("git_commit") or "-")),
     ]
+    ingest = info.get("ingest")
+    if isinstance(ingest, dict):
+        rate = ingest.get("chunks_per_s")
+        facts.append(
+            (
+                "index build",
+                f"{ingest.get('chunks', 0):,} chunks of {ingest.get('projects', 0)} projects, "
+                f"{ingest.get('embedded', 0):,} embedded in {number(ingest.get('seconds')):.1f} s"
+                + (f" ({number(rate):.1f} chunks/s)" if rate else "")
+                + (", interrupted" if ingest.get("interrupted") else ""),
+            )
+        )
+    generators = info.get("generators")
+    if isinstance(generators, dict) and generators.get("outages"):
+        lost = ", ".join(
+            f"generator {o.get('worker')} ({o.get('in_flight_lost')} ops lost)"
+            for o in generators["outages"]
+        )
+        facts.append(("generator outages", lost))
     versions = machine.get("versions") or {}
     if isinstance(versions, dict):
         facts += [(name, str(version or "-")) for name, version in versions.items()]
