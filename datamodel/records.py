@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from datamodel.quantiles import quantile
+
 STAGES = ("adapter", "index", "embed", "search", "model")
 """Service-side stages an operation reports, in the order a request meets them: adapter
 activation or load, index load, embedding, vector search, base model."""
@@ -64,6 +66,16 @@ class OpRecord:
     """Error type and message when it failed."""
     switched: bool = False
     """Whether it changed the replica's active project (an adapter swap)."""
+    served: str = ""
+    """HTTP targets: what the server was asked to serve (model and adapter fields)."""
+    ttft: float = 0.0
+    """HTTP targets: seconds from sending to the first token of the reply."""
+    itl: float = 0.0
+    """HTTP targets: mean seconds between tokens after the first."""
+    tokens_out: int = 0
+    """HTTP targets: tokens received."""
+    http_status: int = 0
+    """HTTP targets: the reply's status code (0: no reply)."""
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready copy (shallow but for ``stages``; faster than ``asdict``)."""
@@ -117,3 +129,38 @@ def error_counts(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
             kind = error_kind(r)
             counts[kind] = counts.get(kind, 0) + 1
     return dict(sorted(counts.items()))
+
+
+def infer_switches(records: Sequence[dict[str, Any]]) -> int:
+    """Mark which records of an HTTP target changed what the server served.
+
+    Such records carry ``served`` (the model and adapter asked for); taken in the order they
+    were sent, a record changed it when the one sent just before asked for another. Sets
+    ``switched`` on those records (in place) and returns how many changed it.
+    """
+    served = sorted((r for r in records if r.get("served")), key=lambda r: number(r.get("sent")))
+    previous = None
+    changed = 0
+    for record in served:
+        record["switched"] = previous is not None and record["served"] != previous
+        changed += record["switched"]
+        previous = record["served"]
+    return changed
+
+
+def adapter_changes(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per op, end-to-end seconds of the ok records that changed the adapter and of those
+    that did not (medians and counts); ops where either group is empty are left out."""
+    out: dict[str, dict[str, Any]] = {}
+    for op in sorted({str(r.get("op")) for r in records}):
+        mine = [r for r in records if r.get("op") == op and r.get("ok")]
+        changed = [number(r.get("duration")) for r in mine if r.get("switched")]
+        same = [number(r.get("duration")) for r in mine if not r.get("switched")]
+        if changed and same:
+            out[op] = {
+                "changed": len(changed),
+                "unchanged": len(same),
+                "p50_changed_s": quantile(changed, 0.5),
+                "p50_unchanged_s": quantile(same, 0.5),
+            }
+    return out

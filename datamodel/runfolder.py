@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from datamodel.errors import ConfigError
-from datamodel.records import number
+from datamodel.records import infer_switches, number
 from datamodel.stacks import Stacks, read_collapsed
 
 SCHEMA_VERSION = 2
@@ -77,6 +77,7 @@ class RunData:
         notes: list[str] = []
         records = _read_jsonl(folder / RECORDS, notes, required=True)
         assert records is not None
+        infer_switches(records)
         return cls(
             path=folder,
             run=run,
@@ -262,5 +263,8 @@ def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """The records of a ``records.jsonl`` (torn lines skipped)."""
-    return read_jsonl(path)[0]
+    """The records of a ``records.jsonl`` (torn lines skipped; for an HTTP target, which
+    of them changed the served adapter is inferred: :func:`infer_switches`)."""
+    records = read_jsonl(path)[0]
+    infer_switches(records)
+    return records

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from datamodel.quantiles import group_summaries
-from datamodel.records import error_counts, number, throughput
+from datamodel.records import adapter_changes, error_counts, number, span, throughput
 from datamodel.runfolder import SCHEMA_VERSION
 
 
@@ -43,4 +43,25 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         "wait_by_op": _grouped(records, lambda r: r["op"], "wait"),
         "lag_by_op": _grouped(records, lambda r: r["op"], "lag"),
         "error_kinds": error_counts(records),
+        "adapter_changes": adapter_changes(records),
+        **_streaming(records),
+    }
+
+
+def _streaming(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """HTTP targets: time to first token and between tokens per op, output tokens and
+    tokens/s over the run (nothing for targets that do not stream)."""
+    streamed = [r for r in records if r.get("ok") and number(r.get("ttft")) > 0]
+    if not streamed:
+        return {}
+    tokens = sum(int(number(r.get("tokens_out"))) for r in streamed)
+    window = span(records)
+    seconds = window[1] - window[0] if window else 0.0
+    return {
+        "ttft_by_op": _grouped(streamed, lambda r: r["op"], "ttft"),
+        "itl_by_op": _grouped(
+            [r for r in streamed if number(r.get("itl")) > 0], lambda r: r["op"], "itl"
+        ),
+        "tokens_out": tokens,
+        "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
     }

@@ -483,3 +483,81 @@ def test_a_replica_over_its_memory_budget_is_a_stability_finding(tmp_path: Path)
     within = run_with(200, tmp_path / "within")
     assert "memory_over_budget" not in kinds(within)
     assert any(f.kind == "memory_budget" and "within" in f.title for f in within.facts)
+
+
+# --- HTTP targets ------------------------------------------------------------------------------
+
+
+def _served(name: str) -> str:
+    return json.dumps({"adapters": f"/a/{name}", "model": "/m"}, sort_keys=True)
+
+
+def test_switches_of_an_http_target_are_inferred_from_the_order_requests_were_sent(
+    tmp_path: Path,
+) -> None:
+    # Written out of order (two workers): the order they were sent is what counts.
+    rows = [
+        record(id="1-0", sent=T0 + 2, served=_served("b")),
+        record(id="0-0", sent=T0 + 0, served=_served("a")),
+        record(id="0-1", sent=T0 + 1, served=_served("a")),
+        record(id="1-1", sent=T0 + 3, served=_served("a")),
+        record(id="2-0", sent=T0 + 4, switched=True),  # builtin records keep their own
+    ]
+    run = write_run(tmp_path, records=rows)
+    switched = {r["id"]: r["switched"] for r in run.records}
+    assert switched == {"0-0": False, "0-1": False, "1-0": True, "1-1": True, "2-0": True}
+
+
+def test_adapter_change_compares_first_tokens_and_what_the_server_streamed(tmp_path: Path) -> None:
+    rows = []
+    for k in range(60):
+        project = "a" if (k // 6) % 2 == 0 else "b"  # runs of six requests per adapter
+        change = k % 6 == 0 and k > 0
+        ttft = 0.5 if change else 0.05
+        rows.append(
+            record(
+                id=f"0-{k}",
+                planned=T0 + k * 0.2,
+                sent=T0 + k * 0.2,
+                served=_served(project),
+                ttft=ttft,
+                duration=ttft + 0.3,
+                wait=0.0,
+                service=ttft + 0.3,
+                stages={"model": ttft + 0.3},
+            )
+        )
+    profiles = {
+        "target": "main;serve;load (mlx_lm/utils.py:10);read 30\n"
+        "main;serve;generate (mlx_lm/generate.py:5);matmul 70\n"
+        "main;Worker.main_loop (ray/_private/worker.py:900) 500\n"
+    }
+    analysis = analyze(write_run(tmp_path, records=rows, profiles=profiles), [])
+    assert kinds(analysis)[0] == "adapter_change"
+    top = analysis.findings[0]
+    assert top.evidence["changed"] == 9 and top.evidence["requests"] == 60
+    figures = top.evidence["by_op"]["analyze"]
+    assert figures["p50_first_token_changed_s"] == pytest.approx(0.5)
+    assert figures["p50_first_token_unchanged_s"] == pytest.approx(0.05)
+    assert top.evidence["target_load_share"] == pytest.approx(0.3)  # idle samples left out
+    # Little's law over the 12.15 s span: 60 requests in flight 0.35 s (0.8 s when they
+    # changed), streaming 0.3 s of it.
+    batch = top.evidence["batching"]
+    assert batch["in_flight"] == pytest.approx((51 * 0.35 + 9 * 0.8) / 12.15)
+    assert batch["streaming"] == pytest.approx(60 * 0.3 / 12.15)
+    assert "waited 500 ms for their first token at p50, 50 ms when they did not" in top.title
+    # The same latency with one adapter throughout changes nothing: no finding.
+    same = [{**r, "served": _served("a")} for r in rows]
+    assert "adapter_change" not in kinds(analyze(write_run(tmp_path / "one", records=same), []))
+
+
+def test_a_target_that_exited_mid_run_is_an_errors_finding(tmp_path: Path) -> None:
+    rows = series(40, served=_served("a"), wait=0.0)
+    rows += [record(id=f"e{k}", ok=False, error="ClientConnectorError: refused") for k in range(2)]
+    target = {"kind": "mlx-lm", "exited_mid_run": True, "exit_code": -9}
+    analysis = analyze(write_run(tmp_path, run={"target": target}, records=rows), [])
+    top = analysis.findings[0]
+    assert top.kind == "errors" and top.title.startswith("the target server exited mid-run")
+    assert top.evidence["target_exit_code"] == -9 and "target.log" in top.files
+    assert any("no MLX counters" in note for note in analysis.notes)
+    assert not any(note.startswith("no mlx_probe.json") for note in analysis.notes)

@@ -122,6 +122,19 @@ class Progress:
             cells = [s.get(k) for k in ("p50", "p95", "p99", "max")]
             text = "".join(f"{c * 1000:>10.1f}" if c is not None else f"{'-':>10}" for c in cells)
             print(f"{op:<10}{s['count']:>7}{text}", file=out)
+        for op, s in sorted(summary.get("ttft_by_op", {}).items()):
+            itl = summary.get("itl_by_op", {}).get(op, {}).get("p50")
+            print(
+                f"  {op} time to first token p50 {s['p50'] * 1000:.1f} ms, p95 "
+                f"{s['p95'] * 1000:.1f} ms"
+                + (f"; between tokens p50 {itl * 1000:.1f} ms" if itl else ""),
+                file=out,
+            )
+        if summary.get("tokens_out"):
+            print(
+                f"  {summary['tokens_out']} output tokens, {summary['tokens_per_s']:.1f} tokens/s",
+                file=out,
+            )
         for kind, n in summary.get("error_kinds", {}).items():
             print(f"  error {kind}: {n}", file=out)
         print(f"results: {run_dir}", file=out, flush=True)

@@ -7,6 +7,7 @@ samples is dropped from later samples and reported once, not raised.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -63,7 +64,10 @@ class ProcessSampler:
                         "pss": None,
                         "read_bytes": None,
                         "write_bytes": None,
+                        "fds": None,
                     }
+                    with contextlib.suppress(psutil.AccessDenied, AttributeError):  # Windows
+                        row["fds"] = proc.num_fds()
                     try:
                         io = proc.io_counters()
                         row["read_bytes"], row["write_bytes"] = io.read_bytes, io.write_bytes

@@ -80,11 +80,15 @@ class ProfilingSession:
 
     def record_flames(self, replicas: list[dict[str, Any]]) -> None:
         """Start py-spy on each replica (from its info: replica, pid, node)."""
-        if not self.flame_graphs:
-            return
         by_node: dict[str, dict[int, str]] = {}
         for info in replicas:
             by_node.setdefault(info["node"], {})[info["pid"]] = f"replica-{info['replica']}"
+        self.record_pids(by_node)
+
+    def record_pids(self, by_node: dict[str, dict[int, str]]) -> None:
+        """Start py-spy on each ``pid -> role`` of each node (any Python process)."""
+        if not self.flame_graphs:
+            return
         refs = [
             self.agents[node].start_pyspy.remote(targets, self.pyspy_rate_hz)
             for node, targets in by_node.items()

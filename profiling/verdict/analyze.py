@@ -32,6 +32,7 @@ CAUSES: dict[str, Cause] = {
     "slow_blas": causes.slow_blas,
     "oversubscription": causes.oversubscription,
     "hot_code": causes.hot_code,
+    "adapter_change": causes.adapter_change,
     "queueing": load.queueing,
     "generator_lag": load.generator_lag,
     "transport": load.transport,
@@ -162,14 +163,16 @@ def _context(run: RunData, att: Attribution, found: list[Finding]) -> list[Fact]
             )
         )
     for stage in run.section("stages"):
-        wall = number(stage.get("wall_seconds"))
+        wall, used = number(stage.get("wall_seconds")), number(stage.get("cpu_seconds"))
+        issued = number(stage.get("issued"))
         if wall > 0:
+            per_op = used / issued * 1000 if issued else None
             facts.append(
                 Fact(
                     "generator_cost",
-                    f"stage {stage.get('stage')}: the load generator used "
-                    f"{number(stage.get('cpu_seconds')) / wall:.2f} cores",
-                    {"stage": stage.get("stage"), "cores": number(stage.get("cpu_seconds")) / wall},
+                    f"stage {stage.get('stage')}: the load generator used {used / wall:.2f} "
+                    "cores" + (f", {per_op:.2f} ms of CPU per operation" if per_op else ""),
+                    {"stage": stage.get("stage"), "cores": used / wall, "cpu_ms_per_op": per_op},
                     [RUN_JSON],
                 )
             )
@@ -179,12 +182,21 @@ def _context(run: RunData, att: Attribution, found: list[Finding]) -> list[Fact]
 def analyze(run: RunData, targets: list[Target]) -> Analysis:
     """The budget, ranked findings, context and targets of ``run``."""
     notes = list(run.notes)
+    target = run.run.get("target")
+    kind = target.get("kind") if isinstance(target, dict) else None
+    http = kind in ("mlx-lm", "openai")
+    if http:
+        notes.append(
+            f"target {kind} is a process loadlens did not host: no MLX counters "
+            "(active/peak/cache memory) or mlx_probe.json; its CPU and memory are in the "
+            "timeline under the role 'target'"
+        )
     for missing, what in (
         (run.mlx_probe, MLX_PROBE),
         (run.timeline, TIMELINE),
         (run.profiles, f"{PROFILES}/*.collapsed"),
     ):
-        if missing is None:
+        if missing is None and not (http and what == MLX_PROBE):
             notes.append(f"no {what} in the run folder: findings that need it were skipped")
     if not run.records:
         return Analysis(run.run_id, None, [], [], check_targets(run, targets), notes)

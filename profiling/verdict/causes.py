@@ -356,3 +356,117 @@ def hot_code(run: RunData, att: Attribution, claims: ServiceClaims) -> list[Find
             )
         )
     return out
+
+
+LOAD_FRAMES = ("load", "_load", "load_model", "load_adapters", "load_weights")
+"""Function names (as py-spy names them, class prefix dropped) of model and adapter loading."""
+
+
+def _load_share(run: RunData) -> tuple[float, int] | None:
+    """Share of the target's busy py-spy samples inside model or adapter loading."""
+    stacks = (run.profiles or {}).get("target")
+    if not stacks:
+        return None
+    busy = loading = 0
+    for stack, count in stacks.items():
+        frames = stack.split(";")
+        if frames[-1].startswith(IDLE_LEAVES):
+            continue
+        busy += count
+        names = [f.split(" (", 1)[0].rsplit(".", 1)[-1] for f in frames]
+        if any(n in LOAD_FRAMES for n in names):
+            loading += count
+    return (loading / busy if busy else 0.0), busy
+
+
+def _batching(records: list[Mapping[str, Any]], rows: list[int]) -> dict[str, float] | None:
+    """Requests in flight and requests streaming tokens, each averaged over the run's span
+    (Little's law: the sum of their times over the span): a server that could batch every
+    request in flight streams about as many as are in flight."""
+    sent = np.array([number(records[i].get("sent")) for i in rows])
+    service = np.array([number(records[i].get("service")) for i in rows])
+    ttft = np.array([number(records[i].get("ttft")) for i in rows])
+    window = float((sent + service).max() - sent.min()) if rows else 0.0
+    streaming = ttft > 0
+    if window <= 0 or not streaming.any():
+        return None
+    return {
+        "in_flight": float(service.sum() / window),
+        "streaming": float((service[streaming] - ttft[streaming]).sum() / window),
+    }
+
+
+def adapter_change(run: RunData, att: Attribution, claims: ServiceClaims) -> list[Finding]:
+    """What changing the served adapter costs a server loadlens reaches over HTTP.
+
+    The server is asked for a (model, adapter) per request; a request changed it when the
+    one sent just before asked for another (``switched``, inferred in that order when the
+    records are read). Its claim is how much longer it waited for its first token than the
+    median request of its op that did not change it. The evidence adds the share of the
+    server's busy py-spy samples in loading, and how many requests it streamed at a time
+    against how many were in flight (what it could batch).
+    """
+    records = att.records
+    rows = [i for i, r in enumerate(records) if r.get("served")]
+    if len(rows) < 10:
+        return []
+    changed = np.array([bool(r.get("switched")) for r in records])
+    wait = np.array([number(r.get("ttft")) or number(r.get("duration")) for r in records])
+    ok = np.array([bool(r.get("ok")) for r in records])
+    claim_vec = np.zeros(len(records))
+    by_op: dict[str, dict[str, Any]] = {}
+    for op in sorted({str(records[i].get("op")) for i in rows}):
+        mine = np.array([str(r.get("op")) == op for r in records]) & ok
+        same, other = wait[mine & ~changed], wait[mine & changed]
+        if len(same) < 3 or len(other) < 3:
+            continue
+        base = float(np.median(same))
+        sel = mine & changed
+        claim_vec[sel] = np.minimum(np.maximum(wait[sel] - base, 0.0), att.service[sel])
+        by_op[op] = {
+            "changed": len(other),
+            "unchanged": len(same),
+            "p50_first_token_changed_s": float(np.median(other)),
+            "p50_first_token_unchanged_s": base,
+        }
+    claims.add("adapter_change", claim_vec)
+    claim = att.claim(claim_vec + claims.queue_share("adapter_change"))
+    if not by_op or not material(claim):
+        return []
+    flags = changed[rows]
+    batch = _batching(records, rows)
+    load = _load_share(run)
+    main = max(by_op, key=lambda op: by_op[op]["changed"])
+    figures = by_op[main]
+    share = f"; {load[0]:.0%} of the server's busy samples were in loading" if load else ""
+    batching = ""
+    if batch is not None:
+        batching = (
+            f"; it streamed {batch['streaming']:.1f} requests at a time on average while "
+            f"{batch['in_flight']:.1f} were in flight"
+        )
+    return [
+        latency_finding(
+            "adapter_change",
+            f"adapter changes cost the server: {main} requests that changed adapter waited "
+            f"{figures['p50_first_token_changed_s'] * 1000:.0f} ms for their first token at p50, "
+            f"{figures['p50_first_token_unchanged_s'] * 1000:.0f} ms when they did not "
+            f"({int(flags.sum())} of {len(rows)} requests changed it){share}{batching}",
+            ["model", "queue"],
+            claim,
+            int(flags.sum()),
+            {
+                "by_op": by_op,
+                "changed": int(flags.sum()),
+                "requests": len(rows),
+                "batching": batch,
+                "target_load_share": load[0] if load else None,
+                "target_busy_samples": load[1] if load else None,
+            },
+            [RECORDS, f"{PROFILES}/target.collapsed"],
+            "route each project to a server (or replica) of its own so adapters stay loaded, "
+            "group requests by adapter, or use a server that keeps several adapters resident "
+            "and applies them per request",
+            gain_s=claim["seconds"],
+        )
+    ]

@@ -28,7 +28,7 @@ from typing import Any, Literal
 from datamodel.cache import default_cache_dir
 from datamodel.errors import ConfigError
 from datamodel.quantiles import quantile
-from datamodel.records import span, throughput
+from datamodel.records import adapter_changes, span, throughput
 from datamodel.runfolder import RunData
 from datamodel.stacks import strip_line_numbers
 from profiling.render.flamegraph import render_diff_svg
@@ -477,10 +477,25 @@ def compare_runs(
             f"{label}: {note}"
             for (label, _), m in zip(sides, (merged_a, merged_b), strict=True)
             for note in m.notes
+        ]
+        + [
+            _adapter_note(name, m)
+            for name, m in ((a_label, merged_a), (b_label, merged_b))
+            if adapter_changes(m.records)
         ],
         drift=drift,
         rounds_needed=rounds_needed,
     )
+
+
+def _adapter_note(label: str, run: RunData) -> str:
+    """What changing the adapter cost one side: p50 of requests that changed it and not."""
+    parts = [
+        f"{op} {f['p50_changed_s'] * 1000:.0f} ms when it changed ({f['changed']}) vs "
+        f"{f['p50_unchanged_s'] * 1000:.0f} ms when not ({f['unchanged']})"
+        for op, f in adapter_changes(run.records).items()
+    ]
+    return f"{label}: adapter changes, p50 end to end: " + "; ".join(parts)
 
 
 def _pooled_rate(runs: Sequence[RunData], op: str) -> float | None:

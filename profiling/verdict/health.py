@@ -29,17 +29,21 @@ MB = 1_000_000
 
 
 def errors(run: RunData, att: Attribution, limit_mb: float) -> list[Finding | Fact]:
-    """Failed operations: a finding of their own tier when the rate is material."""
+    """Failed operations: a finding of their own tier when the rate is material (and always
+    when the target's server exited mid-run)."""
     failed = [r for r in run.records if not r.get("ok")]
-    if not failed:
+    found = run.run.get("target")
+    target: dict[str, Any] = found if isinstance(found, dict) else {}
+    exited = bool(target.get("exited_mid_run"))
+    if not failed and not exited:
         return []
-    rate = len(failed) / len(run.records)
+    rate = len(failed) / len(run.records) if run.records else 0.0
     kinds = error_counts(run.records)
     by_op: dict[str, int] = {}
     for r in failed:
         by_op[str(r.get("op"))] = by_op.get(str(r.get("op")), 0) + 1
-    top = max(kinds.items(), key=lambda kv: (kv[1], kv[0]))[0]
-    example = next(str(r.get("error")) for r in failed if error_kind(r) == top)
+    top = max(kinds.items(), key=lambda kv: (kv[1], kv[0]))[0] if kinds else "none"
+    example = next((str(r.get("error")) for r in failed if error_kind(r) == top), "")
     evidence = {
         "records": len(run.records),
         "errors": len(failed),
@@ -49,7 +53,17 @@ def errors(run: RunData, att: Attribution, limit_mb: float) -> list[Finding | Fa
         "example": example[:300],
     }
     title = f"{len(failed)} of {len(run.records)} ops failed ({rate:.1%}), mostly {top}"
-    if rate < MATERIAL_ERROR_RATE:
+    suggestion = f"read the {top} errors in {RECORDS} (e.g. {example[:120]})"
+    files = [RECORDS]
+    if exited:
+        evidence["target_exit_code"] = target.get("exit_code")
+        title = (
+            f"the target server exited mid-run (exit code {target.get('exit_code')}): "
+            f"{title[0].lower()}{title[1:]}"
+        )
+        suggestion = f"read why it stopped in target.log; {suggestion}"
+        files = [RECORDS, "target.log"]
+    elif rate < MATERIAL_ERROR_RATE:
         return [Fact("errors", title, evidence, [RECORDS])]
     failed_s = att.column("failed")
     claim = att.claim(failed_s)
@@ -65,8 +79,8 @@ def errors(run: RunData, att: Attribution, limit_mb: float) -> list[Finding | Fa
             tail_share=claim["tail_share"],
             support=len(failed),
             evidence=evidence,
-            files=[RECORDS],
-            suggestion=f"read the {top} errors in {RECORDS} (e.g. {example[:120]})",
+            files=files,
+            suggestion=suggestion,
             by_op=claim["by_op"],
         )
     ]
