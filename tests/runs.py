@@ -15,6 +15,19 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_cli(*args: str, cache: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """``python -m workloads.run ARGS`` to its end, with ``cache`` as loadlens's cache."""
+    env = {**os.environ, "LOADLENS_CACHE": str(cache)}
+    return subprocess.run(
+        [sys.executable, "-m", "workloads.run", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def only_run(results: Path) -> Path:
     """The one run folder under ``results``."""
     (run,) = list(results.iterdir())

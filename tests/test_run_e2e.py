@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from runs import ROOT, finish, only_run, read_jsonl, record_lines, start, wait_for
-
-
-def run_cli(*args: str, cache: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "LOADLENS_CACHE": str(cache)}
-    return subprocess.run(
-        [sys.executable, "-m", "workloads.run", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+from runs import finish, only_run, read_jsonl, record_lines, run_cli, start, wait_for
 
 
 def test_smoke_run_records_every_operation(tmp_path, cache_dir):
@@ -118,7 +103,18 @@ def check_profiling(run: Path, records: list[dict]) -> None:
         (["--profile", "smoke", "--project", "x=/no/such/folder"], "does not exist"),
         (["--profile", "smoke", "--target", "python:no_such_module:Svc"], "cannot import"),
         (["--profile", "smoke", "--target", "python:json:JSONDecoder"], "lacks analyze"),
-        (["--profile", "smoke", "--target", "http://x"], "expected 'builtin'"),
+        (["--profile", "smoke", "--target", "http://x"], "expected one of builtin, mlx-lm"),
+        (["--profile", "smoke", "--target", "mlx-lm"], "the profile also sends embed, ingest"),
+        (["--profile", "smoke", "--target", "openai"], "needs --target-url URL"),
+        (
+            ["--profile", "smoke", "--target", "openai", "--target-url", "http://127.0.0.1:9"],
+            "--target-url http://127.0.0.1:9: nothing answers",
+        ),
+        (
+            ["--target", "openai", "--target-url", "http://127.0.0.1:9", "--target-pid", "999999"],
+            "--target-pid 999999: no such process",
+        ),
+        (["--target", "mlx-lm", "--target-url", "http://x"], "are for --target openai"),
         (["--profile", "smoke", "--results-dir", "/etc/hostname"], "is a file, not a folder"),
     ],
 )

@@ -20,6 +20,7 @@ EXPECTED = {
     "memory-pressure",
     "sustained",
     "project-switching",
+    "server-adapters",
 }
 
 GOOD_STAGE = """

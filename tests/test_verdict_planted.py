@@ -22,7 +22,7 @@ from workloads.runner import RunSpec, execute
 from workloads.service.projects import Project
 from workloads.spec import parse_profile
 from workloads.system_config import load_config
-from workloads.target import Target
+from workloads.targets import Target
 
 
 @pytest.fixture(scope="module")

@@ -50,7 +50,9 @@ def execute_ab(candidate: RunSpec, baseline: RunSpec, *, rounds: int) -> ABOutco
     status = "completed"
     for number in range(rounds):
         for side, spec in (("candidate", candidate), ("baseline", baseline)):
-            progress.say(f"round {number + 1}/{rounds}: {side} ({spec.config.name})")
+            progress.say(
+                f"round {number + 1}/{rounds}: {side} ({label(spec, baseline, candidate)})"
+            )
             outcome = execute(dataclasses.replace(spec, results_dir=rounds_dir))
             outcomes.append(outcome)
             info["rounds"].append(
@@ -98,8 +100,8 @@ def _compare(
         comparison = compare_runs(
             sides["baseline"],
             sides["candidate"],
-            a_label=baseline.config.name,
-            b_label=candidate.config.name,
+            a_label=label(baseline, baseline, candidate),
+            b_label=label(candidate, baseline, candidate),
             out_dir=ab_dir,
         )
     except LoadlensError as exc:
@@ -114,6 +116,15 @@ def _compare(
     report = write_report(last_candidate, comparison=_for_report(data, last_candidate, ab_dir))
     progress.say(f"report: {report}")
     return [f"{r.name} {r.metric}" for r in comparison.regressions]
+
+
+def label(spec: RunSpec, baseline: RunSpec, candidate: RunSpec) -> str:
+    """A side's name: its config, and its target when the sides' targets differ."""
+    if baseline.target == candidate.target:
+        return spec.config.name
+    if baseline.config.name == candidate.config.name:
+        return spec.target.label
+    return f"{spec.config.name} on {spec.target.label}"
 
 
 def _for_report(data: dict[str, Any], run_dir: Path, ab_dir: Path) -> dict[str, Any]:

@@ -368,8 +368,10 @@ def bench_generator(args: argparse.Namespace) -> None:
         disconnect()
 
 
-def _cli_run(profile: str, duration: float, results: Path, extra: list[str]) -> dict[str, Any]:
-    """One run through the CLI in a fresh process; returns its summary."""
+def cli_run(
+    profile: str, duration: float, results: Path, extra: list[str]
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """One quiet run through the CLI in a fresh process: its folder and the process."""
     before = set(results.glob("*")) if results.exists() else set()
     proc = subprocess.run(
         [
@@ -390,6 +392,12 @@ def _cli_run(profile: str, duration: float, results: Path, extra: list[str]) -> 
         text=True,
     )
     (run,) = set(results.glob("*")) - before
+    return run, proc
+
+
+def _cli_run(profile: str, duration: float, results: Path, extra: list[str]) -> dict[str, Any]:
+    """One run through the CLI in a fresh process; returns its summary."""
+    run, proc = cli_run(profile, duration, results, extra)
     if proc.returncode != 0:
         raise RuntimeError(f"run failed ({proc.returncode}): {proc.stderr[-1500:]}")
     summary: dict[str, Any] = json.loads((run / "summary.json").read_text())

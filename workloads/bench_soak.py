@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -66,25 +65,9 @@ def bench_soak(args: argparse.Namespace) -> None:
     print(f"command: {' '.join([Path(sys.executable).name, *sys.orig_argv[1:]])}")
     print(f"machine: {json.dumps(machine_info())}", flush=True)
     results = Path(args.results_dir or tempfile.mkdtemp(prefix="loadlens-soak-"))
-    before = set(results.glob("*")) if results.exists() else set()
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "workloads.run",
-            "--profile",
-            args.profile,
-            "--duration",
-            str(args.minutes * 60),
-            "--results-dir",
-            str(results),
-            "--no-fail-on-targets",
-            "--quiet",
-        ],
-        text=True,
-        capture_output=True,
-    )
-    (folder,) = set(results.glob("*")) - before
+    from workloads.bench import cli_run  # bench imports this module
+
+    folder, proc = cli_run(args.profile, args.minutes * 60, results, [])
     if proc.returncode != 0:
         print(f"the run ended with {proc.returncode}: {proc.stderr[-1500:]}")
     run = RunData.load(folder)

@@ -208,7 +208,7 @@ def planted_table(results: Path) -> list[tuple[str, str, str, float]]:
     from workloads.service.projects import default_projects
     from workloads.spec import parse_profile
     from workloads.system_config import load_config
-    from workloads.target import Target
+    from workloads.targets import Target
 
     rows = []
     projects = tuple(default_projects(3))

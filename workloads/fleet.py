@@ -33,6 +33,8 @@ class Fleet:
     replicas: list[Any]
     routes: dict[str, int] | None
     run_name: str
+    http: dict[str, Any] | None = None
+    """An HTTP target's plan: workers call it directly (no replicas)."""
     workers: dict[int, Any] = field(default_factory=dict)
     issued: dict[int, int] = field(default_factory=dict)
     """Worker number -> operations it issued, as of its last drain."""
@@ -50,7 +52,7 @@ class Fleet:
             self._next += 1
             self.workers[k] = GeneratorWorker.options(  # type: ignore[attr-defined]
                 name=f"generator-{k}-{self.run_name}"
-            ).remote(k, self.replicas, self.routes)
+            ).remote(k, self.replicas, self.routes, self.http)
             self.issued[k] = 0
             self.pending[k] = []
             numbers.append(k)

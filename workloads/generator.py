@@ -11,6 +11,7 @@ Nothing here busy-waits: the event loop sleeps until the next arrival or reply.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from typing import Any
@@ -50,13 +51,22 @@ interrupted (so a stop is bounded even behind a long queue)."""
 class GeneratorWorker:
     """Worker ``worker``: issues operations to replicas by project affinity."""
 
-    def __init__(self, worker: int, replicas: list[Any], routes: dict[str, int] | None) -> None:
-        """Records get ids ``<worker>-<sequence>``: give a replacement a worker number of its
-        own, so that no id is ever issued twice."""
-        """``routes`` maps each project to its replica; ``None`` spreads ops at random."""
+    def __init__(
+        self,
+        worker: int,
+        replicas: list[Any],
+        routes: dict[str, int] | None,
+        http: dict[str, Any] | None = None,
+    ) -> None:
+        """``routes`` maps each project to its replica (``None`` spreads ops at random);
+        ``http`` (an :class:`~workloads.targets.http.HttpPlan` as a dict) sends every op to an
+        HTTP target instead, from this worker itself. Records get ids
+        ``<worker>-<sequence>``: a replacement gets a worker number of its own."""
         self.worker = worker
         self.replicas = replicas
         self.routes = routes
+        self.http = http
+        self._session: Any = None
         self._records: list[dict[str, Any]] = []
         self._stop = asyncio.Event()
         self._in_flight = 0
@@ -100,7 +110,12 @@ class GeneratorWorker:
         self, stage: str, op: str, project: str, rng: random.Random, planned: float
     ) -> None:
         """Send one op due at ``planned`` (``time.perf_counter()`` clock) and record it."""
-        replica = self.routes[project] if self.routes else rng.randrange(len(self.replicas))
+        if self.http is not None:
+            replica = 0
+        elif self.routes:
+            replica = self.routes[project]
+        else:
+            replica = rng.randrange(len(self.replicas))
         sent = time.perf_counter()
         unix_sent = time.time()
         record = OpRecord(
@@ -118,6 +133,9 @@ class GeneratorWorker:
         self._in_flight += 1
         self._pending[record.id] = record.as_dict()
         try:
+            if self.http is not None:
+                await self._http_call(record, op, project, rng, sent)
+                return
             key = (op, project, replica)
             call = self._calls.get(key)
             if call is None:  # named per op and project, for the dashboard; built once
@@ -147,6 +165,81 @@ class GeneratorWorker:
             self._in_flight -= 1
             self._pending.pop(record.id, None)
             self._records.append(record.as_dict())
+
+    async def _http_call(
+        self, record: OpRecord, op: str, project: str, rng: random.Random, sent: float
+    ) -> None:
+        """One op against the HTTP target: a streamed completion (``analyze``, ``switch``)
+        or an embeddings request; times to first token and between tokens recorded."""
+        import aiohttp
+
+        from workloads.targets.http import chunk_text, parse_sse
+
+        plan = self.http or {}
+        if self._session is None:  # one session: connections are reused
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=REPLY_TIMEOUT_S, sock_connect=10),
+                connector=aiohttp.TCPConnector(limit=0),
+            )
+        route = plan["routes"][project]
+        record.served = json.dumps({"model": route["model"], **route["fields"]}, sort_keys=True)
+        url = plan["url"].rstrip("/")
+        if op == "embed":
+            texts = [rng.choice(EMBED_TEXTS) for _ in range(8)]
+            body: dict[str, Any] = {"model": route["model"], "input": texts}
+            async with self._session.post(f"{url}/v1/embeddings", json=body) as reply:
+                record.http_status = reply.status
+                text = await reply.text()
+            if reply.status != 200:
+                record.error = f"HTTP {reply.status}: {text[:200]}"
+            else:
+                record.ok = "embedding" in text
+                record.error = None if record.ok else f"BadResponse: {text[:200]}"
+            record.service = time.perf_counter() - sent
+            record.stages = {"embed": record.service}
+            return
+        snippet = rng.choice(plan["snippets"].get(project) or [""])
+        prompt = f"# {rng.choice(QUERIES)}\n{snippet}"[: plan["prompt_chars"]]
+        chat = route.get("api") == "chat"
+        body = {
+            "model": route["model"],
+            **route["fields"],
+            **({"messages": [{"role": "user", "content": prompt}]} if chat else {"prompt": prompt}),
+            "stream": True,
+            "max_tokens": plan["max_tokens"] if op == "analyze" else 1,
+            "temperature": 0.0,
+        }
+        first = last = 0.0
+        gaps: list[float] = []
+        endpoint = "/v1/chat/completions" if chat else "/v1/completions"
+        async with self._session.post(f"{url}{endpoint}", json=body) as reply:
+            record.http_status = reply.status
+            if reply.status != 200:
+                record.error = f"HTTP {reply.status}: {(await reply.text())[:200]}"
+                record.service = time.perf_counter() - sent
+                return
+            async for line in reply.content:
+                try:
+                    event = parse_sse(line)
+                except ValueError:
+                    record.error = f"BadResponse: not JSON: {line[:120]!r}"
+                    break
+                if event is None or not chunk_text(event):
+                    continue
+                now = time.perf_counter()
+                if first:
+                    gaps.append(now - last)
+                else:
+                    first = now
+                last = now
+                record.tokens_out += 1
+        record.service = time.perf_counter() - sent
+        record.stages = {"model": record.service}
+        record.ttft = first - sent if first else 0.0
+        record.itl = sum(gaps) / len(gaps) if gaps else 0.0
+        if record.error is None and record.tokens_out == 0:
+            record.error = "BadResponse: the stream carried no token"
+        record.ok = record.error is None
 
     def _cost(self, cpu0: float, wall0: float, issued0: int) -> dict[str, Any]:
         return {

@@ -19,7 +19,7 @@ from ray.util import metrics
 
 from workloads.service.projects import Project
 from workloads.service.service import OpResult, Service, ServiceConfig, StageTimings
-from workloads.target import load_factory
+from workloads.targets import load_factory
 
 LATENCY_BOUNDARIES = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30]
 

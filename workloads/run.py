@@ -19,7 +19,7 @@ from workloads.names import check_folder
 from workloads.service.projects import parse_project_arg
 from workloads.spec import list_profiles, load_profile
 from workloads.system_config import list_configs, load_config
-from workloads.target import check_target, parse_target
+from workloads.targets import check_target, parse_target
 
 DEFAULT_RESULTS = Path("results")
 EXIT_TARGETS_MISSED = 3
@@ -64,7 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--target",
         default="builtin",
-        help="system under load: builtin, or python:package.module:Class (your service class)",
+        help="system under load: builtin, mlx-lm (a managed mlx_lm.server), openai (a running "
+        "server at --target-url), or python:package.module:Class (your service class)",
+    )
+    p.add_argument("--target-url", default=None, help="base URL of an openai target")
+    p.add_argument(
+        "--target-map", default=None, help="TOML: each project's model and fields (openai)"
+    )
+    p.add_argument("--target-pid", type=int, default=None, help="process to profile (openai)")
+    p.add_argument(
+        "--baseline-target",
+        default=None,
+        help="also run this target (with the same config), interleaved in rounds, and compare",
     )
     p.add_argument(
         "--address", default=None, help="join this Ray cluster (else $RAY_ADDRESS, else embedded)"
@@ -145,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         from workloads.runner import RunSpec, execute
 
-        target = parse_target(args.target)
+        target = parse_target(args.target, args.target_url, args.target_map, args.target_pid)
         check_target(target, profile.ops)
 
         spec = RunSpec(
@@ -165,13 +176,17 @@ def main(argv: list[str] | None = None) -> int:
             pyspy_rate_hz=args.pyspy_rate,
             target=target,
         )
-        if args.baseline:
+        if args.baseline or args.baseline_target:
             if args.rounds is not None and args.rounds < 1:
                 raise ConfigError("--rounds must be >= 1")
             rounds = args.rounds or default_rounds(profile.name, args.cache_dir)
             from workloads.ab import execute_ab
 
-            base_spec = dataclasses.replace(spec, config=load_config(args.baseline))
+            base_target = parse_target(args.baseline_target) if args.baseline_target else target
+            check_target(base_target, profile.ops)
+            base_spec = dataclasses.replace(
+                spec, config=load_config(args.baseline or args.config), target=base_target
+            )
             ab = execute_ab(spec, base_spec, rounds=rounds)
             if any(r.stopped_at_once for r in ab.rounds):
                 _exit_now()

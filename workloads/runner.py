@@ -50,7 +50,7 @@ from workloads.service.service import STAGE_FRAMES
 from workloads.shapes import WorkerPlan, active_projects, plan_stage
 from workloads.spec import Profile, Stage
 from workloads.system_config import SystemConfig
-from workloads.target import BUILTIN, Target, worker_env
+from workloads.targets import BUILTIN, Target, worker_env
 
 
 @dataclass(frozen=True)
@@ -342,7 +342,10 @@ def execute(spec: RunSpec) -> RunOutcome:
     hard = False
     try:
         with _Interrupts() as interrupts:
-            status = _execute(spec, run_dir, run_info, writer, progress, interrupts)
+            body = _execute
+            if spec.target.http:
+                from workloads.http_runner import execute_http as body
+            status = body(spec, run_dir, run_info, writer, progress, interrupts)
     except KeyboardInterrupt:
         status, hard = "interrupted", True
         progress.say("second interrupt: stopping at once; the records so far are kept")

@@ -226,6 +226,23 @@ def _index_key(config: ServiceConfig) -> str:
     return f"tok{config.embed_max_tokens}-cap{cap if cap is not None else 'all'}"
 
 
+def adapter_root(cache: Path, base_path: Path) -> Path:
+    """Where the adapters generated for the base model at ``base_path`` are kept."""
+    key = hashlib.sha256(
+        str(Path(base_path).resolve()).encode() + (Path(base_path) / "config.json").read_bytes()
+    ).hexdigest()[:12]
+    return Path(cache) / "adapters" / key
+
+
+def project_adapter(root: Path, name: str, model: Any, rank: int) -> Path:
+    """Project ``name``'s generated adapter under ``root`` (made once, from a seed of its
+    name, so every process and run gets the same one)."""
+    adapter = Path(root) / f"{name}-r{rank}"
+    if not (adapter / "adapters.safetensors").is_file():
+        generate_adapter(adapter, model, spec=AdapterSpec(rank=rank), seed=_stable_seed(name))
+    return adapter
+
+
 def _stable_seed(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
 
@@ -257,10 +274,7 @@ class Service:
         self.store = EmbeddingStore(cache / "embeddings" / self.embedder.identity)
         """Vectors by chunk content, shared by every replica and run on this machine."""
         embedder_loaded = time.perf_counter()
-        base_key = hashlib.sha256(
-            str(Path(base_path).resolve()).encode() + (Path(base_path) / "config.json").read_bytes()
-        ).hexdigest()[:12]
-        self.adapter_root = cache / "adapters" / base_key
+        self.adapter_root = adapter_root(cache, Path(base_path))
         self.budget = _cache_budget(config)
         """How the memory budget was shared out (empty without one)."""
         self.lock = threading.RLock()
@@ -296,16 +310,9 @@ class Service:
 
     def add_project(self, project: Project) -> None:
         """Register ``project``; a project without an adapter gets a generated one (cached)."""
-        adapter = project.adapter
-        if adapter is None:
-            adapter = self.adapter_root / f"{project.name}-r{self.config.adapter_rank}"
-            if not (adapter / "adapters.safetensors").is_file():
-                generate_adapter(
-                    adapter,
-                    self.base.model,
-                    spec=AdapterSpec(rank=self.config.adapter_rank),
-                    seed=_stable_seed(project.name),
-                )
+        adapter = project.adapter or project_adapter(
+            self.adapter_root, project.name, self.base.model, self.config.adapter_rank
+        )
         self.projects.add(project, adapter)
 
     def ingest(self, name: str, *, rebuild: bool = False) -> IngestReport | None:

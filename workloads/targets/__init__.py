@@ -1,11 +1,21 @@
-"""Which system a run puts under load: the builtin stack, or the user's own service class.
+"""Which system a run puts under load (``--target``).
 
-``builtin`` is :class:`~workloads.service.service.Service`. ``python:package.module:Class``
-hosts the user's class in loadlens's replicas instead: it is built as
-``Class(ServiceConfig, projects)`` and must answer the same calls as the builtin stack,
-``analyze``, ``search``, ``embed``, ``switch`` and ``ingest`` (each op the profile sends),
-plus ``stats()``. The module is imported from the current folder or ``PYTHONPATH``, in the
-driver first (so a bad name fails before the run starts) and then in every replica.
+- ``builtin``: :class:`~workloads.service.service.Service` in loadlens's replicas.
+- ``python:package.module:Class``: the user's class hosted in those replicas instead, built
+  as ``Class(ServiceConfig, projects)`` and answering the same calls as the builtin stack
+  (:class:`~workloads.targets.protocol.ServiceProtocol`): ``analyze``, ``search``, ``embed``,
+  ``switch`` and ``ingest`` (each op the profile sends), plus ``stats()``. The module is
+  imported from the current folder or ``PYTHONPATH``, in the driver first (so a bad name
+  fails before the run starts) and then in every replica.
+- ``mlx-lm``: a real ``mlx_lm.server`` that loadlens starts on 127.0.0.1 with the run's base
+  model, profiles (role ``target``) and always stops; each project's requests carry its
+  adapter (:mod:`workloads.targets.mlx_server`).
+- ``openai``: an OpenAI-compatible server already running at ``--target-url``, routed per
+  project by ``--target-map`` (:mod:`workloads.targets.http`); ``--target-pid`` (or the
+  process listening on the URL's port, when it is on this machine) is what is profiled.
+
+A target serves some ops; a profile that sends another one is refused before the run
+starts, naming both.
 """
 
 from __future__ import annotations
@@ -16,9 +26,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import psutil
+
 from datamodel.errors import ConfigError
 
 BUILTIN = "builtin"
+KINDS = ("builtin", "python", "mlx-lm", "openai")
+"""Every kind of target."""
 OP_METHODS = {
     "analyze": "analyze",
     "search": "search",
@@ -36,9 +50,20 @@ class Target:
     """The system under load."""
 
     kind: str
-    """``builtin`` or ``python``."""
+    """One of :data:`KINDS`."""
     factory: str | None = None
     """``module:Class`` of a ``python`` target."""
+    url: str | None = None
+    """Base URL of an ``openai`` target."""
+    routes: str | None = None
+    """Mapping file of an ``openai`` target (project -> model and fields)."""
+    pid: int | None = None
+    """Process to profile as the ``openai`` target (else the one listening on its port)."""
+
+    @property
+    def http(self) -> bool:
+        """Whether generator workers call it over HTTP (no replicas of loadlens's own)."""
+        return self.kind in ("mlx-lm", "openai")
 
     @property
     def label(self) -> str:
@@ -46,14 +71,27 @@ class Target:
         return self.kind if self.factory is None else f"{self.kind}:{self.factory}"
 
 
-def parse_target(text: str) -> Target:
-    """``builtin`` or ``python:module:Class``; anything else is a :class:`ConfigError`."""
-    if text == BUILTIN:
-        return Target(BUILTIN)
+def parse_target(
+    text: str, url: str | None = None, routes: str | None = None, pid: int | None = None
+) -> Target:
+    """A target from ``--target`` (and, for ``openai``, ``--target-url``, ``--target-map``,
+    ``--target-pid``); anything else is a :class:`ConfigError` naming what is wrong."""
+    if text in (BUILTIN, "mlx-lm"):
+        if url or routes or pid:
+            raise ConfigError(f"--target {text}: --target-url/-map/-pid are for --target openai")
+        return Target(text)
+    if text == "openai":
+        if not url:
+            raise ConfigError("--target openai needs --target-url URL (a running server)")
+        if pid is not None and not psutil.pid_exists(pid):
+            raise ConfigError(f"--target-pid {pid}: no such process")
+        return Target("openai", url=url, routes=routes, pid=pid)
     kind, _, factory = text.partition(":")
     if kind == "python" and ":" in factory and all(factory.split(":")):
         return Target("python", factory)
-    raise ConfigError(f"--target {text!r}: expected 'builtin' or 'python:package.module:Class'")
+    raise ConfigError(
+        f"--target {text!r}: expected one of builtin, mlx-lm, openai, python:package.module:Class"
+    )
 
 
 def load_factory(path: str) -> Any:
@@ -74,6 +112,23 @@ def load_factory(path: str) -> Any:
 
 def check_target(target: Target, ops: Iterable[str]) -> None:
     """Refuse a target that cannot serve every op in ``ops`` (before anything starts)."""
+    wanted = sorted(set(ops))
+    if target.http:
+        from workloads.targets.http import HTTP_OPS, probe
+
+        if target.url:
+            probe(target.url)
+        extra = [op for op in wanted if op not in HTTP_OPS | {"embed"}]
+        if target.kind == "mlx-lm":
+            extra += [op for op in wanted if op == "embed"]  # mlx_lm.server has no embeddings
+        if extra:
+            raise ConfigError(
+                f"target {target.label} serves {', '.join(sorted(HTTP_OPS))}"
+                f"{'' if target.kind == 'mlx-lm' else ' (and embed where /v1/embeddings answers)'}"
+                f"; the profile also sends {', '.join(extra)}: use a profile without them, or "
+                "--target builtin"
+            )
+        return
     if target.factory is None:
         return
     factory = load_factory(target.factory)

@@ -1,0 +1,155 @@
+"""HTTP targets end to end: a real ``mlx_lm.server`` that loadlens starts, and a running
+OpenAI-style server that fails in every way a server can (tests/oddserver.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+from runs import ROOT, finish, only_run, read_jsonl, records_written, run_cli, start, wait_for
+
+PROFILE = str(ROOT / "tests" / "data" / "http-adapters.toml")
+
+
+def test_mlx_lm_server_with_three_adapters(tmp_path, cache_dir):
+    results = tmp_path / "results"
+    proc = run_cli(
+        *("--profile", PROFILE, "--target", "mlx-lm", "--results-dir", str(results)),
+        "--no-fail-on-targets",
+        cache=cache_dir,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = only_run(results)
+    info = json.loads((run / "run.json").read_text())
+    target = info["target"]
+    assert target["kind"] == "mlx-lm" and target["url"].startswith("http://127.0.0.1:")
+    adapters = {r["fields"]["adapters"] for r in target["routes"].values()}
+    assert len(adapters) == 3 and all(Path(a, "adapters.safetensors").is_file() for a in adapters)
+    # The managed server was stopped (SIGTERM) and is gone.
+    assert target["exit_code"] is not None and not target.get("exited_mid_run")
+    assert _gone(target["pid"])
+    records = read_jsonl(run / "records.jsonl")
+    assert len(records) == sum(s["issued"] for s in info["stages"]) > 10
+    assert all(r["ok"] and r["http_status"] == 200 for r in records), [
+        r["error"] for r in records if not r["ok"]
+    ]
+    assert {r["project"] for r in records} == set(target["routes"])
+    analyze = [r for r in records if r["op"] == "analyze"]
+    assert analyze and all(0 < r["ttft"] <= r["service"] <= r["duration"] for r in analyze)
+    assert all(r["tokens_out"] >= 1 for r in analyze)
+    assert any(r["tokens_out"] > 1 and r["itl"] > 0 for r in analyze)
+    assert all(json.loads(r["served"])["adapters"] in adapters for r in records)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["tokens_out"] == sum(r["tokens_out"] for r in records)
+    assert 0 < summary["switches"] < len(records)  # inferred from the order requests were sent
+    assert summary["ttft_by_op"]["analyze"]["p50"] > 0
+    # The server process, profiled as the role "target".
+    timeline = read_jsonl(run / "timeline.jsonl")
+    mine = [row for row in timeline if row["role"] == "target"]
+    assert len(mine) >= 3 and all(row["rss"] > 0 for row in mine)
+    assert any(row["cpu_percent"] > 0 for row in mine) and any(row["uss"] for row in mine)
+    assert all(row["threads"] > 1 and row["fds"] > 3 for row in mine)
+    collapsed = (run / "profiles" / "target.collapsed").read_text()
+    assert "mlx_lm" in collapsed and "server.py" in collapsed
+    # The verdict: what adapter changes cost the server, with its evidence.
+    analysis = json.loads((run / "analysis.json").read_text())
+    kinds = [f["kind"] for f in analysis["findings"]]
+    assert "adapter_change" in kinds, kinds
+    finding = analysis["findings"][kinds.index("adapter_change")]
+    evidence = finding["evidence"]
+    assert evidence["changed"] == summary["switches"] and evidence["requests"] == len(records)
+    main = evidence["by_op"]["analyze"]
+    assert main["p50_first_token_changed_s"] > main["p50_first_token_unchanged_s"]
+    assert 0 <= evidence["target_load_share"] <= 1 and evidence["target_busy_samples"] > 0
+    assert any("no MLX counters" in note for note in analysis["notes"])
+    report = (run / "report.html").read_text()
+    assert "Not available for target mlx-lm" in report and "adapter changes cost" in report
+    assert (run / "target.log").read_text()
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_ctrl_c_stops_the_managed_server_too(tmp_path, cache_dir):
+    results = tmp_path / "results"
+    proc = start(results, cache_dir, "--profile", PROFILE, "--target", "mlx-lm")
+    wait_for(records_written(results, 3), proc, timeout=240)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
+    seconds, err = finish(proc, 60)
+    assert proc.returncode == 130, err[-2000:]
+    info = json.loads((only_run(results) / "run.json").read_text())
+    assert info["status"] == "interrupted" and info["target"]["exit_code"] is not None
+    assert _gone(info["target"]["pid"]) and seconds < 30
+
+
+def _wait_up(url: str, proc: subprocess.Popen[bytes]) -> None:
+    for _ in range(100):
+        if proc.poll() is not None:
+            raise AssertionError("the test server exited before it answered")
+        try:
+            urllib.request.urlopen(f"{url}/v1/models", timeout=1).read()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("the test server never answered")
+
+
+def test_a_server_that_fails_leaves_error_records(tmp_path, cache_dir):
+    from workloads.targets.mlx_server import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    odd = str(ROOT / "tests" / "oddserver.py")
+    server = subprocess.Popen([sys.executable, odd, str(port), "40"])
+    try:
+        _wait_up(url, server)
+        results = tmp_path / "results"
+        proc = run_cli(
+            "--profile",
+            PROFILE,
+            "--target",
+            "openai",
+            "--target-url",
+            url,
+            "--results-dir",
+            str(results),
+            "--no-fail-on-targets",
+            cache=cache_dir,
+        )
+    finally:
+        if server.poll() is None:
+            os.kill(server.pid, signal.SIGTERM)
+        server.wait(timeout=10)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert server.returncode == 3  # it died mid-run, as planned
+    run = only_run(results)
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "completed" and info["target"]["pid"] == server.pid
+    records = read_jsonl(run / "records.jsonl")
+    assert len(records) == sum(s["issued"] for s in info["stages"]) > 40
+    refused = [r for r in records if r["http_status"] == 500]
+    assert refused and all("HTTP 500: boom: model odd-model refused" in r["error"] for r in refused)
+    garbled = [r for r in records if r["error"] and r["error"].startswith("BadResponse: not JSON")]
+    assert garbled and all(r["http_status"] == 200 for r in garbled)
+    good = [r for r in records if r["ok"]]
+    assert good and all(r["tokens_out"] == 3 and r["ttft"] > 0 for r in good)
+    # After it died: records of requests nothing answered, and the run went on to its end.
+    unanswered = [r for r in records if not r["ok"] and r["http_status"] == 0]
+    assert len(unanswered) > 5
+    assert max(r["sent"] for r in unanswered) > max(r["sent"] for r in good)
+    analysis = json.loads((run / "analysis.json").read_text())
+    assert analysis["findings"][0]["kind"] == "errors"
+    timeline = read_jsonl(run / "timeline.jsonl")
+    assert any(row["role"] == "target" for row in timeline)  # found listening on the port

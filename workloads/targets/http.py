@@ -1,0 +1,195 @@
+"""HTTP targets: any OpenAI-compatible server, called by the generator workers directly.
+
+A project's requests carry its routing: a ``model`` name and any extra fields (mlx-lm's
+per-request ``"adapters"``, or a server's own LoRA field), from a mapping file::
+
+    [default]
+    model = "my-base-model"
+    api = "chat"                        # /v1/chat/completions (default: /v1/completions)
+
+    [projects.api]
+    model = "api-lora"                  # servers that serve LoRA adapters as models
+    fields = { adapters = "/path/to/api-adapter" }
+
+``analyze`` is a streamed completion (text, or chat with ``api = "chat"``) whose prompt is
+built from the project's code; ``switch`` the same with one token (it makes the server take
+up the project's adapter); ``embed`` goes to ``/v1/embeddings`` where the server offers it.
+Each record gets the time to first token, the mean time between tokens, the tokens
+received, and the HTTP status (and the start of the error body when it is not 200).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from datamodel.errors import ConfigError
+
+HTTP_OPS = frozenset({"analyze", "switch"})
+"""Ops every HTTP target serves; ``embed`` too where the server offers embeddings."""
+APIS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
+"""Completion endpoints a route may use, by the name a mapping file gives them."""
+CONNECT_TIMEOUT_S = 5.0
+"""How long the first contact with a server may take before it counts as unreachable."""
+
+
+@dataclass(frozen=True)
+class Routing:
+    """What a project's requests carry: the ``model`` and extra body fields."""
+
+    model: str
+    fields: dict[str, Any] = field(default_factory=dict)
+    api: str = "completions"
+    """``completions`` (``/v1/completions``) or ``chat`` (``/v1/chat/completions``)."""
+
+    @property
+    def key(self) -> str:
+        """What the server is asked to serve: the model and fields, as one string."""
+        return json.dumps({"model": self.model, **self.fields}, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class HttpPlan:
+    """Everything a generator worker needs to call an HTTP target (plain data for Ray)."""
+
+    url: str
+    """The server's base URL, e.g. ``http://127.0.0.1:8080``."""
+    routes: dict[str, dict[str, Any]]
+    """Project -> ``{"model": ..., "fields": {...}}``."""
+    snippets: dict[str, list[str]]
+    """Project -> code the prompts are built from."""
+    max_tokens: int = 16
+    """Tokens asked for per ``analyze``."""
+    prompt_chars: int = 1200
+    """Most characters of code in one prompt."""
+    embeddings: bool = False
+    """Whether the server answers ``/v1/embeddings``."""
+
+
+def load_routes(path: Path, projects: list[str]) -> dict[str, Routing]:
+    """Routing per project from a mapping file (see the module docstring)."""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--target-map {path}: not readable TOML: {exc}") from None
+    unknown = set(data) - {"default", "projects"}
+    if unknown:
+        raise ConfigError(
+            f"--target-map {path}: unknown keys {sorted(unknown)} "
+            "(expected [default] and [projects.NAME])"
+        )
+    default = data.get("default") or {}
+    tables = data.get("projects") or {}
+    routes = {}
+    for name in projects:
+        table = {**default, **(tables.get(name) or {})}
+        if not isinstance(table.get("model"), str):
+            raise ConfigError(
+                f"--target-map {path}: no model for project {name!r} "
+                "(set [default] model or [projects.NAME] model)"
+            )
+        fields = table.get("fields") or {}
+        if not isinstance(fields, dict):
+            raise ConfigError(f"--target-map {path}: fields of {name!r} must be a table")
+        api = table.get("api", "completions")
+        if api not in APIS:
+            raise ConfigError(
+                f"--target-map {path}: api of {name!r} is {api!r}; expected one of "
+                f"{', '.join(APIS)}"
+            )
+        routes[name] = Routing(table["model"], dict(fields), api)
+    return routes
+
+
+def _request(url: str, body: Mapping[str, Any] | None, timeout: float) -> tuple[int, bytes]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        url, data=data, headers={"Content-Type": "application/json"} if data else {}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            return int(answer.status), answer.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+
+
+def probe(url: str, *, timeout: float = CONNECT_TIMEOUT_S) -> dict[str, Any]:
+    """Check that a server answers at ``url``; what it lists under ``/v1/models``.
+
+    Raises :class:`ConfigError` when nothing answers. A server that answers but lists no
+    models (an error status, or not JSON) gives ``models: []`` and the reason in
+    ``problem``: a mapping file can still name its models.
+    """
+    try:
+        status, body = _request(f"{url.rstrip('/')}/v1/models", None, timeout)
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        raise ConfigError(f"--target-url {url}: nothing answers ({exc})") from None
+    text = body[:200].decode(errors="replace")
+    if status != 200:
+        return {"models": [], "problem": f"/v1/models answered HTTP {status}: {text}"}
+    try:
+        listed = json.loads(body)
+    except ValueError:
+        return {"models": [], "problem": f"/v1/models did not answer JSON ({text[:120]!r})"}
+    data = listed.get("data") if isinstance(listed, dict) else None
+    models = [m.get("id") for m in data or [] if isinstance(m, dict)]
+    return {"models": models, "problem": None if models else "/v1/models lists no model"}
+
+
+def offers_embeddings(url: str, model: str, *, timeout: float = 30.0) -> bool:
+    """Whether ``url`` answers a one-text ``/v1/embeddings`` request for ``model``."""
+    try:
+        status, body = _request(
+            f"{url.rstrip('/')}/v1/embeddings", {"model": model, "input": ["x"]}, timeout
+        )
+    except (OSError, ValueError):
+        return False
+    return status == 200 and b"embedding" in body
+
+
+def wait_until_up(url: str, *, timeout: float, alive: Any = None) -> None:
+    """Poll until the server is ready: ``/health`` answers 200 (or, where there is no such
+    endpoint, anything answers); ``alive()`` false means it died."""
+    deadline = time.monotonic() + timeout
+    last = "nothing answered"
+    while time.monotonic() < deadline:
+        if alive is not None and not alive():
+            raise ConfigError(f"the server at {url} exited before it answered")
+        try:
+            status, body = _request(f"{url.rstrip('/')}/health", None, 2.0)
+            if status == 200 or status == 404:
+                return
+            last = f"/health answered HTTP {status}: {body[:120].decode(errors='replace')}"
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            last = str(exc)
+        time.sleep(0.3)
+    raise ConfigError(f"the server at {url} did not answer within {timeout:.0f} s ({last})")
+
+
+def parse_sse(line: bytes) -> dict[str, Any] | None:
+    """One ``data: {...}`` line of a streamed completion as JSON; ``None`` for anything else
+    (comments, keep-alives, ``[DONE]``)."""
+    text = line.decode("utf-8", errors="replace").strip()
+    if not text.startswith("data:"):
+        return None
+    payload = text[5:].strip()
+    if not payload or payload == "[DONE]":
+        return None
+    parsed = json.loads(payload)
+    return parsed if isinstance(parsed, dict) else None
+
+
+def chunk_text(event: Mapping[str, Any]) -> str:
+    """The text a completion (or chat) chunk carries."""
+    choices = event.get("choices") or [{}]
+    first = choices[0] if isinstance(choices[0], dict) else {}
+    delta = first.get("delta") or {}
+    return str(first.get("text") or delta.get("content") or "")
