@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import psutil
+import pytest
 from runs import ROOT, finish, only_run, read_jsonl, records_written, run_cli, start, wait_for
 
 PROFILE = str(ROOT / "tests" / "data" / "http-adapters.toml")
@@ -153,3 +155,59 @@ def test_a_server_that_fails_leaves_error_records(tmp_path, cache_dir):
     assert analysis["findings"][0]["kind"] == "errors"
     timeline = read_jsonl(run / "timeline.jsonl")
     assert any(row["role"] == "target" for row in timeline)  # found listening on the port
+
+
+# --- pure parts: the stream tally and the mapping file ----------------------------------------
+
+
+def _chunk(text: str, finish: str | None = None) -> dict:
+    return {"choices": [{"index": 0, "text": text, "finish_reason": finish}]}
+
+
+def test_stream_tally_times_first_token_and_tokens_after_it() -> None:
+    from workloads.targets.http import StreamTally, parse_sse
+
+    tally = StreamTally(sent=10.0)
+    assert parse_sse(b": keep-alive\n") is None and parse_sse(b"data: [DONE]\n") is None
+    tally.add(parse_sse(b'data: {"choices": [{"index": 0, "text": ""}]}\n'), 10.1)
+    for k, text in enumerate(["a", "b", "c", "d"]):
+        tally.add(_chunk(text, "length" if text == "d" else None), 10.5 + k * 0.1)
+    tally.add({"choices": [], "usage": {"completion_tokens": 7}}, 10.9)
+    assert tally.ttft == pytest.approx(0.5)  # the first text, not the empty first event
+    assert tally.tokens == 7 and tally.finish == "length"  # the server's own count
+    assert tally.itl == pytest.approx(0.3 / 6)
+    chat = StreamTally(sent=0.0)
+    chat.add({"choices": [{"delta": {"content": "hi"}}]}, 0.2)
+    assert chat.tokens == 1 and chat.ttft == pytest.approx(0.2) and chat.itl == 0.0
+    # An end of sequence first: answered, no text; the first event is the first token.
+    empty = StreamTally(sent=0.0)
+    empty.add(_chunk("", "stop"), 0.3)
+    assert empty.answered and empty.tokens == 0 and empty.ttft == pytest.approx(0.3)
+    assert not StreamTally(sent=0.0).answered
+    with pytest.raises(ValueError):
+        parse_sse(b"data: {not json\n")
+
+
+def test_mapping_file_routes_projects_and_names_its_mistakes(tmp_path) -> None:
+    from datamodel.errors import ConfigError
+    from workloads.targets.http import load_routes
+
+    good = tmp_path / "routes.toml"
+    good.write_text(
+        '[default]\nmodel = "base"\n[projects.api]\nmodel = "api-lora"\napi = "chat"\n'
+        '[projects.web]\nfields = { adapters = "/a/web" }\n'
+    )
+    routes = load_routes(good, ["api", "web", "cli"])
+    assert (routes["api"].model, routes["api"].api) == ("api-lora", "chat")
+    assert routes["web"].model == "base" and routes["web"].fields == {"adapters": "/a/web"}
+    assert routes["cli"].model == "base" and routes["cli"].api == "completions"
+    for text, message in [
+        ("[defaults]\n", "unknown keys ['defaults']"),
+        ('[projects.api]\nmodel = "x"\n', "no model for project 'web'"),
+        ('[default]\nmodel = "x"\napi = "soap"\n', "api of 'api' is 'soap'"),
+        ("model = [", "not readable TOML"),
+    ]:
+        bad = tmp_path / "bad.toml"
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_routes(bad, ["api", "web"])

@@ -173,7 +173,7 @@ class GeneratorWorker:
         or an embeddings request; times to first token and between tokens recorded."""
         import aiohttp
 
-        from workloads.targets.http import chunk_text, parse_sse
+        from workloads.targets.http import StreamTally, parse_sse
 
         plan = self.http or {}
         if self._session is None:  # one session: connections are reused
@@ -208,9 +208,9 @@ class GeneratorWorker:
             "stream": True,
             "max_tokens": plan["max_tokens"] if op == "analyze" else 1,
             "temperature": 0.0,
+            "stream_options": {"include_usage": True},
         }
-        first = last = 0.0
-        gaps: list[float] = []
+        tally = StreamTally(sent)
         endpoint = "/v1/chat/completions" if chat else "/v1/completions"
         async with self._session.post(f"{url}{endpoint}", json=body) as reply:
             record.http_status = reply.status
@@ -224,21 +224,13 @@ class GeneratorWorker:
                 except ValueError:
                     record.error = f"BadResponse: not JSON: {line[:120]!r}"
                     break
-                if event is None or not chunk_text(event):
-                    continue
-                now = time.perf_counter()
-                if first:
-                    gaps.append(now - last)
-                else:
-                    first = now
-                last = now
-                record.tokens_out += 1
+                if event is not None:
+                    tally.add(event, time.perf_counter())
         record.service = time.perf_counter() - sent
         record.stages = {"model": record.service}
-        record.ttft = first - sent if first else 0.0
-        record.itl = sum(gaps) / len(gaps) if gaps else 0.0
-        if record.error is None and record.tokens_out == 0:
-            record.error = "BadResponse: the stream carried no token"
+        record.ttft, record.itl, record.tokens_out = tally.ttft, tally.itl, tally.tokens
+        if record.error is None and not tally.answered:
+            record.error = "BadResponse: the stream carried no completion"
         record.ok = record.error is None
 
     def _cost(self, cpu0: float, wall0: float, issued0: int) -> dict[str, Any]:

@@ -193,3 +193,60 @@ def chunk_text(event: Mapping[str, Any]) -> str:
     first = choices[0] if isinstance(choices[0], dict) else {}
     delta = first.get("delta") or {}
     return str(first.get("text") or delta.get("content") or "")
+
+
+class StreamTally:
+    """What a streamed completion's events say, as they arrive (pure: times are given).
+
+    The time to first token is when the first text arrived (else the first event with a
+    choice: a reply of no text, such as an end-of-sequence first, still answered); output
+    tokens are the server's own count (``usage.completion_tokens``) where it sends one, else
+    the chunks that carried text; the inter-token latency is the mean time per token after
+    the first.
+    """
+
+    def __init__(self, sent: float) -> None:
+        self.sent = sent
+        self.first_event = 0.0
+        self.first_text = 0.0
+        self.last_text = 0.0
+        self.chunks = 0
+        self.usage_tokens: int | None = None
+        self.finish: str | None = None
+
+    def add(self, event: Mapping[str, Any], now: float) -> None:
+        """Take one parsed event received at ``now``."""
+        usage = event.get("usage")
+        if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+            self.usage_tokens = usage["completion_tokens"]
+        choices = event.get("choices")
+        if not choices:
+            return
+        self.first_event = self.first_event or now
+        if chunk_text(event):
+            self.first_text = self.first_text or now
+            self.last_text = now
+            self.chunks += 1
+        first = choices[0] if isinstance(choices[0], dict) else {}
+        if first.get("finish_reason"):
+            self.finish = str(first["finish_reason"])
+
+    @property
+    def answered(self) -> bool:
+        """Whether any choice arrived at all."""
+        return bool(self.first_event)
+
+    @property
+    def tokens(self) -> int:
+        return self.usage_tokens if self.usage_tokens is not None else self.chunks
+
+    @property
+    def ttft(self) -> float:
+        first = self.first_text or self.first_event
+        return first - self.sent if first else 0.0
+
+    @property
+    def itl(self) -> float:
+        if self.tokens < 2 or not self.first_text:
+            return 0.0
+        return (self.last_text - self.first_text) / (self.tokens - 1)
