@@ -532,8 +532,14 @@ def test_adapter_change_compares_first_tokens_and_what_the_server_streamed(tmp_p
         "main;serve;generate (mlx_lm/generate.py:5);matmul 70\n"
         "main;Worker.main_loop (ray/_private/worker.py:900) 500\n"
     }
-    analysis = analyze(write_run(tmp_path, records=rows, profiles=profiles), [])
+    timeline = [{"t": T0 + k, "role": "target", "pid": 9, "uss": (100 + k) * MB} for k in range(5)]
+    run = write_run(tmp_path, records=rows, profiles=profiles, timeline_jsonl=timeline)
+    analysis = analyze(run, load_targets("smoke"))
     assert kinds(analysis)[0] == "adapter_change"
+    switch = next(t for t in analysis.targets if t.target.name == "project switch")
+    assert switch.value == pytest.approx(0.5) and "first token" in switch.evidence
+    memory = next(t for t in analysis.targets if t.target.name == "service memory")
+    assert memory.value == pytest.approx(104) and "target sample" in memory.evidence
     top = analysis.findings[0]
     assert top.evidence["changed"] == 9 and top.evidence["requests"] == 60
     figures = top.evidence["by_op"]["analyze"]

@@ -26,6 +26,7 @@ class Progress:
         self.total = 0
         self.errors = 0
         self.swaps = 0
+        self._served: str | None = None
         self._stage: Stage | None = None
         self._stage_index = 0
         self._stage_start = 0.0
@@ -75,6 +76,11 @@ class Progress:
             self.total += 1
             self.errors += 0 if r["ok"] else 1
             self.swaps += 1 if r.get("switched") else 0
+        # HTTP targets: changes of the served adapter, in the order requests were sent (the
+        # records' own flags are inferred once the run is read back).
+        for r in sorted((r for r in records if r.get("served")), key=lambda r: r["sent"]):
+            self.swaps += self._served is not None and r["served"] != self._served
+            self._served = r["served"]
         while self._recent and self._recent[0][0] < now - WINDOW_S:
             self._recent.popleft()
         if self.quiet or self._stage is None or now - self._last_line < 1.0:

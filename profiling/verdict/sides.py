@@ -143,12 +143,14 @@ def warnings_of(sides: Sequence[tuple[str, Sequence[RunData]]]) -> list[str]:
 
 
 def memory_peak(run: RunData) -> tuple[float, str] | None:
-    """``(MB, source)`` of the run's largest replica memory figure, if any."""
-    samples = run.samples("replica")
-    for key, source in (("uss", "USS"), ("rss", "RSS")):
-        values = [number(s[key]) for s in samples if isinstance(s.get(key), int | float)]
-        if values:
-            return max(values) / MB, source
+    """``(MB, source)`` of the run's largest replica memory figure (for a server reached
+    over HTTP, its own process's), if any."""
+    for role, prefix in (("replica", ""), ("target", "server ")):
+        samples = run.samples(role)
+        for key, source in (("uss", "USS"), ("rss", "RSS")):
+            values = [number(s[key]) for s in samples if isinstance(s.get(key), int | float)]
+            if values:
+                return max(values) / MB, prefix + source
     ends = [number(s.get("rss_bytes")) for s in run.section("replica_stats")]
     return (max(ends) / MB, "end-of-run RSS") if any(ends) else None
 
