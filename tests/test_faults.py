@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -210,6 +211,18 @@ def test_a_killed_generator_worker_is_replaced_and_nothing_is_lost(tmp_path, cac
     assert "generator" in err and "was lost" in err
 
 
+def _wait_for_replica(proc: subprocess.Popen[str], done: Callable[[set[int]], bool]) -> None:
+    """Wait until the replica processes in the run's session satisfy ``done``; on a timeout,
+    say which processes the session had (a worker takes its actor's name as its title)."""
+    try:
+        wait_for(lambda: done(_replica_pids(proc.pid)), proc, timeout=60)
+    except AssertionError as failed:
+        titles = [
+            " ".join(_cmdline(p))[:80] for p in psutil.process_iter() if _in_session(p, proc.pid)
+        ]
+        raise AssertionError(f"{failed}; the session's processes: {titles}") from None
+
+
 def _replica_pids(sid: int) -> set[int]:
     return {
         p.pid
@@ -229,11 +242,10 @@ def test_a_replica_killed_twice_leaves_error_records_not_a_failed_run(tmp_path, 
     results = tmp_path / "results"
     proc = start(results, cache_dir, "--profile", "smoke", "--duration", "30")
     wait_for(records_written(results, 10), proc)
-    found = _replica_pids(proc.pid)
-    assert len(found) == 1, [_cmdline(p) for p in psutil.process_iter() if _in_session(p, proc.pid)]
-    (first,) = found
+    _wait_for_replica(proc, lambda found: len(found) == 1)
+    (first,) = _replica_pids(proc.pid)
     os.kill(first, signal.SIGKILL)
-    wait_for(lambda: _replica_pids(proc.pid) - {first}, proc, timeout=60)  # Ray restarted it
+    _wait_for_replica(proc, lambda found: bool(found - {first}))  # Ray restarted it
     (second,) = _replica_pids(proc.pid) - {first}
     os.kill(second, signal.SIGKILL)  # beyond max_restarts: gone for good
     killed_at = time.time()

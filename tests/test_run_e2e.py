@@ -115,12 +115,17 @@ def check_profiling(run: Path, records: list[dict]) -> None:
             "--target-pid 999999: no such process",
         ),
         (["--target", "mlx-lm", "--target-url", "http://x"], "are for --target openai"),
-        (["--profile", "smoke", "--results-dir", "/etc/hostname"], "is a file, not a folder"),
+        (["--profile", "smoke", "--results-dir", "{a_file}"], "is a file, not a folder"),
     ],
 )
 def test_bad_input_exits_2_with_a_clear_message(tmp_path, cache_dir, args, message):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder\n")
+    args = [arg.format(a_file=a_file) for arg in args]
+    if "--results-dir" not in args:
+        args += ["--results-dir", str(tmp_path)]
     start = time.monotonic()
-    proc = run_cli(*args, "--results-dir", str(tmp_path), cache=cache_dir, timeout=60)
+    proc = run_cli(*args, cache=cache_dir, timeout=60)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr
     assert time.monotonic() - start < 30

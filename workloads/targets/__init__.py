@@ -120,7 +120,7 @@ def check_target(target: Target, ops: Iterable[str]) -> None:
             probe(target.url)
         extra = [op for op in wanted if op not in HTTP_OPS | {"embed"}]
         if target.kind == "mlx-lm":
-            extra += [op for op in wanted if op == "embed"]  # mlx_lm.server has no embeddings
+            extra = sorted([*extra, *(op for op in wanted if op == "embed")])  # no embeddings
         if extra:
             raise ConfigError(
                 f"target {target.label} serves {', '.join(sorted(HTTP_OPS))}"
