@@ -11,12 +11,14 @@ import re
 import shutil
 from pathlib import Path
 
+import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
 from datamodel.errors import ModelError
-from workloads.service.embedder import Embedder, minilm_dir
+from workloads.service.embedder import Embedder, _gelu_fast, _softmax_fast, minilm_dir
 
 DATA = Path(__file__).parent / "data"
 TEXTS: list[str] = json.loads((DATA / "minilm_reference_texts.json").read_text("utf-8"))
@@ -32,6 +34,22 @@ def embedder(request: pytest.FixtureRequest) -> Embedder:
 def fast_vectors() -> np.ndarray:
     """The vectors at the default batch size (32: all texts in one batch)."""
     return Embedder(fast_math=True).embed(TEXTS)
+
+
+def test_fast_math_matches_mlx_exact_kernels() -> None:
+    """The staged approximations against mx.softmax(precise) and erf GELU, over the range
+    attention scores and activations take, masked keys (-1e6) included."""
+    rng = np.random.default_rng(7)
+    scores = rng.normal(0, 6, (4, 3, 16, 64)).astype(np.float32)
+    scores[..., 50:] = -1e6  # padding keys
+    scores[0, 0, 0, :50] = np.linspace(-90, 40, 50)  # a row spanning past exp's range
+    s = mx.array(scores)
+    got = np.array(_softmax_fast(s))
+    want = np.array(mx.softmax(s, axis=-1, precise=True))
+    np.testing.assert_allclose(got, want, atol=5e-6, rtol=0)
+    assert np.all(got[..., 50:] < 1e-30) and np.allclose(got.sum(-1), 1, atol=1e-5)
+    x = mx.array(np.linspace(-12, 12, 100_001, dtype=np.float32))
+    np.testing.assert_allclose(np.array(_gelu_fast(x)), np.array(nn.gelu(x)), atol=2e-6, rtol=0)
 
 
 def test_reference_data_is_consistent() -> None:
