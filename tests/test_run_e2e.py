@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import tempfile
 import time
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from runs import finish, only_run, read_jsonl, record_lines, run_cli, start, wai
 
 def test_smoke_run_records_every_operation(tmp_path, cache_dir):
     results = tmp_path / "results"
+    scratch = set(Path(tempfile.gettempdir()).glob("loadlens-pyspy-*"))
     proc = run_cli(
         "--profile",
         "smoke",
@@ -38,6 +40,8 @@ def test_smoke_run_records_every_operation(tmp_path, cache_dir):
     issued = info["generators"]["issued_by_worker"]
     expected = {f"{w}-{k}" for w, n in issued.items() for k in range(n)}
     assert [r["id"] for r in records] and {r["id"] for r in records} == expected  # exactly once
+    left = set(Path(tempfile.gettempdir()).glob("loadlens-pyspy-*")) - scratch
+    assert not left, f"the profiling agent left its py-spy folder behind: {left}"
     assert len({r["id"] for r in records}) == len(records) and not info["generators"]["outages"]
     assert all(
         r["planned"] <= r["sent"] and r["lag"] + r["wait"] + r["service"] <= r["duration"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import tempfile
 import tomllib
 from pathlib import Path
@@ -33,6 +34,7 @@ def ray_session():
     ray.init(address="local", include_dashboard=False, _temp_dir=str(temp), log_to_driver=False)
     yield
     ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 def stage(**fields: Any) -> str:

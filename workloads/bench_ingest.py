@@ -68,6 +68,7 @@ def bench_ingest(args: argparse.Namespace) -> None:
     print(f"config {config.name}: blas {blas}, {args.replicas} replica(s) x {streams} stream(s)")
     projects = default_projects(args.projects)
     temp = Path(tempfile.mkdtemp(prefix="ll-ray-", dir="/tmp"))
+    copy: Path | None = None
     ray.init(address="local", include_dashboard=False, _temp_dir=str(temp), log_to_driver=False)
     try:
         replicas = _replicas(args.replicas, service, projects, env, streams)
@@ -106,7 +107,9 @@ def bench_ingest(args: argparse.Namespace) -> None:
         )
     finally:
         ray.shutdown()
-        shutil.rmtree(cache, ignore_errors=True)
+        for folder in (cache, temp, copy.parent if copy else None):
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def add_parser(sub: Any) -> None:

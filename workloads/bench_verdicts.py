@@ -20,6 +20,7 @@ import dataclasses
 import itertools
 import json
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -296,6 +297,7 @@ def bench_verdicts(args: argparse.Namespace) -> None:
                 print(f"  {case:<38}{expected:<16}{top}  {mark}")
     finally:
         ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def add_parser(sub: Any) -> None:

@@ -8,6 +8,7 @@ actor pids, the driver's node processes) and drains its samples once a second.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -93,6 +94,7 @@ class ProfilingAgent:
         for rec in self._recordings.values():
             if rec.process.poll() is None:
                 rec.process.kill()
+        shutil.rmtree(self._dir, ignore_errors=True)
 
     def stop(self) -> dict[str, Any]:
         """Stop sampling and py-spy; hand over the rest: samples, stacks by role, problems."""
@@ -105,6 +107,7 @@ class ProfilingAgent:
             if problem:
                 self.problems.append(problem)
             profiles[rec.role] = profiles.get(rec.role, "") + text
+        shutil.rmtree(self._dir, ignore_errors=True)  # py-spy's raw files, read above
         return {
             "samples": self.drain(),
             "profiles": profiles,
