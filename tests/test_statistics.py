@@ -164,6 +164,7 @@ def test_power_rounds_grow_with_drift() -> None:
     assert few is not None and many is not None and few < many
     assert power_rounds(0.05, sigma=1.0, within=0.0) is None
     assert power_rounds(0.0, sigma=0.01, within=0.0) is None
+    assert power_rounds(0.05, sigma=0.0, within=0.0) == 1  # nothing varies (was 0/0)
 
 
 def test_student_t_matches_known_values() -> None:

@@ -257,6 +257,12 @@ def bench_verdicts(args: argparse.Namespace) -> None:
     try:
         paths = [Path(p) for p in args.reuse] if args.reuse else aa_runs(args, results)
         runs = [RunData.load(p) for p in paths]
+        kinds = {(r.run["spec"]["profile"]["name"], r.run["spec"]["config"]["name"]) for r in runs}
+        if len(kinds) > 1:
+            raise SystemExit(
+                "error: --reuse takes A/A runs of one profile and one configuration; these are "
+                + ", ".join(f"{p}/{c}" for p, c in sorted(kinds))
+            )
         cal = calibration.build(
             machine,
             runs[0].run["spec"]["profile"]["name"],

@@ -296,6 +296,8 @@ def power_rounds(
     two-sided at ``alpha``, normal reference. ``None`` when ``most`` are not enough."""
     if effect <= 0:
         return None
+    if sigma**2 + within <= 0:  # nothing varies: one run a side shows any change
+        return 1
     z = t_critical(1 - alpha, math.inf) + t_critical(2 * power - 1, math.inf)
     for k in range(1, most + 1):
         if effect / math.sqrt(2 * (sigma**2 + within) / k) >= z:
