@@ -118,9 +118,9 @@ def check_target(target: Target, ops: Iterable[str]) -> None:
 
         if target.url:
             probe(target.url)
-        extra = [op for op in wanted if op not in HTTP_OPS | {"embed"}]
-        if target.kind == "mlx-lm":
-            extra = sorted([*extra, *(op for op in wanted if op == "embed")])  # no embeddings
+        # mlx_lm.server has no embeddings; other servers may (probed when a run sends them)
+        served = HTTP_OPS if target.kind == "mlx-lm" else HTTP_OPS | {"embed"}
+        extra = [op for op in wanted if op not in served]
         if extra:
             raise ConfigError(
                 f"target {target.label} serves {', '.join(sorted(HTTP_OPS))}"
