@@ -11,7 +11,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -115,11 +114,8 @@ def test_a_profiling_agent_killed_mid_run_costs_only_its_capture(tmp_path, cache
     results = tmp_path / "results"
     proc = start(results, cache_dir, "--profile", "smoke", "--duration", "25")
     wait_for(records_written(results, 10), proc)
-    session = {p.pid for p in psutil.process_iter() if _in_session(p, proc.pid)}
-    agents = [p for p in map(psutil.Process, session) if "ProfilingAgent" in " ".join(p.cmdline())]
-    assert agents, "no profiling agent found in the run's session"
-    for agent in agents:
-        agent.kill()
+    for agent in _actors(proc, "ProfilingAgent", 1, known=set()):  # one node: one agent
+        os.kill(agent, signal.SIGKILL)
     _, err = finish(proc, timeout=180)
     assert proc.returncode == 0, err[-3000:]
     run = only_run(results)
@@ -188,10 +184,7 @@ def test_a_killed_generator_worker_is_replaced_and_nothing_is_lost(tmp_path, cac
     results = tmp_path / "results"
     proc = start(results, cache_dir, "--profile", "smoke", "--duration", "30")
     wait_for(records_written(results, 10), proc)
-    session = [psutil.Process(p.pid) for p in psutil.process_iter() if _in_session(p, proc.pid)]
-    generators = [p for p in session if "GeneratorWorker" in " ".join(p.cmdline())]
-    assert len(generators) == 2, [p.cmdline() for p in session]
-    generators[0].kill()
+    os.kill(min(_actors(proc, "GeneratorWorker", 2, known=set())), signal.SIGKILL)
     _, err = finish(proc, timeout=180)
     assert proc.returncode == 0, err[-3000:]
     run = only_run(results)
@@ -211,23 +204,33 @@ def test_a_killed_generator_worker_is_replaced_and_nothing_is_lost(tmp_path, cac
     assert "generator" in err and "was lost" in err
 
 
-def _wait_for_replica(proc: subprocess.Popen[str], done: Callable[[set[int]], bool]) -> None:
-    """Wait until the replica processes in the run's session satisfy ``done``; on a timeout,
-    say which processes the session had (a worker takes its actor's name as its title)."""
+def _actors(proc: subprocess.Popen[str], name: str, count: int, known: set[int]) -> set[int]:
+    """The pids of ``count`` processes of Ray actor class ``name`` in the run's session, not
+    in ``known``, found by their titles. Ray rewrites a title at every method call and a
+    read can catch it half written, so a look that misses one proves nothing: look until
+    ``count`` have been seen."""
+    seen: set[int] = set()
+
+    def found() -> bool:
+        seen.update(_actor_pids(proc.pid, name) - known)
+        return len(seen) >= count
+
     try:
-        wait_for(lambda: done(_replica_pids(proc.pid)), proc, timeout=60)
+        wait_for(found, proc, timeout=60)
     except AssertionError as failed:
         titles = [
             " ".join(_cmdline(p))[:80] for p in psutil.process_iter() if _in_session(p, proc.pid)
         ]
         raise AssertionError(f"{failed}; the session's processes: {titles}") from None
+    assert len(seen) == count, f"{len(seen)} {name} processes, expected {count}"
+    return seen
 
 
-def _replica_pids(sid: int) -> set[int]:
+def _actor_pids(sid: int, name: str) -> set[int]:
     return {
         p.pid
         for p in psutil.process_iter()
-        if _in_session(p, sid) and "ServiceReplica" in " ".join(_cmdline(p))
+        if _in_session(p, sid) and name in " ".join(_cmdline(p))
     }
 
 
@@ -242,11 +245,11 @@ def test_a_replica_killed_twice_leaves_error_records_not_a_failed_run(tmp_path, 
     results = tmp_path / "results"
     proc = start(results, cache_dir, "--profile", "smoke", "--duration", "30")
     wait_for(records_written(results, 10), proc)
-    _wait_for_replica(proc, lambda found: len(found) == 1)
-    (first,) = _replica_pids(proc.pid)
+    (replica,) = json.loads((only_run(results) / "run.json").read_text())["replicas"]
+    first = int(replica["pid"])
+    assert os.getsid(first) == proc.pid  # the run's own replica, before it is killed
     os.kill(first, signal.SIGKILL)
-    _wait_for_replica(proc, lambda found: bool(found - {first}))  # Ray restarted it
-    (second,) = _replica_pids(proc.pid) - {first}
+    (second,) = _actors(proc, "ServiceReplica", 1, known={first})  # Ray restarted it
     os.kill(second, signal.SIGKILL)  # beyond max_restarts: gone for good
     killed_at = time.time()
     _, err = finish(proc, timeout=180)
