@@ -125,6 +125,31 @@ def latency_finding(
     )
 
 
+def stability_finding(
+    kind: str,
+    title: str,
+    support: int,
+    evidence: dict[str, Any],
+    files: list[str],
+    suggestion: str,
+) -> Finding:
+    """A stability finding (leak, over budget): ranked by tier, it claims no latency."""
+    return Finding(
+        kind=kind,
+        title=title,
+        tier="stability",
+        explains=[],
+        seconds=0.0,
+        share=0.0,
+        tail_seconds=0.0,
+        tail_share=0.0,
+        support=support,
+        evidence=evidence,
+        files=files,
+        suggestion=suggestion,
+    )
+
+
 def material(claim: dict[str, Any]) -> bool:
     """Whether a claim explains enough latency (overall or in the tail) to report."""
     return max(claim["share"], claim["tail_share"]) >= MIN_SHARE

@@ -15,7 +15,7 @@ import numpy as np
 from datamodel.records import error_counts, error_kind, number, span
 from datamodel.runfolder import GAUGES, RECORDS, RUN_JSON, TIMELINE, RunData
 from profiling.verdict.attribution import Attribution
-from profiling.verdict.findings import Fact, Finding
+from profiling.verdict.findings import Fact, Finding, stability_finding
 
 MATERIAL_ERROR_RATE = 0.01
 """Error rate from which errors get their own tier, ranked before every latency cause."""
@@ -114,19 +114,13 @@ def memory_budget(run: RunData, att: Attribution, limit_mb: float) -> list[Findi
             out.append(Fact("memory_budget", title + " (within)", evidence, [TIMELINE]))
             continue
         out.append(
-            Finding(
-                kind="memory_over_budget",
-                title=title,
-                tier="stability",
-                explains=[],
-                seconds=0.0,
-                share=0.0,
-                tail_seconds=0.0,
-                tail_share=0.0,
-                support=1,
-                evidence=evidence,
-                files=[TIMELINE, RUN_JSON],
-                suggestion="the base model and embedder alone may not fit: raise memory_budget_mb, "
+            stability_finding(
+                "memory_over_budget",
+                title,
+                1,
+                evidence,
+                [TIMELINE, RUN_JSON],
+                "the base model and embedder alone may not fit: raise memory_budget_mb, "
                 "or lower the caches (adapter_cache_bytes, index_cache_count)",
             )
         )
@@ -208,19 +202,13 @@ def memory_growth(run: RunData, att: Attribution, limit_mb: float) -> list[Findi
             out.append(Fact("memory_growth", title, evidence, [TIMELINE, GAUGES]))
             continue
         out.append(
-            Finding(
-                kind="memory_leak",
-                title=title + f" (reached in {max(minutes, 0):.0f} min)",
-                tier="stability",
-                explains=[],
-                seconds=0.0,
-                share=0.0,
-                tail_seconds=0.0,
-                tail_share=0.0,
-                support=len(t),
-                evidence=evidence,
-                files=[TIMELINE, GAUGES],
-                suggestion="compare tracemalloc diffs between snapshots (--trace-python) to find "
+            stability_finding(
+                "memory_leak",
+                title + f" (reached in {max(minutes, 0):.0f} min)",
+                len(t),
+                evidence,
+                [TIMELINE, GAUGES],
+                "compare tracemalloc diffs between snapshots (--trace-python) to find "
                 "what keeps allocating; caches are already subtracted here",
             )
         )
