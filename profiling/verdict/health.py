@@ -3,7 +3,10 @@
 Errors rank first when their rate is material: a failing op's latency is not a latency.
 Memory growth ranks next when it looks like a leak that reaches the memory limit soon: it
 is measured on the replica's resident memory minus what its caches and MLX report holding
-(from ``gauges.jsonl``), after a warm-up, and must still be growing at the end.
+(from ``gauges.jsonl``), after a warm-up, and must still be growing at the end. The trend is
+a Theil-Sen slope whose lower confidence bound must clear the leak rate: MLX's active memory
+jumps by a whole buffer between two samples, so "net of caches" is a noisy, two-valued
+series whose least-squares slope over a short run reads as a leak by chance.
 """
 
 from __future__ import annotations
@@ -22,7 +25,13 @@ MATERIAL_ERROR_RATE = 0.01
 WARMUP = 0.25
 """Share of the run's span left out before memory slopes are fitted (caches filling)."""
 LEAK_MB_PER_MIN = 5.0
-"""Growth rate (unexplained by caches) from which memory growth counts as a leak."""
+"""Growth rate (unexplained by caches) from which memory growth counts as a leak: the lower
+bound of the slope's one-sided 99% confidence interval must reach it."""
+LEAK_MIN_GROWTH_MB = 20.0
+"""Growth (last quarter against first, both net of caches and resident) below which memory
+is not called a leak however steady: allocators and imports creep by a few MB in any run."""
+TREND_Z = 2.326
+"""One-sided 99% normal quantile of the Theil-Sen bound (Kendall's S variance)."""
 HORIZON_MIN = 60.0
 """A leak that reaches the memory limit within this many minutes ranks as a stability risk."""
 MB = 1_000_000
@@ -127,10 +136,27 @@ def memory_budget(run: RunData, att: Attribution, limit_mb: float) -> list[Findi
     return out
 
 
-def _slope_per_min(t: np.ndarray, v: np.ndarray) -> float:
-    if len(t) < 3 or float(np.ptp(t)) <= 0:
-        return 0.0
-    return float(np.polyfit(t, v, 1)[0]) * 60
+def _slope_per_min(t: np.ndarray, v: np.ndarray) -> tuple[float, float]:
+    """Theil-Sen slope of ``v`` against ``t`` (per minute) and the lower bound of its one-sided
+    99% confidence interval (Sen 1968: ranks of the pairwise slopes, Kendall's S variance)."""
+    n = len(t)
+    if n < 3 or float(np.ptp(t)) <= 0:
+        return 0.0, 0.0
+    i, j = np.triu_indices(n, k=1)
+    dt = t[j] - t[i]
+    keep = dt > 0
+    slopes = np.sort((v[j] - v[i])[keep] / dt[keep])
+    if not len(slopes):
+        return 0.0, 0.0
+    spread = TREND_Z * np.sqrt(n * (n - 1) * (2 * n + 5) / 18)
+    low = int(np.clip(np.floor((len(slopes) - spread) / 2), 0, len(slopes) - 1))
+    return float(np.median(slopes)) * 60, float(slopes[low]) * 60
+
+
+def _growth(v: np.ndarray) -> float:
+    """The last quarter's mean less the first quarter's."""
+    quarter = max(len(v) // 4, 1)
+    return float(v[-quarter:].mean() - v[:quarter].mean())
 
 
 def _explained_mb(gauges: list[dict[str, Any]], t: np.ndarray) -> np.ndarray:
@@ -171,13 +197,15 @@ def memory_growth(run: RunData, att: Attribution, limit_mb: float) -> list[Findi
             continue
         gauges = [g for g in run.gauges or [] if f"replica-{g.get('replica')}" == role]
         unexplained = rss - _explained_mb(sorted(gauges, key=lambda g: number(g.get("t"))), t)
-        slope = _slope_per_min(t, unexplained)
+        slope, low = _slope_per_min(t, unexplained)
         half = len(t) // 2
-        late = _slope_per_min(t[half:], unexplained[half:])
-        growth = float(
-            unexplained[-max(half // 2, 1) :].mean() - unexplained[: max(half // 2, 1)].mean()
-        )
-        if slope < LEAK_MB_PER_MIN or growth < 5:
+        late, _ = _slope_per_min(t[half:], unexplained[half:])
+        growth = _growth(unexplained)
+        if (
+            low < LEAK_MB_PER_MIN
+            or growth < LEAK_MIN_GROWTH_MB
+            or _growth(rss) < LEAK_MIN_GROWTH_MB
+        ):
             continue
         still = late >= 0.5 * slope
         minutes = (limit_mb - float(rss[-1])) / slope if slope > 0 else float("inf")
@@ -188,6 +216,7 @@ def memory_growth(run: RunData, att: Attribution, limit_mb: float) -> list[Findi
             "slope_mb_per_min": slope,
             "late_slope_mb_per_min": late,
             "growth_mb": growth,
+            "slope_low_mb_per_min": low,
             "rss_last_mb": float(rss[-1]),
             "limit_mb": limit_mb,
             "minutes_to_limit": max(minutes, 0.0),
