@@ -145,9 +145,7 @@ def _slope_per_min(t: np.ndarray, v: np.ndarray) -> tuple[float, float]:
     i, j = np.triu_indices(n, k=1)
     dt = t[j] - t[i]
     keep = dt > 0
-    slopes = np.sort((v[j] - v[i])[keep] / dt[keep])
-    if not len(slopes):
-        return 0.0, 0.0
+    slopes = np.sort((v[j] - v[i])[keep] / dt[keep])  # not empty: the times span > 0
     spread = TREND_Z * np.sqrt(n * (n - 1) * (2 * n + 5) / 18)
     low = int(np.clip(np.floor((len(slopes) - spread) / 2), 0, len(slopes) - 1))
     return float(np.median(slopes)) * 60, float(slopes[low]) * 60
