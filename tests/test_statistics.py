@@ -1,4 +1,4 @@
-"""The comparison's statistics on constructed samples (pure numpy, no scipy).
+"""The comparison's statistics on constructed samples (numpy, and scipy.stats for t).
 
 The two properties that matter most are checked on block-correlated series like load-test
 latencies (an AR(1) process, neighbours moving together): identical configurations are
@@ -174,3 +174,16 @@ def test_student_t_matches_known_values() -> None:
     assert t_two_sided_p(0.0, 3) == pytest.approx(1.0)
     with pytest.raises(ValueError):
         t_two_sided_p(1.0, 0)
+
+
+@pytest.mark.parametrize("df", [1.0, 2.5, 7.3, 40.0, math.inf])
+def test_t_critical_and_p_are_inverse_at_fractional_df(df: float) -> None:
+    """Welch-Satterthwaite degrees of freedom are fractional; both directions agree."""
+    for confidence in (0.8, 0.95, 0.99):
+        assert t_two_sided_p(t_critical(confidence, df), df) == pytest.approx(1 - confidence)
+    assert t_critical(0.99, 1.0) == pytest.approx(63.656741, rel=1e-6)
+    assert t_two_sided_p(math.inf, df) == 0.0
+    with pytest.raises(ValueError):
+        t_critical(1.0, df)
+    with pytest.raises(ValueError):
+        t_critical(0.95, 0.0)

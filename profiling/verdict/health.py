@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from datamodel.records import error_counts, error_kind, number, span
 from datamodel.runfolder import GAUGES, RECORDS, RUN_JSON, TIMELINE, RunData
@@ -30,8 +31,9 @@ bound of the slope's one-sided 99% confidence interval must reach it."""
 LEAK_MIN_GROWTH_MB = 20.0
 """Growth (last quarter against first, both net of caches and resident) below which memory
 is not called a leak however steady: allocators and imports creep by a few MB in any run."""
-TREND_Z = 2.326
-"""One-sided 99% normal quantile of the Theil-Sen bound (Kendall's S variance)."""
+TREND_CONFIDENCE = 0.98
+"""Two-sided confidence of the Theil-Sen interval whose lower end is the one-sided 99% bound
+of the slope."""
 HORIZON_MIN = 60.0
 """A leak that reaches the memory limit within this many minutes ranks as a stability risk."""
 MB = 1_000_000
@@ -138,17 +140,13 @@ def memory_budget(run: RunData, att: Attribution, limit_mb: float) -> list[Findi
 
 def _slope_per_min(t: np.ndarray, v: np.ndarray) -> tuple[float, float]:
     """Theil-Sen slope of ``v`` against ``t`` (per minute) and the lower bound of its one-sided
-    99% confidence interval (Sen 1968: ranks of the pairwise slopes, Kendall's S variance)."""
-    n = len(t)
-    if n < 3 or float(np.ptp(t)) <= 0:
+    99% confidence interval (Sen 1968: ranks of the pairwise slopes, Kendall's S variance
+    with its correction for ties, as ``scipy.stats.theilslopes`` computes it)."""
+    if len(t) < 3 or float(np.ptp(t)) <= 0:
         return 0.0, 0.0
-    i, j = np.triu_indices(n, k=1)
-    dt = t[j] - t[i]
-    keep = dt > 0
-    slopes = np.sort((v[j] - v[i])[keep] / dt[keep])  # not empty: the times span > 0
-    spread = TREND_Z * np.sqrt(n * (n - 1) * (2 * n + 5) / 18)
-    low = int(np.clip(np.floor((len(slopes) - spread) / 2), 0, len(slopes) - 1))
-    return float(np.median(slopes)) * 60, float(slopes[low]) * 60
+    fit = stats.theilslopes(v, t, alpha=TREND_CONFIDENCE)
+    low = float(fit.low_slope)
+    return float(fit.slope) * 60, (low * 60 if np.isfinite(low) else -np.inf)
 
 
 def _growth(v: np.ndarray) -> float:
