@@ -54,6 +54,9 @@ class RunData:
     """``gauges.jsonl``: each replica's own figures every second (cache bytes, MLX memory)."""
     profiles: dict[str, Stacks] | None = None
     """``profiles/<role>.collapsed``: collapsed stacks by role (file stem)."""
+    wall: dict[str, Stacks] | None = None
+    """``profiles/<role>.wall``: wall-clock milliseconds of request threads by role, per
+    stack ending in a state (``[cpu]``, ``[native]``, ``[wait:threads]``, ``[wait]``)."""
     snapshots: list[dict[str, Any]] | None = None
     """``snapshots.json``: memory snapshots per replica and label."""
     mlx_probe: list[dict[str, Any]] | None = None
@@ -86,6 +89,7 @@ class RunData:
             timeline=_read_jsonl(folder / TIMELINE, notes, required=False),
             gauges=_read_jsonl(folder / GAUGES, notes, required=False),
             profiles=_read_profiles(folder / PROFILES, notes),
+            wall=_read_profiles(folder / PROFILES, notes, "*.wall"),
             snapshots=_optional_list(folder / SNAPSHOTS, notes),
             mlx_probe=_optional_list(folder / MLX_PROBE, notes),
             notes=notes,
@@ -198,11 +202,13 @@ def _parse_lines(lines: Iterable[str]) -> tuple[list[dict[str, Any]], int]:
     return rows, torn
 
 
-def _read_profiles(folder: Path, notes: list[str]) -> dict[str, Stacks] | None:
+def _read_profiles(
+    folder: Path, notes: list[str], pattern: str = "*.collapsed"
+) -> dict[str, Stacks] | None:
     if not folder.is_dir():
         return None
     profiles: dict[str, Stacks] = {}
-    for path in sorted(folder.glob("*.collapsed")):
+    for path in sorted(folder.glob(pattern)):
         try:
             profiles[path.stem] = read_collapsed(path)
         except OSError as exc:

@@ -7,6 +7,9 @@ builtin :class:`~workloads.service.service.Service` and nothing else.
 
 from __future__ import annotations
 
+import queue
+import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +25,10 @@ LEAK_BYTES = 1_000_000
 """Bytes each planted request keeps forever."""
 SLOW_READ_S = 0.025
 """Extra seconds each planted read of an adapter or an index from disk takes."""
+REMOTE_WAIT_S = 0.08
+"""Seconds each planted search waits for a remote store's reply (several times its work)."""
+LOCK_HOLD_S = 0.1
+"""Seconds a planted background refresher holds the lock that every analyze needs."""
 
 
 def spin(seconds: float) -> int:
@@ -78,3 +85,48 @@ class LeakyService(Service):
     def search(self, name: str, query: str, k: int | None = None) -> OpResult:
         self._keep()
         return super().search(name, query, k)
+
+
+def load_rows(seconds: float) -> bytes:
+    """A read from a slow remote store: a socket whose reply comes after ``seconds``."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        reply = threading.Timer(seconds, theirs.sendall, (b"rows",))
+        reply.start()
+        rows = ours.recv(16)
+        reply.join()
+    return rows
+
+
+class RemoteStoreService(Service):
+    """Every search first fetches rows from a remote store that answers after
+    :data:`REMOTE_WAIT_S` (a blocking socket read in the request path)."""
+
+    def search(self, name: str, query: str, k: int | None = None) -> OpResult:
+        load_rows(REMOTE_WAIT_S)
+        return super().search(name, query, k)
+
+
+class ContendedLockService(Service):
+    """Each analyze leaves a table refresh to a background thread (:data:`LOCK_HOLD_S` of
+    Python under the table's lock, a write-behind) and the next analyze needs that lock
+    before it starts: it waits while the refresher runs."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.table_lock = threading.Lock()
+        self._jobs: queue.SimpleQueue[None] = queue.SimpleQueue()
+        threading.Thread(target=self._refresh, name="planted-refresher", daemon=True).start()
+
+    def _refresh(self) -> None:
+        while True:
+            self._jobs.get()
+            with self.table_lock:
+                spin(LOCK_HOLD_S)
+
+    def analyze(self, name: str, query: str) -> OpResult:
+        with self.table_lock:
+            pass
+        result = super().analyze(name, query)
+        self._jobs.put(None)
+        return result

@@ -18,7 +18,13 @@ import ray
 from ray.util import metrics
 
 from workloads.service.projects import Project
-from workloads.service.service import OpResult, Service, ServiceConfig, StageTimings
+from workloads.service.service import (
+    STAGE_FRAMES,
+    OpResult,
+    Service,
+    ServiceConfig,
+    StageTimings,
+)
 from workloads.targets import load_factory
 
 LATENCY_BOUNDARIES = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30]
@@ -96,12 +102,16 @@ class ServiceReplica:
         projects: list[tuple[str, str, str | None]],
         trace_python: bool = False,
         factory: str | None = None,
+        wall_clock: bool = False,
     ) -> None:
         """``factory`` (``module:Class``) builds the service instead of :class:`Service`: the
-        class is called like it, ``(ServiceConfig, projects)``, and answers the same calls."""
+        class is called like it, ``(ServiceConfig, projects)``, and answers the same calls.
+        ``wall_clock`` samples the request threads' stacks, running or waiting
+        (:mod:`profiling.capture.wallclock`); :meth:`wall_profile` returns them."""
         import psutil
 
         from profiling.capture.memory import MemoryWatcher
+        from profiling.capture.wallclock import WallSampler
 
         self.index = index
         self._process = psutil.Process()
@@ -122,6 +132,15 @@ class ServiceReplica:
         self._memory = MemoryWatcher(trace_python=trace_python)
         self._metrics = _Metrics(index)
         self._node = ray.get_runtime_context().get_node_id()
+        self._wall = WallSampler(STAGE_FRAMES["request"]) if wall_clock else None
+        if self._wall is not None:
+            self._wall.start()
+
+    @ray.method(concurrency_group="ctl")
+    def wall_profile(self) -> dict[str, int]:
+        """Milliseconds of request threads per stack and state (running, waiting), since
+        start; empty when not sampled."""
+        return self._wall.collapsed() if self._wall is not None else {}
 
     @ray.method(concurrency_group="ctl")
     def gauges(self) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from datamodel.cache import default_cache_dir
 from datamodel.errors import LoadlensError
 from datamodel.runfolder import (
     GAUGES,
+    PROFILES,
     SCHEMA_VERSION,
     RecordWriter,
     RunData,
@@ -445,6 +446,7 @@ def _execute(
                 ],
                 trace_python=spec.profiling and spec.trace_python,
                 factory=spec.target.factory,
+                wall_clock=spec.profiling,
             )
             for k in range(replica_count)
         ]
@@ -510,6 +512,7 @@ def _execute(
         run_info["replica_stats"] = _replica_stats(replicas, progress)
         if profiling is not None:
             profiling.snapshot(replicas, "end")
+            _write_wall_profiles(replicas, run_dir / PROFILES)
     finally:
         if profiling is not None:
             if interrupts.count > 1:
@@ -530,6 +533,21 @@ def _replica_stats(replicas: list[Any], progress: Progress) -> list[dict[str, An
         except Exception as exc:  # a dead actor: its records already say so
             progress.say(f"replica {k}: no final figures ({type(exc).__name__})")
     return out
+
+
+def _write_wall_profiles(replicas: list[Any], folder: Path) -> None:
+    """``profiles/replica-<k>.wall``: each replica's wall-clock samples of its requests
+    (milliseconds per stack and state); a replica that is gone leaves none."""
+    for k, replica in enumerate(replicas):
+        try:
+            stacks = ray.get(replica.wall_profile.remote(), timeout=30)
+        except Exception:  # a dead actor: its records already say so
+            continue
+        if stacks:
+            folder.mkdir(parents=True, exist_ok=True)
+            role = f"replica-{k}"
+            lines = [f"{role};{stack} {ms}" for stack, ms in sorted(stacks.items())]
+            (folder / f"{role}.wall").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def _streams(cluster: Cluster, nodes: list[str], replicas: int) -> list[int]:

@@ -270,7 +270,7 @@ def oversubscription(run: RunData, att: Attribution, claims: ServiceClaims) -> l
     ]
 
 
-def _component_of(stack: list[str], markers: Mapping[str, Iterable[str]]) -> str | None:
+def component_of(stack: list[str], markers: Mapping[str, Iterable[str]]) -> str | None:
     """The budget part a sampled stack is in: the innermost stage marker under a request
     root (``markers["request"]``), ``other`` under a root with no marker, ``None`` outside
     any request (control calls, idle waiting)."""
@@ -286,48 +286,88 @@ def _component_of(stack: list[str], markers: Mapping[str, Iterable[str]]) -> str
     return found
 
 
+def frame_claim(
+    att: Attribution, component: str, seconds_by_replica: Mapping[int, float]
+) -> Vector:
+    """Per-record seconds of ``component`` that one frame holds: on each replica where the
+    frame's seconds reach :data:`HOT_FRAME_SHARE` of its service time, they are spread
+    over its records in proportion to their ``component`` time (never more than it)."""
+    vec = np.zeros(len(att.records))
+    col = att.column(component)
+    for replica, seconds in seconds_by_replica.items():
+        rows = att.by_replica().get(replica)
+        busy = float(att.service[rows].sum()) if rows is not None else 0.0
+        if rows is None or busy <= 0 or seconds < HOT_FRAME_SHARE * busy:
+            continue
+        weights = col[rows]
+        if weights.sum() > 0:
+            vec[rows] = np.minimum(weights, seconds * weights / weights.sum())
+    return vec
+
+
+def _replica_of(role: str) -> int | None:
+    head, _, tail = role.partition("-")
+    return int(tail) if head == "replica" and tail.isdigit() else None
+
+
+def _running_seconds(
+    run: RunData, markers: Mapping[str, Iterable[str]]
+) -> tuple[dict[tuple[str, str], dict[int, float]], str]:
+    """Seconds each (budget part, leaf frame) ran on a CPU, per replica, and their source.
+
+    The replicas' wall-clock profiles are used where the run has them: their seconds are
+    measured tick lengths, so a sampler that falls behind on a busy machine undercounts
+    nothing. Otherwise busy py-spy samples over py-spy's nominal rate.
+    """
+    per_frame: dict[tuple[str, str], dict[int, float]] = {}
+
+    def add(replica: int, stack: list[str], seconds: float) -> None:
+        component = component_of(stack, markers)
+        if component is not None:
+            entry = per_frame.setdefault((component, strip_frame_line(stack[-1])), {})
+            entry[replica] = entry.get(replica, 0.0) + seconds
+
+    walls = {
+        k: stacks
+        for role, stacks in (run.wall or {}).items()
+        if (k := _replica_of(role)) is not None
+    }
+    if walls:
+        for replica, stacks in walls.items():
+            for text, ms in stacks.items():
+                *stack, state = text.split(";")
+                if state == "[cpu]" and stack:
+                    add(replica, stack, ms / 1000)
+        return per_frame, "wall-clock samples of request threads on a CPU"
+    rate = number((run.run.get("spec") or {}).get("pyspy_rate_hz")) or 20.0
+    for role, stacks in (run.profiles or {}).items():
+        index = _replica_of(role)
+        if index is None:
+            continue
+        for text, count in stacks.items():
+            stack = text.split(";")
+            if not stack[-1].startswith(IDLE_LEAVES):
+                add(index, stack, count / rate)
+    return per_frame, f"busy py-spy samples at {rate:g} Hz"
+
+
 def hot_code(run: RunData, att: Attribution, claims: ServiceClaims) -> list[Finding]:
     """Python frames that hold a large share of a replica's service time by themselves.
 
-    Each busy py-spy sample of a replica is placed in the budget part it was taken in (by
-    the stage markers the run recorded); a frame's seconds are its samples over the sample
-    rate. Parts already explained by another cause keep their hot frames as its evidence.
+    The time each replica's request threads ran on a CPU is placed in the budget part it
+    was in (by the stage markers the run recorded) and in its leaf frame
+    (:func:`_running_seconds`). Parts already explained by another cause keep their hot
+    frames as its evidence.
     """
     markers = run.run.get("stage_frames")
-    rate = number((run.run.get("spec") or {}).get("pyspy_rate_hz")) or 20.0
-    if not run.profiles or not isinstance(markers, dict):
+    if not (run.profiles or run.wall) or not isinstance(markers, dict):
         return []
-    per_frame: dict[tuple[str, str], dict[int, float]] = {}
-    for role, stacks in run.profiles.items():
-        if not role.startswith("replica-"):
-            continue
-        replica = int(role.split("-", 1)[1]) if role.split("-", 1)[1].isdigit() else -1
-        for stack_text, count in stacks.items():
-            stack = stack_text.split(";")
-            if stack[-1].startswith(IDLE_LEAVES):
-                continue
-            component = _component_of(stack, markers)
-            if component is None:
-                continue
-            key = (component, strip_frame_line(stack[-1]))
-            per_frame.setdefault(key, {})
-            per_frame[key][replica] = per_frame[key].get(replica, 0.0) + count / rate
+    per_frame, source = _running_seconds(run, markers)
     out = []
-    service = att.service
     for (component, frame), seconds_by_replica in sorted(per_frame.items()):
         if component in claims.explained or component not in att.components:
             continue
-        vec = np.zeros(len(att.records))
-        col = att.column(component)
-        for replica, seconds in seconds_by_replica.items():
-            rows = att.by_replica().get(replica)
-            if rows is None or service[rows].sum() <= 0:
-                continue
-            if seconds < HOT_FRAME_SHARE * float(service[rows].sum()):
-                continue
-            weights = col[rows]
-            if weights.sum() > 0:
-                vec[rows] = np.minimum(weights, seconds * weights / weights.sum())
+        vec = frame_claim(att, component, seconds_by_replica)
         if not vec.any():
             continue
         kind = f"hot_code:{frame}"
@@ -335,7 +375,7 @@ def hot_code(run: RunData, att: Attribution, claims: ServiceClaims) -> list[Find
         claim = att.claim(vec + claims.queue_share(kind))
         if not material(claim):
             continue
-        samples = round(sum(seconds_by_replica.values()) * rate)
+        requests = int(np.count_nonzero(vec))
         out.append(
             latency_finding(
                 "hot_code",
@@ -343,15 +383,16 @@ def hot_code(run: RunData, att: Attribution, claims: ServiceClaims) -> list[Find
                 f"({claim['share']:.0%} of latency with the queue it causes)",
                 [component, "queue"],
                 claim,
-                samples,
+                requests,
                 {
                     "frame": frame,
                     "component": component,
-                    "samples": samples,
-                    "rate_hz": rate,
+                    "running_s": float(sum(seconds_by_replica.values())),
+                    "source": source,
+                    "requests": requests,
                     "seconds_by_replica": {str(k): v for k, v in seconds_by_replica.items()},
                 },
-                [f"{PROFILES}/*.collapsed", RECORDS],
+                [f"{PROFILES}/*.wall" if run.wall else f"{PROFILES}/*.collapsed", RECORDS],
                 f"look at {frame}: it runs in Python on every request, in the {component} part",
             )
         )
