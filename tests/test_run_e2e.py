@@ -205,7 +205,7 @@ def test_ab_smoke_compares_and_reports(tmp_path, cache_dir):
     assert proc.returncode in (0, 1), proc.stderr[-3000:]
     (ab,) = list(results.iterdir())
     info = json.loads((ab / "ab.json").read_text())
-    assert [r["side"] for r in info["rounds"]] == ["candidate", "baseline"]
+    assert sorted(r["side"] for r in info["rounds"]) == ["baseline", "candidate"]
     assert all(r["status"] == "completed" for r in info["rounds"])
     comparison = json.loads((ab / "comparison.json").read_text())
     rows = {(r["name"], r["metric"]): r for r in comparison["rows"]}
@@ -213,9 +213,11 @@ def test_ab_smoke_compares_and_reports(tmp_path, cache_dir):
     assert (proc.returncode == 1) == (comparison["summary"].get("regression", 0) > 0)
     diff = comparison["diff_flamegraphs"]["replica-0"]
     assert (ab / diff).read_text().startswith("<svg")
+    side = {r["side"]: r for r in info["rounds"]}
     probes = [
-        json.loads((ab / r["run_dir"] / "mlx_probe.json").read_text())[0] for r in info["rounds"]
+        json.loads((ab / side[s]["run_dir"] / "mlx_probe.json").read_text())[0]
+        for s in ("candidate", "baseline")
     ]
     assert [p["blas_kind"] for p in probes] == [probes[0]["achievable_blas"], "reference"]
-    report = (ab / info["rounds"][0]["run_dir"] / "report.html").read_text()
+    report = (ab / side["candidate"]["run_dir"] / "report.html").read_text()
     assert "baseline" in report and "optimized" in report and diff in report

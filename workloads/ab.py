@@ -1,16 +1,19 @@
-"""Candidate-vs-baseline runs interleaved in rounds (A B A B ...), then compared.
+"""Candidate-vs-baseline runs interleaved in rounds, then compared.
 
-The candidate (``--config``) goes first in each round: index building at the start of
-a run is set-up, not measurement, and with the faster configuration the baseline then
-finds the indexes ready. Interleaving makes slow drift of a shared, noisy machine (other
-tenants, thermal state, page cache) fall on both sides alike. Each round is a complete,
-ordinary run folder under ``<ab-dir>/rounds/``; the comparison merges each side's raw
-records across rounds.
+Each round runs both sides, in an order drawn at random per round (seeded by the A/B's
+id, written to ``ab.json``): a side that always went second would always meet the state
+the first one left (a warm page cache, a hot CPU) and that would read as its own effect.
+Index building at the start of a run is set-up, not measurement, and whichever side goes
+first builds what the other then finds ready. Interleaving makes slow drift of a shared,
+noisy machine (other tenants, thermal state, page cache) fall on both sides alike. Each
+round is a complete, ordinary run folder under ``<ab-dir>/rounds/``; the comparison
+merges each side's raw records across rounds.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,8 +51,9 @@ def execute_ab(candidate: RunSpec, baseline: RunSpec, *, rounds: int) -> ABOutco
     }
     outcomes: list[RunOutcome] = []
     status = "completed"
-    for number in range(rounds):
-        for side, spec in (("candidate", candidate), ("baseline", baseline)):
+    specs = {"candidate": candidate, "baseline": baseline}
+    for number, pair in enumerate(round_order(ab_id, rounds)):
+        for side, spec in ((s, specs[s]) for s in pair):
             progress.say(
                 f"round {number + 1}/{rounds}: {side} ({label(spec, baseline, candidate)})"
             )
@@ -116,6 +120,16 @@ def _compare(
     report = write_report(last_candidate, comparison=_for_report(data, last_candidate, ab_dir))
     progress.say(f"report: {report}")
     return [f"{r.name} {r.metric}" for r in comparison.regressions]
+
+
+def round_order(seed: str, rounds: int) -> list[tuple[str, str]]:
+    """The sides' order in each round: drawn at random, the same for the same ``seed``."""
+    draw = random.Random(seed)
+    pairs: list[tuple[str, str]] = []
+    for _ in range(rounds):
+        first = draw.choice(("candidate", "baseline"))
+        pairs.append((first, "baseline" if first == "candidate" else "candidate"))
+    return pairs
 
 
 def label(spec: RunSpec, baseline: RunSpec, candidate: RunSpec) -> str:
