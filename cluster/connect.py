@@ -29,6 +29,9 @@ AUTH_MODE_VAR = "RAY_AUTH_MODE"
 """Ray's switch for token authentication (``token`` or ``disabled``)."""
 _owned = False
 """Whether this process's Ray connection was made by :func:`connect` (and is ours to end)."""
+_nested = 0
+"""Calls of :func:`connect` that reused the connection this module opened (an A/B's rounds
+in one session): each :func:`disconnect` of theirs leaves it open."""
 
 
 @dataclass(frozen=True)
@@ -73,10 +76,12 @@ def connect(
 
     When this process is already connected, that connection is used as it is.
     """
-    global _owned
+    global _owned, _nested
     address = address or os.environ.get("RAY_ADDRESS") or None
     runtime_env = {"env_vars": env_vars} if env_vars else None
     if ray.is_initialized():
+        if _owned:  # a connection of ours, used again: the outer disconnect ends it
+            _nested += 1
         node = getattr(getattr(ray, "_private", None), "worker", None)
         local = getattr(node, "_global_node", None) is not None
         return Cluster(
@@ -157,8 +162,12 @@ def _nodes() -> list[dict[str, Any]]:
 
 
 def disconnect() -> None:
-    """Leave the cluster if :func:`connect` joined it (an embedded one is shut down with it)."""
-    global _owned
+    """Leave the cluster if :func:`connect` joined it (an embedded one is shut down with it);
+    a :func:`connect` that found this connection open only counts down."""
+    global _owned, _nested
+    if _nested:
+        _nested -= 1
+        return
     if _owned and ray.is_initialized():
         ray.shutdown()
     _owned = False

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cluster.connect import connect, disconnect
 from datamodel.errors import LoadlensError
 from datamodel.runfolder import utc_now, write_json
 from workloads.progress import Progress
@@ -36,10 +37,10 @@ class ABOutcome:
 
 
 def execute_ab(candidate: RunSpec, baseline: RunSpec, *, rounds: int) -> ABOutcome:
-    """Run ``rounds`` of candidate then baseline; compare; write comparison and report."""
+    """Run ``rounds`` of both sides (in a random order per round) in one Ray session;
+    compare; write the comparison and its report."""
     ab_id = new_run_id(f"{candidate.profile.name}-ab")
     ab_dir = candidate.results_dir / ab_id
-    rounds_dir = ab_dir / "rounds"
     progress = Progress(quiet=candidate.quiet)
     info: dict[str, Any] = {
         "ab_id": ab_id,
@@ -49,10 +50,23 @@ def execute_ab(candidate: RunSpec, baseline: RunSpec, *, rounds: int) -> ABOutco
         "candidate": candidate.config.name,
         "profile": candidate.profile.name,
     }
+    specs = {"candidate": candidate, "baseline": baseline}
+    # One Ray session for every round: each run reuses it, so no round pays for a start.
+    connect(candidate.address)
+    try:
+        return _rounds(ab_dir, info, specs, rounds, progress)
+    finally:
+        disconnect()
+
+
+def _rounds(
+    ab_dir: Path, info: dict[str, Any], specs: dict[str, RunSpec], rounds: int, progress: Progress
+) -> ABOutcome:
+    candidate, baseline = specs["candidate"], specs["baseline"]
+    rounds_dir = ab_dir / "rounds"
     outcomes: list[RunOutcome] = []
     status = "completed"
-    specs = {"candidate": candidate, "baseline": baseline}
-    for number, pair in enumerate(round_order(ab_id, rounds)):
+    for number, pair in enumerate(round_order(info["ab_id"], rounds)):
         for side, spec in ((s, specs[s]) for s in pair):
             progress.say(
                 f"round {number + 1}/{rounds}: {side} ({label(spec, baseline, candidate)})"

@@ -106,6 +106,13 @@ class Fleet:
         with contextlib.suppress(Exception):  # already gone
             ray.kill(handle)
 
+    def close(self) -> None:
+        """End every worker's process (the run is over; a Ray session that outlives the run,
+        as an A/B's does, keeps nothing of it)."""
+        for w in list(self.workers.values()):
+            with contextlib.suppress(Exception):  # already gone
+                ray.kill(w)
+
     def stop(self) -> None:
         """Ask every live worker to stop issuing."""
         for w in list(self.workers.values()):

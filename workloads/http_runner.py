@@ -96,6 +96,7 @@ def execute_http(
     names = [p.name for p in projects]
     server: ManagedServer | None = None
     profiling: ProfilingSession | None = None
+    fleet: Fleet | None = None
     target: dict[str, Any] = {"kind": spec.target.kind}
     run_info["target"] = target
     try:
@@ -185,6 +186,8 @@ def execute_http(
                 profiling.abort("a second interrupt stopped the run at once")
             else:
                 profiling.finish()
+        if fleet is not None:
+            fleet.close()
         if server is not None:
             if server.process is not None and not server.alive() and "url" in target:
                 target["exited_mid_run"] = True

@@ -427,6 +427,8 @@ def _execute(
         else None
     )
     live: _Live | None = None
+    replicas: list[Any] = []
+    fleet: Fleet | None = None
     try:
         replicas = [
             ServiceReplica.options(  # type: ignore[attr-defined]
@@ -521,7 +523,18 @@ def _execute(
                 profiling.finish()
         if live is not None and live.gauges is not None:
             live.gauges.close()
+        release(replicas, fleet)
     return "interrupted" if interrupts.count else "completed"
+
+
+def release(replicas: list[Any], fleet: Fleet | None) -> None:
+    """End the run's replicas and generator workers: a Ray session that outlives the run
+    (an A/B's rounds, a test session) must not keep them serving or holding memory."""
+    for replica in replicas:
+        with contextlib.suppress(Exception):  # already gone
+            ray.kill(replica)
+    if fleet is not None:
+        fleet.close()
 
 
 def _replica_stats(replicas: list[Any], progress: Progress) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ stops the run or the other captures.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -148,6 +149,13 @@ class ProfilingSession:
             },
         )
 
+    def _end_agents(self) -> None:
+        """End the agents' processes once they have stopped: a Ray session that outlives the
+        run (an A/B's rounds, a test session) must not keep them sampling."""
+        for agent in self.agents.values():
+            with contextlib.suppress(Exception):  # already gone
+                ray.kill(agent)
+
     def finish(self) -> None:
         """Stop agents; write timelines, flame graphs (collapsed, SVG, speedscope), snapshots."""
         from datamodel.stacks import read_collapsed
@@ -177,6 +185,7 @@ class ProfilingSession:
                 write_json(
                     profiles_dir / f"{role}.speedscope.json", flamegraph.to_speedscope(stacks, role)
                 )
+        self._end_agents()
         self._timeline.close()
         write_json(self.run_dir / "snapshots.json", self.snapshots)
         write_json(
