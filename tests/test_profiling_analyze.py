@@ -66,10 +66,11 @@ def write_run(
     (root / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records or []))
     for key, content in files.items():
         name = key.replace("_jsonl", ".jsonl").replace("_json", ".json")
-        if key == "profiles":
-            (root / "profiles").mkdir()
+        if key in ("profiles", "wall"):
+            (root / "profiles").mkdir(exist_ok=True)
+            suffix = "collapsed" if key == "profiles" else "wall"
             for role, text in content.items():
-                (root / "profiles" / f"{role}.collapsed").write_text(text)
+                (root / "profiles" / f"{role}.{suffix}").write_text(text)
         elif name.endswith(".jsonl"):
             (root / name).write_text("".join(json.dumps(r) + "\n" for r in content))
         else:
@@ -321,8 +322,44 @@ def test_hot_code_is_placed_in_the_part_its_stack_runs_in(tmp_path: Path) -> Non
     )
     top = analyze(run, []).findings[0]
     assert top.kind == "hot_code" and top.evidence["frame"] == "spin (tests/planted.py)"
-    assert top.evidence["component"] == "other" and top.evidence["samples"] == 100
+    assert top.evidence["component"] == "other" and top.evidence["running_s"] == 100 / 20
     assert top.seconds == pytest.approx(100 / 20)  # its samples over the sampling rate
+    assert "py-spy" in top.evidence["source"]
+
+
+def test_waiting_is_placed_in_the_frame_it_waited_in_with_its_queue(tmp_path: Path) -> None:
+    # 40 requests of 0.2 s service, each waiting 0.2 s in the queue; the wall profile says
+    # 6 of the 8 service seconds were spent waiting in load_rows, outside the process.
+    rows = series(40, duration=0.4, wait=0.2, service=0.2, stages={"search": 0.05})
+    markers = {"request": ["ServiceReplica.call"], "search": ["ProjectIndex.search"]}
+    root = "replica-0;ServiceReplica.call (workloads/replica.py:1);Remote.search (s.py:2)"
+    wall = {
+        "replica-0": f"{root};load_rows (s.py:9);[wait] 6000\n"
+        f"{root};ProjectIndex.search (i.py:3);[cpu] 300\n"
+        f"{root};ProjectIndex.search (i.py:3);[native] 1700\n"
+    }
+    run = write_run(tmp_path, records=rows, wall=wall, run={"stage_frames": markers})
+    analysis = analyze(run, [])
+    top = analysis.findings[0]
+    assert top.kind == "waiting" and top.evidence["frame"] == "load_rows (s.py)", kinds(analysis)
+    assert top.evidence["component"] == "other" and "outside" not in top.suggestion
+    assert top.evidence["wait_external_s"] == 6.0 and top.evidence["wait_on_threads_s"] == 0
+    # The other part (0.15 s a request) is all it can claim, plus that share of the queue.
+    assert top.seconds == pytest.approx(40 * 0.15 + 40 * 0.2 * 0.15 / 0.2)
+    assert analysis.unexplained["seconds"] == pytest.approx(
+        analysis.budget.seconds - sum(f.seconds for f in analysis.findings)
+    )
+    assert "other" not in analysis.unexplained["parts"]
+    assert "search" in analysis.unexplained["parts"]
+
+
+def test_unexplained_is_always_reported(tmp_path: Path) -> None:
+    rows = series(30, duration=0.1, wait=0.0, service=0.1, stages={"embed": 0.1})
+    analysis = analyze(write_run(tmp_path, records=rows), [])
+    assert not [f for f in analysis.findings if f.tier == "latency"]
+    assert analysis.unexplained["share"] == pytest.approx(1.0)
+    assert analysis.unexplained["parts"] == {"embed": pytest.approx(3.0)}
+    assert "unexplained: 100%" in render_terminal(analysis)
 
 
 def test_generator_lag_is_its_own_cause(tmp_path: Path) -> None:

@@ -98,6 +98,18 @@ def _finding_lines(n: int, f: Finding) -> list[str]:
     return lines
 
 
+def unexplained_line(row: dict[str, Any]) -> str:
+    """The row of latency no finding claims, in words."""
+    parts = ", ".join(
+        f"{name} {seconds:.1f} s" for name, seconds in sorted(row.get("parts", {}).items())
+    )
+    return (
+        f"unexplained: {row['share']:.0%} / tail {row['tail_share']:.0%}, "
+        f"{row['seconds']:.1f} s of latency no finding claims"
+        + (f" (parts no finding touches: {parts})" if parts else "")
+    )
+
+
 def render_terminal(analysis: Analysis) -> str:
     """The budget, errors, ranked causes, context, targets and notes, as plain text."""
     lines = [f"analysis of run {analysis.run_id}", ""]
@@ -115,6 +127,8 @@ def render_terminal(analysis: Analysis) -> str:
         lines.append("  none found")
     for n, f in enumerate(ranked, 1):
         lines += _finding_lines(n, f)
+    if analysis.unexplained:
+        lines.append(f"  -- {unexplained_line(analysis.unexplained)}")
     if analysis.facts:
         lines += ["", "context:"]
         lines += [f"  - {fact.title}" for fact in analysis.facts]

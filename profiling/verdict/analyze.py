@@ -16,11 +16,13 @@ import numpy as np
 from datamodel.records import number
 from datamodel.runfolder import MLX_PROBE, PROFILES, RECORDS, RUN_JSON, TIMELINE, RunData
 from datamodel.stacks import self_time, strip_line_numbers
-from profiling.verdict import causes, health, load
+from profiling.verdict import causes, health, load, waiting
 from profiling.verdict.attribution import SERVICE, Attribution, Budget
 from profiling.verdict.causes import IDLE_LEAVES, ServiceClaims
 from profiling.verdict.findings import Fact, Finding, rank
+from profiling.verdict.server import server_queue
 from profiling.verdict.targets import Target, TargetResult, check_targets
+from profiling.verdict.waiting import wall_split
 
 DEFAULT_MEMORY_LIMIT_MB = 500.0
 """Memory a replica may reach when neither the profile's budget nor a target says."""
@@ -32,7 +34,9 @@ CAUSES: dict[str, Cause] = {
     "slow_blas": causes.slow_blas,
     "oversubscription": causes.oversubscription,
     "hot_code": causes.hot_code,
+    "waiting": waiting.waiting,
     "adapter_change": causes.adapter_change,
+    "server_queue": server_queue,
     "queueing": load.queueing,
     "generator_lag": load.generator_lag,
     "transport": load.transport,
@@ -63,12 +67,16 @@ class Analysis:
     """Each target checked against the run."""
     notes: list[str] = field(default_factory=list)
     """What could not be analysed, and why."""
+    unexplained: dict[str, Any] = field(default_factory=dict)
+    """The latency no finding claims: seconds, share, tail_seconds, tail_share, and the
+    budget parts no finding touches (``parts``, seconds each)."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (the layout of ``analysis.json``)."""
         return {
             "run_id": self.run_id,
             "budget": self.budget.as_dict() if self.budget else None,
+            "unexplained": dict(self.unexplained),
             "findings": [f.as_dict() for f in self.findings],
             "facts": [f.as_dict() for f in self.facts],
             "targets": [t.as_dict() for t in self.targets],
@@ -112,24 +120,55 @@ def _hot_frames(run: RunData) -> list[Fact]:
     return out
 
 
+def unexplained(run: RunData, att: Attribution, found: list[Finding]) -> dict[str, Any]:
+    """The latency no latency finding claims (findings' claims are capped at the whole),
+    and the budget parts none of them touches."""
+    latency = [f for f in found if f.tier == "latency"]
+    seconds = max(att.total - sum(f.seconds for f in latency), 0.0)
+    tail = max(att.tail_total - sum(f.tail_seconds for f in latency), 0.0)
+    touched = {part for f in latency for part in f.explains}
+    return {
+        "seconds": seconds,
+        "share": seconds / att.total if att.total > 0 else 0.0,
+        "tail_seconds": tail,
+        "tail_share": tail / att.tail_total if att.tail_total > 0 else 0.0,
+        "parts": {
+            p.component: p.seconds
+            for p in att.budget().parts
+            if p.component not in touched and p.seconds > 0
+        },
+    }
+
+
+def _running(split: dict[str, float]) -> str:
+    """How a part's request time was spent, from its wall samples ("" without them)."""
+    total = sum(split.values())
+    if total <= 0:
+        return ""
+    ran = (split.get("[cpu]", 0.0) + split.get("[native]", 0.0)) / total
+    return f"; its requests ran (or had compute done for them) {ran:.0%} of that time"
+
+
 def _context(run: RunData, att: Attribution, found: list[Finding]) -> list[Fact]:
     facts: list[Fact] = []
     explained = {part for f in found for part in f.explains}
     budget = att.budget()
+    split = wall_split(run)
     for part in SERVICE:
         p = budget.part(part)
         if part not in explained and max(p.share, p.tail_share) >= 0.2:
             facts.append(
                 Fact(
                     "unexplained",
-                    f"{part} is {p.share:.0%} of latency ({p.tail_share:.0%} of the "
-                    "tail) and no defect was found in it: it is the work itself",
+                    f"{part} is {p.share:.0%} of latency ({p.tail_share:.0%} of the tail) "
+                    f"and no cause was found in it{_running(split.get(part, {}))}",
                     {
                         "component": part,
                         "seconds": p.seconds,
                         "share": p.share,
                         "tail_share": p.tail_share,
                         "mean_s_by_op": p.by_op,
+                        "wall_s_by_state": split.get(part),
                     },
                     [RECORDS],
                 )
@@ -214,5 +253,11 @@ def analyze(run: RunData, targets: list[Target]) -> Analysis:
             (found if isinstance(item, Finding) else facts).append(item)  # type: ignore[arg-type]
     facts += _context(run, att, found)
     return Analysis(
-        run.run_id, att.budget(), rank(found), facts, check_targets(run, targets), notes
+        run.run_id,
+        att.budget(),
+        rank(found),
+        facts,
+        check_targets(run, targets),
+        notes,
+        unexplained(run, att, found),
     )
