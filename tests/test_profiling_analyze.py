@@ -625,3 +625,20 @@ def test_a_target_that_exited_mid_run_is_an_errors_finding(tmp_path: Path) -> No
     assert top.evidence["target_exit_code"] == -9 and "target.log" in top.files
     assert any("no MLX counters" in note for note in analysis.notes)
     assert not any(note.startswith("no mlx_probe.json") for note in analysis.notes)
+
+
+def test_a_frame_that_runs_does_not_hide_one_that_waits_in_the_same_part(
+    tmp_path: Path,
+) -> None:
+    rows = series(40, duration=0.2, wait=0.0, service=0.2, stages={})
+    markers = {"request": ["ServiceReplica.call"]}
+    root = "replica-0;ServiceReplica.call (workloads/replica.py:1);Svc.search (s.py:2)"
+    wall = {
+        "replica-0": f"{root};parse (s.py:5);[cpu] 1500\n"
+        f"{root};load_rows (s.py:9);[wait] 5000\n"
+        f"{root};load_rows (s.py:9);[cpu] 500\n"
+    }
+    run = write_run(tmp_path, records=rows, wall=wall, run={"stage_frames": markers})
+    found = {(f.kind, f.evidence["frame"]) for f in analyze(run, []).findings}
+    assert ("waiting", "load_rows (s.py)") in found
+    assert ("hot_code", "parse (s.py)") in found and ("hot_code", "load_rows (s.py)") in found

@@ -236,7 +236,9 @@ def _margin(findings: list[dict[str, Any]]) -> float | None:
     return float(top["score"]) / max(float(rivals[0]["score"]), 1e-12)
 
 
-def planted_table(results: Path, repeats: int = 1) -> list[dict[str, Any]]:
+def planted_table(
+    results: Path, repeats: int = 1, cases: Sequence[str] = ()
+) -> list[dict[str, Any]]:
     """Run each planted case ``repeats`` times (needs the repository's tests/ folder on the
     path); per case: how often the expected cause ranked first, and by what margin."""
     from workloads.runner import RunSpec
@@ -249,6 +251,8 @@ def planted_table(results: Path, repeats: int = 1) -> list[dict[str, Any]]:
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     projects = tuple(Project(name=f"std-{n}", root=stdlib / n) for n in SMALL_PROJECTS)
     for case, (expected, change, target, stage) in PLANTED.items():
+        if cases and not any(c in case for c in cases):
+            continue
         fields = {"name": "s", "duration_s": 10, "mode": "closed", **stage}
         mix = ", ".join(f"{k} = {v}" for k, v in fields.pop("mix").items())
         lines = [f'{k} = "{v}"' if isinstance(v, str) else f"{k} = {v}" for k, v in fields.items()]
@@ -332,7 +336,10 @@ def bench_verdicts(args: argparse.Namespace) -> None:
     ray.init(address="local", include_dashboard=False, _temp_dir=str(temp), log_to_driver=False)
     try:
         if args.planted_only:
-            print_planted(planted_table(results, args.planted_repeats), args.planted_repeats)
+            print_planted(
+                planted_table(results, args.planted_repeats, args.planted_case),
+                args.planted_repeats,
+            )
             return
         paths = [Path(p) for p in args.reuse] if args.reuse else aa_runs(args, results)
         runs = [RunData.load(p) for p in paths]
@@ -374,7 +381,10 @@ def bench_verdicts(args: argparse.Namespace) -> None:
                 flush=True,
             )
         if args.planted:
-            print_planted(planted_table(results, args.planted_repeats), args.planted_repeats)
+            print_planted(
+                planted_table(results, args.planted_repeats, args.planted_case),
+                args.planted_repeats,
+            )
     finally:
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
@@ -392,5 +402,8 @@ def add_parser(sub: Any) -> None:
     v.add_argument("--no-planted", dest="planted", action="store_false")
     v.add_argument("--planted-only", action="store_true", help="only the planted table")
     v.add_argument("--planted-repeats", type=int, default=1, help="runs of each planted case")
+    v.add_argument(
+        "--planted-case", action="append", default=[], help="only cases whose name holds this"
+    )
     v.add_argument("--results-dir", default=None)
     v.add_argument("--cache-dir", default=None, help="where the calibration is saved")

@@ -105,12 +105,14 @@ class WallSampler:
     def _loop(self) -> None:
         me = threading.get_ident()
         last_cpu: dict[int, float] = {}
+        last_key: dict[int, str] = {}
         last_wall, last_proc, last_own = time.perf_counter(), time.process_time(), 0.0
         while not self._stop.wait(self._interval):
             wall, proc, own = time.perf_counter(), time.process_time(), time.thread_time()
             frames = sys._current_frames()
             python_cpu = 0.0
-            busy: list[tuple[list[str], float]] = []
+            busy: list[tuple[list[tuple[str, float]], float]] = []
+            keys: dict[int, str] = {}
             for ident, frame in frames.items():
                 if ident == me:
                     continue
@@ -124,9 +126,13 @@ class WallSampler:
                 if first:
                     continue
                 if self._in_request(frame):
-                    busy.append((_stack(frame, self._paths), used))
+                    keys[ident] = ";".join(_stack(frame, self._paths))
+                before, now = last_key.get(ident), keys.get(ident)
+                if before is not None or now is not None:
+                    busy.append((_shares(before, now), used))
             for gone in set(last_cpu) - set(frames):
                 del last_cpu[gone]
+            last_key = keys
             tick = wall - last_wall
             native = max((proc - last_proc) - (own - last_own) - python_cpu, 0.0)
             last_wall, last_proc, last_own = wall, proc, own
@@ -134,18 +140,33 @@ class WallSampler:
                 self._add(busy, tick, native, python_cpu)
 
     def _add(
-        self, busy: list[tuple[list[str], float]], tick: float, native: float, python_cpu: float
+        self,
+        busy: list[tuple[list[tuple[str, float]], float]],
+        tick: float,
+        native: float,
+        python_cpu: float,
     ) -> None:
         waiting = sum(1 for _, used in busy if used < tick)
         with self._lock:
-            for stack, used in busy:
+            for shares, used in busy:
                 ran = min(used, tick)
                 waited = tick - ran
                 offload = min(waited, native / waiting) if waiting else 0.0
                 others = min(waited - offload, max(python_cpu - used, 0.0))
                 external = waited - offload - others
-                key = ";".join(stack)
-                for state, seconds in zip(STATES, (ran, offload, others, external), strict=True):
-                    if seconds > 0:
-                        name = f"{key};{state}"
-                        self._ms[name] = self._ms.get(name, 0.0) + seconds * 1000
+                for key, weight in shares:
+                    for state, seconds in zip(
+                        STATES, (ran, offload, others, external), strict=True
+                    ):
+                        if seconds > 0:
+                            name = f"{key};{state}"
+                            self._ms[name] = self._ms.get(name, 0.0) + seconds * weight * 1000
+
+
+def _shares(before: str | None, now: str | None) -> list[tuple[str, float]]:
+    """Which stacks a tick's time belongs to: all of it to the stack seen at both of its
+    ends; half to each when they differ (the change came at an unknown moment within the
+    tick), and none of the half outside a request."""
+    if before == now:
+        return [(now, 1.0)] if now is not None else []
+    return [(key, 0.5) for key in (before, now) if key is not None]

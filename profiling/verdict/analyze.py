@@ -43,6 +43,9 @@ CAUSES: dict[str, Cause] = {
 }
 """Latency causes, in the order they claim: service causes first (the queue is shared out
 by the service time they claim), then what is left of the queue, then lag and transport."""
+FRAME_CAUSES = frozenset({"hot_code", "waiting"})
+"""Causes that claim one frame's seconds of a part, not the whole part: a part they touch
+stays open to the others (a frame that runs and another that waits in the same part)."""
 HEALTH = {
     "errors": health.errors,
     "memory_growth": health.memory_growth,
@@ -246,7 +249,8 @@ def analyze(run: RunData, targets: list[Target]) -> Analysis:
     for cause in CAUSES.values():
         for finding in cause(run, att, claims):
             found.append(finding)
-            claims.explained.update(p for p in finding.explains if p != "queue")
+            if finding.kind not in FRAME_CAUSES:
+                claims.explained.update(p for p in finding.explains if p != "queue")
     limit = _memory_limit(run, targets)
     for check in HEALTH.values():
         for item in check(run, att, limit):
