@@ -35,6 +35,7 @@ def make_run(
     seed: int = 0,
     ops: tuple[str, ...] = ("analyze", "search"),
     failed: int = 0,
+    fail_scale: float = 1.0,
     gap: float = 0.1,
     profile: str = "smoke",
     config: str = "baseline",
@@ -44,8 +45,9 @@ def make_run(
     run: dict[str, Any] | None = None,
 ) -> Path:
     """Write a run folder: ``n`` ok records per op with log-normal durations x ``scale``,
-    planned every ``gap`` seconds, and ``failed`` failed records spread evenly among them;
-    optional USS timeline and collapsed profiles (role -> text)."""
+    planned every ``gap`` seconds, and ``failed`` failed records spread evenly among them
+    (their durations x ``fail_scale``: below 1 they fail fast); optional USS timeline and
+    collapsed profiles (role -> text)."""
     rng = np.random.default_rng(seed)
     records = []
     total = n * len(ops) + failed
@@ -61,7 +63,7 @@ def make_run(
                 "replica": 0,
                 "planned": START + i * gap,
                 "id": f"0-{i}",
-                "duration": float(rng.lognormal(-1.5, 0.4)) * scale,
+                "duration": float(rng.lognormal(-1.5, 0.4)) * scale * (1 if ok else fail_scale),
                 "wait": 0.0,
                 "service": 0.1,
                 "stages": {},
@@ -141,7 +143,7 @@ def test_faster_b_is_an_improvement_and_the_same_runs_are_no_change(tmp_path: Pa
     assert row(faster, "analyze", "p50_s").verdict == "improvement"
     assert not faster.regressions
     same = compare(a, a)
-    assert {r.verdict for r in same.rows} <= {"no change", "not testable"}
+    assert {r.verdict for r in same.rows} <= {"no change", "not detected", "not testable"}
     assert row(same, "analyze", "p95_s").ratio == 1.0
     assert row(same, "analyze", "p95_s").p_value == 1.0
 
@@ -225,7 +227,7 @@ def test_different_profiles_or_schemas_are_refused(tmp_path: Path) -> None:
 def test_different_machines_warn_and_commits_do_not(tmp_path: Path) -> None:
     a = load(make_run(tmp_path / "a"))
     b = load(make_run(tmp_path / "b", machine={"hostname": "mac-b", "git_commit": "def"}))
-    warnings = compare(a, b).warnings
+    warnings = [w for w in compare(a, b).warnings if w.startswith("different machines")]
     assert len(warnings) == 1
     assert "hostname 'mac-a'" in warnings[0] and "'mac-b'" in warnings[0]
 
@@ -282,7 +284,11 @@ def test_json_and_terminal_forms(tmp_path: Path) -> None:
         "n_a",
         "n_b",
         "reason",
+        "interval",
+        "detectable",
     } <= set(data["rows"][0])
+    assert data["schema_version"] == 3
+    assert set(data["summary"]) >= {"not detected", "no change", "not testable"}
     text = render_terminal(comparison)
     assert "95% CI" in text and "regression" in text and "Holm" in text
     assert "warning: different machines: chip" in text

@@ -38,10 +38,38 @@ def _runs_text(runs: list[dict[str, Any]]) -> str:
     return f"run {ids}" if len(runs) == 1 else f"{len(runs)} runs: {ids}"
 
 
+def _interval(r: CompareRow) -> str:
+    """``[low, high]`` of the ratio, or ``B-A [low, high]`` of a difference."""
+    if r.ci_low is None or r.ci_high is None:
+        return "-"
+    if r.interval == "difference":
+        return f"B-A [{r.ci_low:+.3g}, {r.ci_high:+.3g}]"
+    low, high = (_num(v) if math.isinf(v) else f"{v:.3g}" for v in (r.ci_low, r.ci_high))
+    return f"[{low}, {high}]"
+
+
+def detectable_text(r: CompareRow) -> str:
+    """The smallest change the row would have seen: ``x1.23``, ``+-0.012``, ``-``."""
+    if r.detectable is None:
+        return "-"
+    if r.interval == "difference":
+        return f"+-{r.detectable:.2g}"
+    return _times(r.detectable)
+
+
 def _row_cells(r: CompareRow) -> list[str]:
-    ci = "-" if r.ci_low is None or r.ci_high is None else f"[{r.ci_low:.3g}, {r.ci_high:.3g}]"
     ratio = "-" if r.ratio is None else _times(r.ratio)
-    return [r.name, r.metric, _num(r.a), _num(r.b), ratio, ci, _p(r.p_value), r.verdict]
+    return [
+        r.name,
+        r.metric,
+        _num(r.a),
+        _num(r.b),
+        ratio,
+        _interval(r),
+        _p(r.p_value),
+        detectable_text(r),
+        r.verdict,
+    ]
 
 
 def _target_cells(t: dict[str, Any]) -> list[str]:
@@ -61,12 +89,28 @@ def render_terminal(comparison: Comparison) -> str:
         f"A: {c.a_label} ({_runs_text(c.a_runs)})",
         f"B: {c.b_label} ({_runs_text(c.b_runs)})",
         f"a change must be significant with Holm's method over all {len(c.rows)} rows at "
-        f"{c.alpha:g} (runs and time blocks as the units) and its ratio B/A beyond "
-        f"x{c.factor:g} either way",
+        f"{c.alpha:g} (runs and time blocks as the units), its direction the sign of the "
+        f"tested statistic and its ratio B/A beyond x{c.factor:g} either way",
         f"run-to-run drift allowed for: {c.drift or 'none'}",
     ]
-    columns = ["name", "metric", "A", "B", "ratio", f"{level} CI", "p (raw)", "verdict"]
+    columns = [
+        "name",
+        "metric",
+        "A",
+        "B",
+        "ratio",
+        f"{level} CI",
+        "p (raw)",
+        "detectable",
+        "verdict",
+    ]
     table = _table(columns, [_row_cells(r) for r in c.rows])
+    if any(r.detectable is not None for r in c.rows):
+        table.append(
+            "detectable: the smallest change each row would have seen (80% power); "
+            f"'not detected' means a x{c.factor:g} change could have been missed, 'no change' "
+            "that it would have been seen"
+        )
     untestable: dict[str, list[str]] = {}
     for r in c.rows:
         if r.verdict == "not testable":
@@ -90,6 +134,9 @@ def render_terminal(comparison: Comparison) -> str:
             + "; ".join(f"{r.name} {r.metric} {_times(r.ratio)}" for r in worse)
         ]
         if worse
-        else [f"no regression ({len(c.improvements)} improvement(s))"]
+        else [
+            f"no regression ({len(c.improvements)} improvement(s), "
+            f"{len(c.undetected)} not detected)"
+        ]
     )
     return "\n\n".join("\n".join(section) for section in sections)

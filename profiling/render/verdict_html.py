@@ -186,6 +186,26 @@ def _side(comparison: dict[str, Any], side: str) -> tuple[str, list[str]]:
     return str(label), runs
 
 
+def _interval_text(row: dict[str, Any]) -> str:
+    """A row's interval: of the ratio B/A, or ``B−A`` of a difference (``comparison.json``
+    schema 3's ``interval``; earlier layouts hold ratios only)."""
+    low, high = row.get("ci_low"), row.get("ci_high")
+    if not isinstance(low, int | float) or not isinstance(high, int | float):
+        return "-" if low is None else f"{fmt(low)} to {fmt(high)}"
+    if row.get("interval") == "difference":
+        return f"B−A {low:+.2%} to {high:+.2%}"
+    return f"×{low:.3g} to ×{high:.3g}"
+
+
+def _detectable_text(row: dict[str, Any]) -> str:
+    """The smallest change the row would have seen (80% power): ``×1.23`` or ``±1.2%``."""
+    found = row.get("detectable")
+    if not isinstance(found, int | float):
+        # Tested with no finite detectable change: even a change of any size could be missed.
+        return "∞" if row.get("p_value") is not None and "interval" in row else "-"
+    return f"±{found:.2%}" if row.get("interval") == "difference" else f"×{found:.3g}"
+
+
 def comparison_section(comparison: dict[str, Any], base: Path) -> Section:
     """The A/B table, the targets side by side and the differential flame graph links.
 
@@ -198,11 +218,9 @@ def comparison_section(comparison: dict[str, Any], base: Path) -> Section:
     for row in comparison.get("rows") or []:
         metric, verdict = str(row.get("metric", "")), str(row.get("verdict") or "-")
         ratio, significant = row.get("ratio"), "significant" if row.get("significant") else ""
-        ci = (
-            "-"
-            if row.get("ci_low") is None
-            else f"{fmt(row['ci_low'])} to {fmt(row.get('ci_high'))}"
-        )
+        ci = _interval_text(row)
+        if verdict == "not detected":
+            significant = f"a change up to {_detectable_text(row)} could have been missed"
         rows.append(
             [
                 Cell(str(row.get("name", "")), note=str(row.get("kind", ""))),
@@ -212,10 +230,21 @@ def comparison_section(comparison: dict[str, Any], base: Path) -> Section:
                 num("-" if ratio is None else f"×{number(ratio):.3g}"),
                 num(ci),
                 num(_p_value(row.get("p_value"))),
+                num(_detectable_text(row)),
                 Cell(verdict, _verdict_class(verdict), note=significant),
             ]
         )
-    cols = ["name", "metric", a, b, "B/A", f"{level:.0%} CI of B/A", "p-value", "verdict"]
+    cols = [
+        "name",
+        "metric",
+        a,
+        b,
+        "B/A",
+        f"{level:.0%} CI (of B/A, or of B−A)",
+        "p-value",
+        "detectable",
+        "verdict",
+    ]
     tables = [Table(cols, rows)] if rows else []
     target_rows = []
     for t in comparison.get("targets") or []:

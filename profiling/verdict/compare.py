@@ -4,13 +4,20 @@ Each side is one run or several (the rounds of an interleaved A/B run). Latency
 percentiles shown are of each side's merged raw records (failed and timed-out operations
 included at the time they took), never averages of per-run percentiles. Whether a row
 changed is tested with runs and time blocks as the units (see
-:mod:`profiling.verdict.statistics`): each run's log figure and its block-bootstrap
-variance, compared between sides with a between-run variance that pools what the runs
-show with the machine's A/A calibration (:mod:`profiling.verdict.calibration`).
+:mod:`profiling.verdict.statistics`): each run's figure and its block variance, compared
+between sides with a between-run variance that pools what the runs show with the
+machine's A/A calibration (:mod:`profiling.verdict.calibration`).
 
 Every row is tested on its own (p50, p95 and p99 each, so a change in the tail alone is
 seen), the family of rows is controlled with Holm's method, and a change counts only when
-it is significant and larger than ``factor`` (``ratio >= factor`` or ``<= 1 / factor``).
+it is significant and larger than ``factor``. Its direction is the sign of the tested
+statistic (a latency row's share of operations slower than the pooled quantile, failures
+counted as infinitely slow; the log of a rate or a peak; the share of failed records),
+never the ratio of the values shown, which can point the other way (a side that fails
+fast has a lower quantile of durations). Every tested row has an interval and the smallest
+change it could have detected (:attr:`CompareRow.detectable`); a row that is not
+significant is "no change" only when a ``factor``-sized change would have been seen, else
+"not detected". A figure with no variance at all is "not testable", never certain.
 
 Rows, each a :class:`CompareRow`: per op ``p50_s``, ``p95_s``, ``p99_s``; per op and for
 all ops ``throughput_ops_s``; the replicas' ``memory_peak_mb`` and ``mlx_peak_mb``; and
@@ -28,32 +35,56 @@ from typing import Any, Literal
 from datamodel.cache import default_cache_dir
 from datamodel.errors import ConfigError
 from datamodel.quantiles import quantile
-from datamodel.records import adapter_changes, span, throughput
+from datamodel.records import adapter_changes
 from datamodel.runfolder import RunData
-from datamodel.stacks import strip_line_numbers
-from profiling.render.flamegraph import render_diff_svg
 from profiling.verdict import calibration
-from profiling.verdict.figures import LATENCY_METRICS, RunFigures, latency_levels
+from profiling.verdict.figures import (
+    LATENCY_METRICS,
+    LogScale,
+    RateScale,
+    RunFigures,
+    Scale,
+    ShareScale,
+    latency_levels,
+)
 from profiling.verdict.sides import (
+    adapter_note,
     check_same_experiment,
     describe,
+    diff_flamegraphs,
     machine,
     memory_peak,
     merge_runs,
     mlx_peak,
+    pooled_rate,
     spec_value,
+    targets_table,
     warnings_of,
 )
 from profiling.verdict.statistics import (
+    DETECT_POWER,
     Level,
     Prior,
+    Test,
     compare_levels,
+    detectable_effect,
     holm,
 )
-from profiling.verdict.targets import Target, check_targets
+from profiling.verdict.targets import Target
 
-SCHEMA_VERSION = 2
-"""Version of the ``comparison.json`` layout (2: runs and blocks as units, Holm)."""
+__all__ = [
+    "DEFAULT_FACTOR",
+    "CompareRow",
+    "Comparison",
+    "compare_runs",
+    "merge_runs",
+    "spec_value",
+]
+
+SCHEMA_VERSION = 3
+"""Version of the ``comparison.json`` layout (2: runs and blocks as units, Holm; 3: every
+row's ``interval`` kind and ``detectable`` change, the "not detected" verdict, and the
+error rate tested with runs as units)."""
 HIGHER_IS_BETTER = frozenset({"throughput_ops_s"})
 """Metrics where a larger B is an improvement; for every other one it is a regression."""
 KIND_OF = {
@@ -68,9 +99,22 @@ KIND_OF = {
 DEFAULT_FACTOR = 1.05
 """Smallest ratio that counts as a change by default. A threshold at the very size of the
 change one wants to see would miss half of such changes, so it sits below 10%."""
+MOST_ROUNDS = 50
+"""Most runs a side a comparison's warning sizes; beyond it, it says "more than"."""
+LISTED = 6
+"""Rows a warning names before it says how many more."""
 
 Kind = Literal["op", "resource"]
-Verdict = Literal["improvement", "regression", "no change", "not testable"]
+Verdict = Literal["improvement", "regression", "no change", "not detected", "not testable"]
+VERDICTS: tuple[Verdict, ...] = (
+    "regression",
+    "improvement",
+    "no change",
+    "not detected",
+    "not testable",
+)
+"""Every verdict, in the order summaries count them."""
+Interval = Literal["ratio", "difference"]
 
 
 @dataclass(frozen=True)
@@ -92,13 +136,18 @@ class CompareRow:
     p_value: float | None
     """Two-sided p-value of the test named in :attr:`reason`; ``None`` when not tested."""
     ci_low: float | None
-    """Lower bound of the ``1 - alpha`` interval of the ratio."""
+    """Lower bound of the ``1 - alpha`` interval of what :attr:`interval` names."""
     ci_high: float | None
     """Upper bound of that interval."""
     significant: bool
     """The statistics say A and B differ: Holm's method over all rows rejects "no change"."""
     verdict: Verdict
-    """``significant`` and past the factor threshold, read by the metric's direction."""
+    """``regression`` or ``improvement``: significant and past the factor, read by the sign
+    of the tested statistic and the metric's direction. ``no change``: significant but
+    within the factor, or not significant although a factor-sized change would have been
+    detected (:attr:`detectable` within the factor). ``not detected``: not significant, and
+    a factor-sized change could have been missed. ``not testable``: not measured on a side,
+    measured differently, or nothing varies (no variance is no information)."""
     n_a: int = 0
     """Samples behind ``a``: records (latency, error rate) or runs (throughput, memory)."""
     n_b: int = 0
@@ -109,6 +158,16 @@ class CompareRow:
     """Runs (the units of the test) on side A."""
     runs_b: int = 0
     """Runs on side B."""
+    interval: Interval = "ratio"
+    """What :attr:`ci_low`, :attr:`ci_high` and :attr:`detectable` are of: ``ratio`` (B/A of
+    the value; for a latency quantile, the interval of its exceedance-share test mapped
+    through the pooled durations, see :class:`~profiling.verdict.figures.ShareScale`) or
+    ``difference`` (B - A, for the error rate: a share of failed records)."""
+    detectable: float | None = None
+    """Smallest change this row would have detected with 80% power at the level Holm's
+    method holds a lone change to (``alpha`` over the tested rows): a ratio (at least 1,
+    the larger of the two directions) or a difference, as :attr:`interval` says. ``None``
+    when not tested; ``inf`` (``None`` in JSON) when no change of any size would be."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (a number that is not finite becomes ``None``)."""
@@ -138,7 +197,8 @@ class Comparison:
     diff_flamegraphs: dict[str, str] = field(default_factory=dict)
     """Replica role -> differential flame graph file, relative to the output folder."""
     warnings: list[str] = field(default_factory=list)
-    """Why the comparison may mislead (different machines, settings, unfinished runs)."""
+    """Why the comparison may mislead (different machines, settings, unfinished runs, rows
+    that could miss a factor-sized change)."""
     notes: list[str] = field(default_factory=list)
     """What could not be read from the run folders."""
     drift: str = ""
@@ -156,16 +216,20 @@ class Comparison:
         """Rows whose verdict is an improvement."""
         return [r for r in self.rows if r.verdict == "improvement"]
 
+    @property
+    def undetected(self) -> list[CompareRow]:
+        """Rows whose verdict is "not detected" (a factor-sized change could be missed)."""
+        return [r for r in self.rows if r.verdict == "not detected"]
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form: the layout of ``comparison.json``."""
-        verdicts = ("regression", "improvement", "no change", "not testable")
         return {
             "schema_version": SCHEMA_VERSION,
             "a": {"label": self.a_label, "runs": self.a_runs},
             "b": {"label": self.b_label, "runs": self.b_runs},
             "factor": self.factor,
             "alpha": self.alpha,
-            "summary": {v: sum(1 for r in self.rows if r.verdict == v) for v in verdicts},
+            "summary": {v: sum(1 for r in self.rows if r.verdict == v) for v in VERDICTS},
             "rows": [r.as_dict() for r in self.rows],
             "targets": [{k: _finite(v) for k, v in t.items()} for t in self.targets],
             "diff_flamegraphs": dict(self.diff_flamegraphs),
@@ -189,8 +253,16 @@ class _Row:
     counts: tuple[int, int]
     runs: tuple[int, int]
     how: str
-    test: tuple[float, float, float, float] | None = None
-    """``(ratio, low, high, p)``."""
+    test: Test | None = None
+    scale: Scale | None = None
+    """Reads the test's difference as a ratio (for the interval, the factor, the power)."""
+    statistic: str = ""
+    """The tested statistic of each side, in words (for when the ratio points elsewhere)."""
+    interval: Interval = "ratio"
+    verdict: Verdict = "not testable"
+    """The verdict of a row without a test."""
+    ci: tuple[float, float] | None = None
+    """An interval of a row without a test (none failed: each side's exact bound)."""
 
 
 def _level_row(
@@ -202,22 +274,40 @@ def _level_row(
     prior: Prior | None,
     how: str,
     confidence: float,
-    log_scale: bool,
+    *,
+    scale: Scale | None,
+    statistic: str,
+    interval: Interval = "ratio",
 ) -> _Row:
     """A row tested on per-run levels; its ratio is of ``values`` (B over A)."""
     runs = (len(a), len(b))
     if not a or not b:
         return _Row(key, values, counts, runs, f"not measured on {'A' if not a else 'B'}")
+    if scale is None:
+        return _Row(key, values, counts, runs, f"{how}; too few distinct values to size a change")
     test = compare_levels(a, b, prior, confidence=confidence)
+    if not test.testable:
+        why = "no run-to-run drift to allow for" + (
+            f" ({prior.source} says none)" if prior else " (no calibration prior)"
+        )
+        return _Row(
+            key,
+            values,
+            counts,
+            runs,
+            f"{how}; cannot tell: nothing varies ({len(a)} vs {len(b)} runs, no within-run "
+            f"variance, {why})",
+        )
     drift = f"run-to-run sd {test.sigma_between:.3g}" + (f" ({prior.source})" if prior else "")
     how = f"{how}; {len(a)} vs {len(b)} runs as units, {drift}"
-    va, vb = values
-    ratio = _ratio(vb, va) if va is not None and vb is not None else math.nan
-    low, high = (math.exp(test.low), math.exp(test.high)) if log_scale else (math.nan, math.nan)
-    return _Row(key, values, counts, runs, how, (ratio, low, high, test.p))
+    ma = sum(x.value for x in a) / len(a)
+    mb = sum(x.value for x in b) / len(b)
+    said = f"{statistic} {ma:.4g} on A, {mb:.4g} on B"
+    return _Row(key, values, counts, runs, how, test, scale, said, interval)
 
 
-def _error_row(a: Sequence[RunFigures], b: Sequence[RunFigures]) -> _Row:
+def _error_row(a: Sequence[RunFigures], b: Sequence[RunFigures], alpha: float) -> _Row:
+    """Failed records: each run's failed share, runs as units (see the module docstring)."""
     key: tuple[Kind, str, str] = ("resource", "records", "error_rate")
     fa, ta = sum(f.failed for f in a), sum(f.total for f in a)
     fb, tb = sum(f.failed for f in b), sum(f.total for f in b)
@@ -226,116 +316,197 @@ def _error_row(a: Sequence[RunFigures], b: Sequence[RunFigures]) -> _Row:
         return _Row(key, (None, None), (ta, tb), runs, f"no records on {'A' if not ta else 'B'}")
     values = (fa / ta, fb / tb)
     if fa == fb == 0:
-        return _Row(key, values, (ta, tb), runs, "no failure on either side", None)
-
-    def block_var(side: Sequence[RunFigures], rate: float) -> float:
-        blocks = [(f, t) for fig in side for f, t in fig.block_failures if t]
-        n = sum(t for _, t in blocks)
-        spread = sum(t * t * (f / t - rate) ** 2 for f, t in blocks)
-        return max(spread / n**2, rate * (1 - rate) / n, 1e-12)
-
-    se = math.sqrt(block_var(a, values[0]) + block_var(b, values[1]))
-    diff = values[1] - values[0]
-    p = math.erfc(abs(diff) / se / math.sqrt(2))
-    ratio = values[1] / values[0] if values[0] else math.inf
-    how = f"{fa}/{ta} vs {fb}/{tb} failed; z-test with variance from time blocks"
-    return _Row(key, values, (ta, tb), runs, how, (ratio, ratio, ratio, p))
-
-
-def _judge(rows: list[_Row], alpha: float, factor: float) -> list[CompareRow]:
-    """Holm over every tested row, then the factor threshold, then the metric's direction."""
-    tested = [r for r in rows if r.test is not None]
-    rejected = dict(
-        zip(map(id, tested), holm([r.test[3] for r in tested if r.test], alpha), strict=True)
+        low, high = (1 - (alpha / 2) ** (1 / n) for n in (ta, tb))
+        how = (
+            "no failure on either side; interval of B - A from each side's exact binomial "
+            f"bound at zero failures ({1 - alpha:.0%})"
+        )
+        return _Row(
+            key,
+            values,
+            (ta, tb),
+            runs,
+            how,
+            interval="difference",
+            verdict="no change",
+            ci=(-low, high),
+        )
+    rate = (fa + fb) / (ta + tb)
+    la = [level for f in a if (level := f.failure_level(rate))]
+    lb = [level for f in b if (level := f.failure_level(rate))]
+    how = (
+        f"{fa}/{ta} vs {fb}/{tb} failed; each run's failed share, variance from time blocks "
+        f"(at least binomial at the pooled {rate:.3g})"
     )
-    out = []
-    for r in rows:
+    if max(runs) < 2:
+        how += "; one run a side: drift of the error rate between runs is not allowed for"
+    return _level_row(
+        key,
+        values,
+        (ta, tb),
+        la,
+        lb,
+        None,
+        how,
+        1 - alpha,
+        scale=RateScale(rate),
+        statistic="mean failed share per run",
+        interval="difference",
+    )
+
+
+@dataclass(frozen=True)
+class _Power:
+    """What a tested row could have seen."""
+
+    detectable: float
+    """Its minimum detectable change, in the units of its interval."""
+    seen: bool
+    """Whether a factor-sized change either way would have been detected."""
+    runs_needed: int | None
+    """Runs a side (of this length) that would see a factor-sized change; ``None``: more
+    than :data:`MOST_ROUNDS`."""
+
+
+def _power(r: _Row, test: Test, scale: Scale, level: float, factor: float) -> _Power:
+    """The row's minimum detectable change at :data:`DETECT_POWER` and two-sided ``level``,
+    and about how many runs a side would make a ``factor``-sized change detectable (the
+    variance of a side's mean falls as one over its runs, so the detectable change as
+    the square root of that)."""
+    effect = detectable_effect(test.se, test.df, alpha=level)
+    needed = min(scale.shift(factor), -scale.shift(1 / factor))
+    if r.interval == "ratio":
+        up, down = scale.ratio(effect), scale.ratio(-effect)
+        detectable = max(up, 1 / down if down > 0 else math.inf)
+        now, wanted = math.log(detectable), math.log(factor)
+    else:
+        detectable = now = effect
+        wanted = needed
+    seen = effect <= needed
+    runs_needed: int | None = None
+    if wanted > 0 and math.isfinite(now):
+        k = 2 * (now / wanted) ** 2 / (1 / r.runs[0] + 1 / r.runs[1])
+        runs_needed = max(1, math.ceil(k)) if k <= MOST_ROUNDS else None
+    return _Power(detectable, seen, runs_needed)
+
+
+def _judge(
+    rows: list[_Row], alpha: float, factor: float
+) -> tuple[list[CompareRow], dict[int, _Power]]:
+    """Holm over every tested row, then the factor threshold, then the direction of the
+    tested statistic and the metric; with each tested row's power (by index)."""
+    tested = [r for r in rows if r.test is not None]
+    p_values = [r.test.p for r in tested if r.test is not None]
+    rejected = dict(zip(map(id, tested), holm(p_values, alpha), strict=True))
+    level = alpha / max(len(tested), 1)  # Holm's level for a lone change
+    out: list[CompareRow] = []
+    powers: dict[int, _Power] = {}
+    for index, r in enumerate(rows):
         (a, b), (n_a, n_b), (k_a, k_b) = r.values, r.counts, r.runs
-        if r.test is None:
-            ratio = None if a is None or b is None else _ratio(b, a)
-            verdict_none: Verdict = "no change" if "no failure" in r.how else "not testable"
-            out.append(
-                CompareRow(
-                    *r.key,
-                    a,
-                    b,
-                    ratio,
-                    None,
-                    None,
-                    None,
-                    False,
-                    verdict_none,
-                    n_a,
-                    n_b,
-                    r.how,
-                    k_a,
-                    k_b,
-                )
-            )
-            continue
-        ratio, low, high, p = r.test
-        low_v = None if math.isnan(low) else low
-        high_v = None if math.isnan(high) else high
-        significant = rejected[id(r)]
-        how = f"{r.how}; Holm over {len(tested)} rows"
-        verdict: Verdict = "no change"
-        if significant:
-            up = ratio > 1
-            if ratio >= factor if up else ratio <= 1 / factor:
-                verdict = "regression" if up != (r.key[2] in HIGHER_IS_BETTER) else "improvement"
+        ratio = None if a is None or b is None else _ratio(b, a)
+        p: float | None = None
+        low, high = r.ci if r.ci else (None, None)
+        significant, verdict, how, detectable = False, r.verdict, r.how, None
+        if r.test is not None and r.scale is not None:
+            test, scale = r.test, r.scale
+            power = powers[index] = _power(r, test, scale, level, factor)
+            p, detectable = test.p, power.detectable
+            if r.interval == "ratio":
+                low, high = scale.ratio(test.low), scale.ratio(test.high)
             else:
-                how += f"; significant, but within the x{factor:g} threshold"
+                low, high = test.low, test.high
+            significant = rejected[id(r)]
+            how = f"{r.how}; Holm over {len(tested)} rows"
+            verdict = "no change" if power.seen else "not detected"
+            if significant:
+                verdict, how = _direction(r, test, scale, ratio, factor, how)
+            elif not power.seen:
+                how += f"; a x{factor:g} change could have been missed"
         out.append(
             CompareRow(
-                *r.key, a, b, ratio, p, low_v, high_v, significant, verdict, n_a, n_b, how, k_a, k_b
+                *r.key,
+                a,
+                b,
+                ratio,
+                p,
+                low,
+                high,
+                significant,
+                verdict,
+                n_a,
+                n_b,
+                how,
+                k_a,
+                k_b,
+                r.interval,
+                detectable,
             )
         )
-    return out
+    return out, powers
+
+
+def _direction(
+    r: _Row, test: Test, scale: Scale, ratio: float | None, factor: float, how: str
+) -> tuple[Verdict, str]:
+    """The verdict of a significant row, all from its test: the sign of the tested
+    statistic says which way, and the change that statistic maps to (as a ratio) how far;
+    within ``factor`` it is "no change". The ratio of the values shown is not used: with
+    failures counted as infinitely slow it can point the other way, or nowhere."""
+    up = test.diff > 0
+    size = scale.ratio(test.diff)
+    how += f"; the tested change maps to x{size:.3g}" + (
+        " of the pooled rate" if r.interval == "difference" else ""
+    )
+    if ratio is not None and ratio != 1 and (ratio > 1) != up:
+        how += (
+            f"; the ratio of the values (x{ratio:.3g}) points the other way from the tested "
+            f"statistic ({r.statistic}): the verdict follows the test"
+        )
+    if not (size >= factor if up else size <= 1 / factor):
+        return "no change", f"{how}; significant, but within the x{factor:g} threshold"
+    return ("regression" if up != (r.key[2] in HIGHER_IS_BETTER) else "improvement"), how
+
+
+def _detection_warning(
+    rows: list[CompareRow], powers: dict[int, _Power], factor: float
+) -> str | None:
+    """Which rows are "not detected" (a ``factor``-sized change could have been missed),
+    each with the smallest change it would have seen, and the runs a side that would see
+    a ``factor``-sized one."""
+    blind = [(rows[i], p) for i, p in sorted(powers.items()) if rows[i].verdict == "not detected"]
+    if not blind:
+        return None
+    blind.sort(key=lambda rp: -(rp[1].detectable if rp[0].interval == "ratio" else 0.0))
+    named = [f"{r.name} {r.metric} ({_detectable_text(r)})" for r, _ in blind[:LISTED]]
+    if len(blind) > LISTED:
+        named.append(f"and {len(blind) - LISTED} more")
+    needs = [p.runs_needed for _, p in blind]
+    far = [f"{r.name} {r.metric}" for r, p in blind if p.runs_needed is None]
+    runs = (
+        f"more than {MOST_ROUNDS} runs a side of this length would be needed for " + ", ".join(far)
+        if far
+        else f"about {max(n for n in needs if n is not None)} runs a side of this length "
+        "would see it on each of them"
+    )
+    (row, _), *_ = blind
+    return (
+        f"{len(blind)} of {len(powers)} tested rows could have missed a x{factor:g} change "
+        f"with {row.runs_a} vs {row.runs_b} runs a side, so they say 'not detected', not "
+        f"'no change' (the smallest change each would see with {DETECT_POWER:.0%} power at "
+        f"Holm's level for a lone change): {', '.join(named)}; {runs}"
+    )
+
+
+def _detectable_text(row: CompareRow) -> str:
+    """The row's detectable change in words: ``x1.23`` or ``+-0.012``."""
+    d = row.detectable
+    if d is None or math.isinf(d):
+        return "a change of any size could be missed"
+    return f"x{d:.3g}" if row.interval == "ratio" else f"+-{d:.2g}"
 
 
 def _ratio(b: float, a: float) -> float:
     return b / a if a else (1.0 if b == 0 else math.inf)
-
-
-def _targets_table(a: RunData, b: RunData, targets: Sequence[Target]) -> list[dict[str, Any]]:
-    table = []
-    checked = zip(check_targets(a, list(targets)), check_targets(b, list(targets)), strict=True)
-    for ra, rb in checked:
-        t = ra.target
-        table.append(
-            {
-                "name": t.name,
-                "metric": t.metric,
-                "op": t.op,
-                "threshold": t.threshold,
-                "unit": t.unit,
-                "a": ra.value,
-                "b": rb.value,
-                "passed_a": ra.passed,
-                "passed_b": rb.passed,
-                "evidence_a": ra.evidence,
-                "evidence_b": rb.evidence,
-            }
-        )
-    return table
-
-
-def _diff_flamegraphs(
-    a: RunData, b: RunData, labels: tuple[str, str], out_dir: Path
-) -> dict[str, str]:
-    """Write ``diff-<role>.svg`` per replica role profiled on both sides; role -> file name."""
-    pa, pb = a.profiles or {}, b.profiles or {}
-    written = {}
-    for role in sorted(set(pa) & set(pb)):
-        if not role.startswith("replica"):
-            continue
-        name = f"diff-{role}.svg"
-        title = f"{role}: {labels[0]} -> {labels[1]} (red: larger share in {labels[1]})"
-        svg = render_diff_svg(strip_line_numbers(pa[role]), strip_line_numbers(pb[role]), title)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / name).write_text(svg, encoding="utf-8")
-        written[role] = name
-    return written
 
 
 def compare_runs(
@@ -358,8 +529,9 @@ def compare_runs(
     fits the runs' machine and profile (in ``cache_dir``, else loadlens's cache). Targets
     are checked on each merged side and shown side by side. With ``out_dir``, a
     differential flame graph per replica role profiled on both sides is written there.
-    Raises :class:`ConfigError` when a side is empty, the runs used different profiles or
-    schema versions, or ``factor`` or ``alpha`` is out of range; other machines only warn.
+    Raises :class:`ConfigError` when a side is empty, the runs used
+    different profiles or schema versions, or ``factor`` or ``alpha`` is out of range;
+    other machines only warn.
     """
     if not a or not b:
         raise ConfigError(f"nothing to compare: side {'A' if not a else 'B'} has no run")
@@ -377,91 +549,19 @@ def compare_runs(
         )
         priors = cal.priors(drift)
         rounds_needed = cal.rounds.get("p95")
-    if rounds_needed and min(len(a), len(b)) < rounds_needed:
-        warnings.append(
-            f"{len(a)} vs {len(b)} runs a side: on this machine a 10% change of p95 needs "
-            f"{rounds_needed} runs a side to be told from run-to-run drift ({drift}); a "
-            "'no change' here may be a change too small to see"
-        )
     figs_a = [RunFigures.of(r) for r in a]
     figs_b = [RunFigures.of(r) for r in b]
-    confidence = 1 - alpha
-    rows: list[_Row] = []
-    ops = sorted({op for f in figs_a + figs_b for op in f.durations})
-    for op in ops:
-        da = [d for f in figs_a for d in f.durations.get(op, [])]
-        db = [d for f in figs_b for d in f.durations.get(op, [])]
-        for metric, q in LATENCY_METRICS.items():
-            key: tuple[Kind, str, str] = ("op", op, metric)
-            values = (quantile(da, q) if da else None, quantile(db, q) if db else None)
-            threshold, la, lb = latency_levels(figs_a, figs_b, op, q)
-            how = (
-                f"share of ops slower than the pooled p{q * 100:g} ({threshold * 1000:.1f} "
-                "ms), variance from time blocks"
-            )
-            prior = priors.get(f"{op}:{KIND_OF[metric]}") or priors.get(KIND_OF[metric])
-            rows.append(
-                _level_row(key, values, (len(da), len(db)), la, lb, prior, how, confidence, False)
-            )
-    for name in [*ops, "all"]:
-        la = [f.throughput[name] for f in figs_a if name in f.throughput]
-        lb = [f.throughput[name] for f in figs_b if name in f.throughput]
-        pooled = (_pooled_rate(a, name), _pooled_rate(b, name))
-        rows.append(
-            _level_row(
-                ("op", name, "throughput_ops_s"),
-                pooled,
-                (len(la), len(lb)),
-                la,
-                lb,
-                priors.get(f"{name}:throughput") or priors.get("throughput"),
-                "log ok ops per second per run, variance from time blocks",
-                confidence,
-                True,
-            )
-        )
-    for metric, peak in (("memory_peak_mb", memory_peak), ("mlx_peak_mb", mlx_peak)):
-        peaks_a, peaks_b = [m for m in map(peak, a) if m], [m for m in map(peak, b) if m]
-        if not (peaks_a or peaks_b or metric == "memory_peak_mb"):
-            continue
-        key = ("resource", "replicas", metric)
-        pooled_peak = (
-            max((m for m, _ in peaks_a), default=None),
-            max((m for m, _ in peaks_b), default=None),
-        )
-        counts = (len(peaks_a), len(peaks_b))
-        sources = sorted({source for _, source in peaks_a + peaks_b})
-        if len(sources) > 1:
-            rows.append(
-                _Row(
-                    key,
-                    pooled_peak,
-                    counts,
-                    counts,
-                    f"sides measured differently: {', '.join(sources)}",
-                )
-            )
-            continue
-        la = [Level(math.log(m), 0.0) for m, _ in peaks_a if m > 0]
-        lb = [Level(math.log(m), 0.0) for m, _ in peaks_b if m > 0]
-        rows.append(
-            _level_row(
-                key,
-                pooled_peak,
-                counts,
-                la,
-                lb,
-                priors.get("memory"),
-                f"log {sources[0] if sources else ''} peak, one per run",
-                confidence,
-                True,
-            )
-        )
-    rows.append(_error_row(figs_a, figs_b))
+    rows = _latency_rows(figs_a, figs_b, priors, alpha)
+    rows += _throughput_rows(a, b, figs_a, figs_b, priors, alpha)
+    rows += _memory_rows(a, b, priors, alpha)
+    rows.append(_error_row(figs_a, figs_b, alpha))
+    judged, powers = _judge(rows, alpha, factor)
+    if blind := _detection_warning(judged, powers, factor):
+        warnings.append(blind)
     merged_a, merged_b = merge_runs(a), merge_runs(b)
     flamegraphs = {}
     if out_dir is not None:
-        flamegraphs = _diff_flamegraphs(merged_a, merged_b, (a_label, b_label), out_dir)
+        flamegraphs = diff_flamegraphs(merged_a, merged_b, (a_label, b_label), out_dir)
     return Comparison(
         a_label=a_label,
         b_label=b_label,
@@ -469,8 +569,8 @@ def compare_runs(
         b_runs=[describe(r) for r in b],
         factor=factor,
         alpha=alpha,
-        rows=_judge(rows, alpha, factor),
-        targets=_targets_table(merged_a, merged_b, targets),
+        rows=judged,
+        targets=targets_table(merged_a, merged_b, targets),
         diff_flamegraphs=flamegraphs,
         warnings=warnings,
         notes=[
@@ -479,7 +579,7 @@ def compare_runs(
             for note in m.notes
         ]
         + [
-            _adapter_note(name, m)
+            adapter_note(name, m)
             for name, m in ((a_label, merged_a), (b_label, merged_b))
             if adapter_changes(m.records)
         ],
@@ -488,23 +588,103 @@ def compare_runs(
     )
 
 
-def _adapter_note(label: str, run: RunData) -> str:
-    """What changing the adapter cost one side: p50 of requests that changed it and not."""
-    parts = [
-        f"{op} {f['p50_changed_s'] * 1000:.0f} ms when it changed ({f['changed']}) vs "
-        f"{f['p50_unchanged_s'] * 1000:.0f} ms when not ({f['unchanged']})"
-        for op, f in adapter_changes(run.records).items()
-    ]
-    return f"{label}: adapter changes, p50 end to end: " + "; ".join(parts)
+def _latency_rows(
+    figs_a: list[RunFigures], figs_b: list[RunFigures], priors: dict[str, Prior], alpha: float
+) -> list[_Row]:
+    """p50, p95 and p99 of each op, tested on shares slower than the pooled quantile."""
+    rows: list[_Row] = []
+    ops = sorted({op for f in figs_a + figs_b for op in f.durations})
+    for op in ops:
+        da = [d for f in figs_a for d in f.durations.get(op, [])]
+        db = [d for f in figs_b for d in f.durations.get(op, [])]
+        for metric, q in LATENCY_METRICS.items():
+            threshold, la, lb = latency_levels(figs_a, figs_b, op, q)
+            how = (
+                f"share of ops slower than the pooled p{q * 100:g} ({threshold * 1000:.1f} "
+                "ms, failures as slower than any), variance from time blocks; interval: "
+                "the ratio of every op's duration that would shift the share as much, read "
+                "off A's durations"
+            )
+            rows.append(
+                _level_row(
+                    ("op", op, metric),
+                    (quantile(da, q) if da else None, quantile(db, q) if db else None),
+                    (len(da), len(db)),
+                    la,
+                    lb,
+                    priors.get(f"{op}:{KIND_OF[metric]}") or priors.get(KIND_OF[metric]),
+                    how,
+                    1 - alpha,
+                    scale=ShareScale.of(da, threshold),
+                    statistic=f"share slower than {threshold * 1000:.1f} ms or failed",
+                )
+            )
+    return rows
 
 
-def _pooled_rate(runs: Sequence[RunData], op: str) -> float | None:
-    """Ok ops of ``op`` (or all) per second, pooled over the runs' spans."""
-    ok = seconds = 0.0
-    for run in runs:
-        rows = [r for r in run.records if op == "all" or r.get("op") == op]
-        rate = throughput(rows, span(run.records))
-        if rate is not None:
-            ok += rate[1]
-            seconds += rate[2]
-    return ok / seconds if seconds > 0 else None
+def _throughput_rows(
+    a: Sequence[RunData],
+    b: Sequence[RunData],
+    figs_a: list[RunFigures],
+    figs_b: list[RunFigures],
+    priors: dict[str, Prior],
+    alpha: float,
+) -> list[_Row]:
+    """Ok ops per second of each op and of all, tested on each run's log rate."""
+    rows: list[_Row] = []
+    ops = sorted({op for f in figs_a + figs_b for op in f.durations})
+    for name in [*ops, "all"]:
+        la = [f.throughput[name] for f in figs_a if name in f.throughput]
+        lb = [f.throughput[name] for f in figs_b if name in f.throughput]
+        rows.append(
+            _level_row(
+                ("op", name, "throughput_ops_s"),
+                (pooled_rate(a, name), pooled_rate(b, name)),
+                (len(la), len(lb)),
+                la,
+                lb,
+                priors.get(f"{name}:throughput") or priors.get("throughput"),
+                "log ok ops per second per run, variance from time blocks",
+                1 - alpha,
+                scale=LogScale(),
+                statistic="mean log rate per run",
+            )
+        )
+    return rows
+
+
+def _memory_rows(
+    a: Sequence[RunData], b: Sequence[RunData], priors: dict[str, Prior], alpha: float
+) -> list[_Row]:
+    """The replicas' memory peaks (and MLX peaks where reported), one log peak per run."""
+    rows: list[_Row] = []
+    for metric, peak in (("memory_peak_mb", memory_peak), ("mlx_peak_mb", mlx_peak)):
+        peaks_a, peaks_b = [m for m in map(peak, a) if m], [m for m in map(peak, b) if m]
+        if not (peaks_a or peaks_b or metric == "memory_peak_mb"):
+            continue
+        key: tuple[Kind, str, str] = ("resource", "replicas", metric)
+        pooled_peak = (
+            max((m for m, _ in peaks_a), default=None),
+            max((m for m, _ in peaks_b), default=None),
+        )
+        counts = (len(peaks_a), len(peaks_b))
+        sources = sorted({source for _, source in peaks_a + peaks_b})
+        if len(sources) > 1:
+            how = f"sides measured differently: {', '.join(sources)}"
+            rows.append(_Row(key, pooled_peak, counts, counts, how))
+            continue
+        rows.append(
+            _level_row(
+                key,
+                pooled_peak,
+                counts,
+                [Level(math.log(m), 0.0) for m, _ in peaks_a if m > 0],
+                [Level(math.log(m), 0.0) for m, _ in peaks_b if m > 0],
+                priors.get("memory"),
+                f"log {sources[0] if sources else ''} peak, one per run",
+                1 - alpha,
+                scale=LogScale(),
+                statistic="mean log peak per run",
+            )
+        )
+    return rows

@@ -2,19 +2,23 @@
 
 A side's rounds are merged into one :class:`RunData` (for the targets table and the
 differential flame graphs); runs of different profiles or schemas are refused, and what
-may mislead (other machines, other settings, unfinished runs) becomes a warning.
+may mislead (other machines, other settings, unfinished runs) becomes a warning. The
+merged sides' targets table, differential flame graphs, pooled rates and adapter notes are
+built here too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from datamodel.errors import ConfigError
-from datamodel.records import number, span
+from datamodel.records import adapter_changes, number, span, throughput
 from datamodel.runfolder import RunData
-from datamodel.stacks import merge
-from profiling.verdict.targets import MB
+from datamodel.stacks import merge, strip_line_numbers
+from profiling.render.flamegraph import render_diff_svg
+from profiling.verdict.targets import MB, Target, check_targets
 
 MACHINE_KEYS = ("hostname", "os", "machine", "chip", "cpus_logical", "memory_bytes")
 """Machine facts that make two runs incomparable in absolute terms when they differ."""
@@ -29,11 +33,13 @@ def spec_value(run: RunData, *keys: str) -> Any:
 
 
 def machine(run: RunData) -> dict[str, Any]:
+    """``run.json``'s ``machine`` (an empty dict when absent)."""
     machine = run.run.get("machine")
     return machine if isinstance(machine, dict) else {}
 
 
 def describe(run: RunData) -> dict[str, Any]:
+    """How a comparison names one of its runs: id, folder, config, commit and status."""
     return {
         "run_id": run.run_id,
         "path": str(run.path),
@@ -160,3 +166,67 @@ def mlx_peak(run: RunData) -> tuple[float, str] | None:
     mlx = [s.get("mlx") for s in run.section("replica_stats")]
     peaks = [number(m.get("peak_bytes")) for m in mlx if isinstance(m, dict)]
     return (max(peaks) / MB, "MLX peak_bytes") if any(peaks) else None
+
+
+def targets_table(a: RunData, b: RunData, targets: Sequence[Target]) -> list[dict[str, Any]]:
+    """Each target checked on merged side ``a`` and on ``b``, side by side."""
+    table = []
+    checked = zip(check_targets(a, list(targets)), check_targets(b, list(targets)), strict=True)
+    for ra, rb in checked:
+        t = ra.target
+        table.append(
+            {
+                "name": t.name,
+                "metric": t.metric,
+                "op": t.op,
+                "threshold": t.threshold,
+                "unit": t.unit,
+                "a": ra.value,
+                "b": rb.value,
+                "passed_a": ra.passed,
+                "passed_b": rb.passed,
+                "evidence_a": ra.evidence,
+                "evidence_b": rb.evidence,
+            }
+        )
+    return table
+
+
+def diff_flamegraphs(
+    a: RunData, b: RunData, labels: tuple[str, str], out_dir: Path
+) -> dict[str, str]:
+    """Write ``diff-<role>.svg`` per replica role profiled on both sides; role -> file name."""
+    pa, pb = a.profiles or {}, b.profiles or {}
+    written = {}
+    for role in sorted(set(pa) & set(pb)):
+        if not role.startswith("replica"):
+            continue
+        name = f"diff-{role}.svg"
+        title = f"{role}: {labels[0]} -> {labels[1]} (red: larger share in {labels[1]})"
+        svg = render_diff_svg(strip_line_numbers(pa[role]), strip_line_numbers(pb[role]), title)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / name).write_text(svg, encoding="utf-8")
+        written[role] = name
+    return written
+
+
+def adapter_note(label: str, run: RunData) -> str:
+    """What changing the adapter cost one side: p50 of requests that changed it and not."""
+    parts = [
+        f"{op} {f['p50_changed_s'] * 1000:.0f} ms when it changed ({f['changed']}) vs "
+        f"{f['p50_unchanged_s'] * 1000:.0f} ms when not ({f['unchanged']})"
+        for op, f in adapter_changes(run.records).items()
+    ]
+    return f"{label}: adapter changes, p50 end to end: " + "; ".join(parts)
+
+
+def pooled_rate(runs: Sequence[RunData], op: str) -> float | None:
+    """Ok ops of ``op`` (or all) per second, pooled over the runs' spans."""
+    ok = seconds = 0.0
+    for run in runs:
+        rows = [r for r in run.records if op == "all" or r.get("op") == op]
+        rate = throughput(rows, span(run.records))
+        if rate is not None:
+            ok += rate[1]
+            seconds += rate[2]
+    return ok / seconds if seconds > 0 else None

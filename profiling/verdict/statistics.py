@@ -15,7 +15,8 @@ drift apart as a whole. So the units here are **time blocks** within a run and *
   variance, estimated from the runs when there are several and taken, with its degrees of
   freedom, from an A/A calibration of the machine (a :class:`Prior`). With one run a side,
   run-to-run drift cannot be seen in the data: only the prior accounts for it.
-- :func:`holm` controls the family of rows of one comparison.
+- :func:`holm` controls the family of rows of one comparison, and
+  :func:`detectable_effect` sizes the smallest change a row could have seen.
 
 Everything is deterministic: numpy, and scipy.stats for the t and normal distributions.
 """
@@ -148,13 +149,19 @@ class Test:
     high: float
     """Upper bound."""
     p: float
-    """Two-sided p-value of "no change"."""
+    """Two-sided p-value of "no change"; ``nan`` when nothing varies (see :attr:`testable`)."""
     se: float
-    """Standard error of ``diff``."""
+    """Standard error of ``diff``; ``0`` when nothing varies."""
     df: float
     """Degrees of freedom of the t reference (Welch-Satterthwaite; ``inf``: normal)."""
     sigma_between: float
     """Run-to-run standard deviation used."""
+
+    @property
+    def testable(self) -> bool:
+        """Whether anything varies: no within-run, between-run or prior variance at all
+        means the data cannot tell a change from chance (never that it is certain)."""
+        return self.se > 0
 
 
 def compare_levels(
@@ -165,6 +172,10 @@ def compare_levels(
     The between-run variance pools the prior (``sigma^2`` with ``df`` degrees of freedom)
     with what the runs show beyond their within-run noise. The t reference's degrees of
     freedom combine the within-run and between-run parts (Welch-Satterthwaite).
+
+    When nothing varies at all (no within-run variance, one run a side or identical runs,
+    and no prior drift), the result is not testable: ``p``, ``low`` and ``high`` are
+    ``nan`` and ``se`` is 0. A zero variance is missing information, not certainty.
     """
     if not a or not b:
         raise ValueError("compare_levels needs at least one run a side")
@@ -189,8 +200,7 @@ def compare_levels(
         parts.append((sigma2 * (1 / len(a) + 1 / len(b)), df_between))
     var = sum(v for v, _ in parts)
     if var <= 0:
-        p = 1.0 if diff == 0 else 0.0
-        return Test(diff, diff, diff, p, 0.0, math.inf, 0.0)
+        return Test(diff, math.nan, math.nan, math.nan, 0.0, math.inf, 0.0)
     denominator = sum(v * v / df for v, df in parts if v > 0 and math.isfinite(df) and df > 0)
     df = var * var / denominator if denominator > 0 else math.inf
     se = math.sqrt(var)
@@ -230,6 +240,21 @@ def t_critical(confidence: float, df: float) -> float:
         raise ValueError(f"degrees of freedom must be > 0, got {df}")
     q = 0.5 + confidence / 2.0
     return float(stats.norm.ppf(q) if math.isinf(df) else stats.t.ppf(q, df))
+
+
+DETECT_POWER = 0.8
+"""Power at which a row's minimum detectable change is stated."""
+
+
+def detectable_effect(
+    se: float, df: float, *, alpha: float = 0.05, power: float = DETECT_POWER
+) -> float:
+    """Smallest true change (in the units of ``diff``) that a two-sided test at ``alpha``
+    with standard error ``se`` detects with ``power``: ``(t(1 - alpha/2) + t(power)) * se``,
+    with ``df`` degrees of freedom (the normal quantiles when ``inf``)."""
+    if se <= 0:
+        return 0.0
+    return (t_critical(1 - alpha, df) + t_critical(2 * power - 1, df)) * se
 
 
 def power_rounds(
