@@ -15,7 +15,9 @@ from test_compare import compare, load, make_run, row
 
 from profiling.render.compare_text import render_terminal
 from profiling.render.verdict_html import comparison_section
-from profiling.verdict.figures import ShareScale
+from profiling.verdict import calibration
+from profiling.verdict.compare import compare_runs
+from profiling.verdict.figures import RunFigures, ShareScale
 from profiling.verdict.statistics import Level, Prior, compare_levels, detectable_effect
 
 LATENCY = ("p50_s", "p95_s", "p99_s")
@@ -193,3 +195,29 @@ def test_rendered_rows_show_not_detected_with_its_detectable_change(tmp_path: Pa
     infinite = [r for r in comparison.rows if r.detectable == math.inf]
     assert infinite and all(cells[(r.name, r.metric)][-2].text == "∞" for r in infinite)
     assert cells[("records", "error_rate")][5].text.startswith("B−A +")
+
+
+def test_the_shipped_calibration_is_a_weak_prior_and_says_so(tmp_path: Path) -> None:
+    a = load(make_run(tmp_path / "a", seed=1, uss_mb=200))
+    b = load(make_run(tmp_path / "b", seed=2, uss_mb=205))
+    machine = a[0].run["machine"]
+    found = calibration.find_calibration(machine, "smoke", tmp_path / "cache")
+    assert not found.own and "weak prior" in found.source
+    assert max(found.calibration.df.values()) <= calibration.DEFAULT_PRIOR_DF
+    shipped = calibration.read_calibration(calibration.DEFAULT_FILE)
+    assert shipped is not None and max(shipped.df.values()) > calibration.DEFAULT_PRIOR_DF
+    comparison = compare_runs(a, b, cache_dir=tmp_path / "cache")
+    (warning,) = [w for w in comparison.warnings if "calibration of its own" in w]
+    assert "untested on this machine" in warning
+    assert "python -m workloads.bench verdicts" in warning
+    memory = row(comparison, "replicas", "memory_peak_mb")
+    assert memory.verdict != "not testable"  # the weak prior still allows for some drift
+
+    runs = [RunFigures.of(r) for r in (*a, *b)]
+    own = calibration.build(machine, "smoke", runs, [200.0, 205.0])
+    calibration.save(own, machine, tmp_path / "cache")
+    mine = calibration.find_calibration(machine, "smoke", tmp_path / "cache")
+    assert mine.own and mine.calibration.df == own.df
+    again = compare_runs(a, b, cache_dir=tmp_path / "cache")
+    assert not [w for w in again.warnings if "calibration of its own" in w]
+    assert calibration.find(machine, "smoke", tmp_path / "cache")[1] == mine.source

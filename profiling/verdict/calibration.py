@@ -9,7 +9,8 @@ not called different for drifting as much as identical runs do here.
 
 Files live in ``<cache>/calibration/<machine-key>/<profile>.json``. Without one for the
 machine in hand, the default shipped in ``profiling/verdict/calibration/default.json``
-(measured on the machine it names) is used, and comparisons say so.
+(measured on the machine it names) is used as a weak prior only (at most
+:data:`DEFAULT_PRIOR_DF` degrees of freedom), and comparisons say so.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,13 @@ DEFAULT_FILE = Path(__file__).resolve().parent / "calibration" / "default.json"
 """The calibration shipped with loadlens (used when the machine has none of its own)."""
 DETECT = 0.10
 """The change a calibration sizes A/B rounds for."""
+DEFAULT_PRIOR_DF = 3.0
+"""Most degrees of freedom the shipped default's drift weighs as on a machine that has no
+calibration of its own. It was measured on another machine (its ``machine`` says which), so
+it says little about this one: at its full ~27 degrees of freedom it would decide the
+between-run variance of every comparison, and a machine that drifts 2-3x more would raise
+false alarms. At 3 it still keeps one run a side from being judged with no drift at all,
+while an A/B's own rounds soon outweigh it and estimate the drift here."""
 
 
 @dataclass(frozen=True)
@@ -181,26 +189,53 @@ def read_calibration(path: Path) -> Calibration | None:
         return None
 
 
-def find(
-    machine: Mapping[str, Any], profile: str | None, cache_dir: Path
-) -> tuple[Calibration, str]:
-    """The calibration that fits best, and where it came from.
+@dataclass(frozen=True)
+class Found:
+    """The calibration a comparison uses, and whose it is."""
+
+    calibration: Calibration
+    """The figures (the shipped default's with its degrees of freedom capped)."""
+    source: str
+    """Where it came from, in words."""
+    own: bool
+    """Whether it was measured on this machine (``False``: the shipped default)."""
+
+
+def weak(calibration: Calibration, most_df: float = DEFAULT_PRIOR_DF) -> Calibration:
+    """``calibration`` with every degrees of freedom capped at ``most_df``."""
+    df = {key: min(value, most_df) for key, value in calibration.df.items()}
+    return replace(calibration, df=df)
+
+
+def find_calibration(machine: Mapping[str, Any], profile: str | None, cache_dir: Path) -> Found:
+    """The calibration that fits best, where it came from, and whether it is this machine's.
 
     This machine's file for ``profile``; else this machine's file for another profile (the
-    one with the largest drift, to stay cautious); else the shipped default.
+    one with the largest drift, to stay cautious); else the shipped default, as a weak
+    prior (:data:`DEFAULT_PRIOR_DF`).
     """
     folder = calibration_root(cache_dir) / machine_key(machine)
     if profile and (exact := read_calibration(folder / f"{profile}.json")):
-        return exact, f"A/A calibration of this machine, profile {profile}"
+        return Found(exact, f"A/A calibration of this machine, profile {profile}", True)
     others = [c for p in sorted(folder.glob("*.json")) if (c := read_calibration(p))]
     if others:
         worst = max(others, key=lambda c: max(c.sigma.values(), default=0.0))
-        return worst, f"A/A calibration of this machine, profile {worst.profile}"
+        return Found(worst, f"A/A calibration of this machine, profile {worst.profile}", True)
     default = read_calibration(DEFAULT_FILE)
     if default is None:  # pragma: no cover - the file ships with the package
-        return Calibration("unknown", "none", 0, {}, {}, {}, {}), "no calibration"
-    return default, (
-        f"shipped default calibration ({default.machine}, profile "
-        f"{default.profile}); run `python -m workloads.bench verdicts` to "
-        "calibrate this machine"
+        return Found(Calibration("unknown", "none", 0, {}, {}, {}, {}), "no calibration", False)
+    return Found(
+        weak(default),
+        f"shipped default calibration ({default.machine}, profile {default.profile}) as a "
+        f"weak prior of at most {DEFAULT_PRIOR_DF:g} degrees of freedom; run "
+        "`python -m workloads.bench verdicts` to calibrate this machine",
+        False,
     )
+
+
+def find(
+    machine: Mapping[str, Any], profile: str | None, cache_dir: Path
+) -> tuple[Calibration, str]:
+    """:func:`find_calibration` as ``(calibration, source)``."""
+    found = find_calibration(machine, profile, cache_dir)
+    return found.calibration, found.source

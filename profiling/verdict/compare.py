@@ -198,7 +198,7 @@ class Comparison:
     """Replica role -> differential flame graph file, relative to the output folder."""
     warnings: list[str] = field(default_factory=list)
     """Why the comparison may mislead (different machines, settings, unfinished runs, rows
-    that could miss a factor-sized change)."""
+    that could miss a factor-sized change, a machine with no calibration of its own)."""
     notes: list[str] = field(default_factory=list)
     """What could not be read from the run folders."""
     drift: str = ""
@@ -526,10 +526,11 @@ def compare_runs(
 
     See the module docstring for the rows and tests. ``priors`` (kind -> :class:`Prior`)
     gives the run-to-run drift to allow for; by default it comes from the calibration that
-    fits the runs' machine and profile (in ``cache_dir``, else loadlens's cache). Targets
-    are checked on each merged side and shown side by side. With ``out_dir``, a
-    differential flame graph per replica role profiled on both sides is written there.
-    Raises :class:`ConfigError` when a side is empty, the runs used
+    fits the runs' machine and profile (in ``cache_dir``, else loadlens's cache), and when
+    that is the shipped default rather than this machine's own, only as a weak prior and
+    with a warning. Targets are checked on each merged side and shown side by side. With
+    ``out_dir``, a differential flame graph per replica role profiled on both sides is
+    written there. Raises :class:`ConfigError` when a side is empty, the runs used
     different profiles or schema versions, or ``factor`` or ``alpha`` is out of range;
     other machines only warn.
     """
@@ -544,11 +545,19 @@ def compare_runs(
     warnings = warnings_of(sides)
     drift, rounds_needed = "priors given by the caller", None
     if priors is None:
-        cal, drift = calibration.find(
+        found = calibration.find_calibration(
             machine(b[0]), spec_value(b[0], "profile", "name"), cache_dir or default_cache_dir()
         )
-        priors = cal.priors(drift)
-        rounds_needed = cal.rounds.get("p95")
+        drift = found.source
+        priors = found.calibration.priors(drift)
+        rounds_needed = found.calibration.rounds.get("p95")
+        if not found.own:
+            warnings.append(
+                "this machine has no A/A calibration of its own: the run-to-run drift allowed "
+                f"for is the shipped default's ({found.calibration.machine}), weighed as only "
+                f"{calibration.DEFAULT_PRIOR_DF:g} degrees of freedom, so a 'no change' here "
+                "is untested on this machine; `python -m workloads.bench verdicts` makes one"
+            )
     figs_a = [RunFigures.of(r) for r in a]
     figs_b = [RunFigures.of(r) for r in b]
     rows = _latency_rows(figs_a, figs_b, priors, alpha)
