@@ -30,6 +30,15 @@ class FrameShare(NamedTuple):
     """``samples / total samples`` (0..1)."""
 
 
+WALL_STATES = ("[cpu]", "[runq]", "[native]", "[wait:threads]", "[wait]")
+"""The leaf pseudo-frames of a wall-clock profile's stacks (``profiles/<role>.wall``, see
+:mod:`profiling.capture.wallclock`): what a request's thread was doing."""
+RUNNING = ("[cpu]", "[runq]")
+"""States in which a request's own thread ran, or was ready to and waited for a core."""
+WAITING = ("[wait:threads]", "[wait]")
+"""States in which a request neither ran nor had work done for it."""
+
+
 def parse_collapsed(lines: Sequence[str]) -> Stacks:
     """Parse collapsed-stack lines; blank or garbled lines are skipped, repeats add up."""
     stacks: Stacks = {}

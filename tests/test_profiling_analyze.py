@@ -232,6 +232,21 @@ def test_slow_blas_claims_the_matmul_time_a_faster_blas_saves(tmp_path: Path) ->
     ]
     quiet = analyze(write_run(tmp_path / "fast", records=rows, mlx_probe_json=fast), [])
     assert "slow_blas" not in kinds(quiet)
+    # The fastest BLAS is loaded but probed slow (a busy machine): not a BLAS to change.
+    busy = [
+        {
+            "replica": 0,
+            "blas_kind": "mkl",
+            "achievable_blas": "mkl",
+            "matmul_gflops": 44.0,
+            "achievable_gflops": 96.0,
+        }
+    ]
+    noisy = analyze(write_run(tmp_path / "busy", records=rows, mlx_probe_json=busy), [])
+    assert "slow_blas" not in kinds(noisy)
+    other = [{**busy[0], "blas_kind": "openblas"}]
+    slower = analyze(write_run(tmp_path / "other", records=rows, mlx_probe_json=other), [])
+    assert kinds(slower)[0] == "slow_blas"
 
 
 def test_oversubscribed_threads_stretch_model_and_embed(tmp_path: Path) -> None:

@@ -3,6 +3,9 @@ and one that waits for a lock another thread holds while it runs."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 
 from planted import load_rows, spin
@@ -12,8 +15,9 @@ from profiling.capture.wallclock import WallSampler
 SECONDS = 0.6
 
 
-def serve_request(work) -> None:
+def serve_request(sampler: WallSampler, work) -> None:
     """The request root the sampler looks for."""
+    sampler.enter()
     work()
 
 
@@ -24,7 +28,7 @@ def sampled(work, *, background=None) -> dict[str, float]:
     try:
         if background is not None:
             background.start()
-        thread = threading.Thread(target=serve_request, args=(work,))
+        thread = threading.Thread(target=serve_request, args=(sampler, work))
         thread.start()
         thread.join()
     finally:
@@ -68,3 +72,19 @@ def test_a_lock_held_by_a_running_thread_is_waiting_on_threads() -> None:
 
     states = sampled(request, background=threading.Thread(target=holder))
     assert share(states, "[wait:threads]") > 0.6, states
+
+
+def test_waiting_for_a_core_is_the_threads_own_work() -> None:
+    """Two busy processes per core: the request's spin is often ready but not running."""
+    hogs = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        for _ in range(2 * (os.cpu_count() or 1))
+    ]
+    try:
+        states = sampled(lambda: spin(SECONDS))
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    assert share(states, "[runq]") > 0.2, states
+    assert share(states, "[cpu]") + share(states, "[runq]") > 0.8, states

@@ -254,6 +254,8 @@ class ServiceReplica:
 
     def call(self, request: dict[str, Any]) -> dict[str, Any]:
         """Serve one request ``{op, project, query, texts}``; never raises."""
+        if self._wall is not None:
+            self._wall.enter()
         start = time.time()
         t0 = time.perf_counter()
         op = str(request.get("op"))

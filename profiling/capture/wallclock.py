@@ -8,6 +8,8 @@ used since the last tick (``pthread_getcpuclockid``, nanoseconds). The tick's wa
 is then split, for that stack, into:
 
 - ``[cpu]``: the thread itself was on a CPU;
+- ``[runq]``: it was ready to run but waited for a free core (Linux's per-thread run-queue
+  delay, ``/proc/self/task/<tid>/schedstat``): its own work, slowed by a busy machine;
 - ``[native]``: it waited while threads that are not Python threads (MLX's and the BLAS
   library's compute pools) used CPU: work done on its behalf, not waiting;
 - ``[wait:threads]``: it waited while other Python threads ran (a lock held by another
@@ -30,13 +32,11 @@ import time
 from collections.abc import Iterable
 from types import FrameType
 
+from datamodel.stacks import WALL_STATES as STATES
+
 DEFAULT_RATE_HZ = 20
 """Ticks per second (py-spy's default rate too). The seconds a profile holds are measured
 tick lengths, so a lower rate costs precision, never bias."""
-STATES = ("[cpu]", "[native]", "[wait:threads]", "[wait]")
-"""The leaf pseudo-frames a wall profile's stacks end in (see the module docstring)."""
-WAITING = ("[wait:threads]", "[wait]")
-"""States in which a request neither ran nor had work done for it."""
 
 
 def _cpu_clock(ident: int) -> float | None:
@@ -44,6 +44,15 @@ def _cpu_clock(ident: int) -> float | None:
     try:
         return time.clock_gettime(time.pthread_getcpuclockid(ident))
     except (AttributeError, OSError, OverflowError):
+        return None
+
+
+def _runqueue(tid: int) -> float | None:
+    """Seconds thread ``tid`` of this process has waited for a core so far (Linux)."""
+    try:
+        with open(f"/proc/self/task/{tid}/schedstat", "rb") as fh:
+            return int(fh.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
         return None
 
 
@@ -78,6 +87,12 @@ class WallSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="loadlens-wall", daemon=True)
         self._paths = sorted({p for p in sys.path if p}, key=len, reverse=True)
+        self._tids: dict[int, int] = {}
+
+    def enter(self) -> None:
+        """Called by a request's thread as it starts: makes its OS thread id known, so its
+        waits for a core can be read (a thread started by C++ has no Python record of it)."""
+        self._tids[threading.get_ident()] = threading.get_native_id()
 
     def start(self) -> None:
         """Start ticking."""
@@ -105,13 +120,14 @@ class WallSampler:
     def _loop(self) -> None:
         me = threading.get_ident()
         last_cpu: dict[int, float] = {}
+        last_rq: dict[int, float] = {}
         last_key: dict[int, str] = {}
         last_wall, last_proc, last_own = time.perf_counter(), time.process_time(), 0.0
         while not self._stop.wait(self._interval):
             wall, proc, own = time.perf_counter(), time.process_time(), time.thread_time()
             frames = sys._current_frames()
             python_cpu = 0.0
-            busy: list[tuple[list[tuple[str, float]], float]] = []
+            busy: list[tuple[list[tuple[str, float]], float, float]] = []
             keys: dict[int, str] = {}
             for ident, frame in frames.items():
                 if ident == me:
@@ -129,9 +145,17 @@ class WallSampler:
                     keys[ident] = ";".join(_stack(frame, self._paths))
                 before, now = last_key.get(ident), keys.get(ident)
                 if before is not None or now is not None:
-                    busy.append((_shares(before, now), used))
+                    tid = self._tids.get(ident)
+                    queued = _runqueue(tid) if tid is not None else None
+                    delay = 0.0
+                    if queued is not None:
+                        delay = max(queued - last_rq.get(ident, queued), 0.0)
+                        last_rq[ident] = queued
+                    busy.append((_shares(before, now), used, delay))
             for gone in set(last_cpu) - set(frames):
                 del last_cpu[gone]
+                last_rq.pop(gone, None)
+                self._tids.pop(gone, None)
             last_key = keys
             tick = wall - last_wall
             native = max((proc - last_proc) - (own - last_own) - python_cpu, 0.0)
@@ -141,22 +165,23 @@ class WallSampler:
 
     def _add(
         self,
-        busy: list[tuple[list[tuple[str, float]], float]],
+        busy: list[tuple[list[tuple[str, float]], float, float]],
         tick: float,
         native: float,
         python_cpu: float,
     ) -> None:
-        waiting = sum(1 for _, used in busy if used < tick)
+        waiting = sum(1 for _, used, delay in busy if used + delay < tick)
         with self._lock:
-            for shares, used in busy:
+            for shares, used, delay in busy:
                 ran = min(used, tick)
-                waited = tick - ran
+                queued = min(delay, tick - ran)
+                waited = tick - ran - queued
                 offload = min(waited, native / waiting) if waiting else 0.0
                 others = min(waited - offload, max(python_cpu - used, 0.0))
                 external = waited - offload - others
                 for key, weight in shares:
                     for state, seconds in zip(
-                        STATES, (ran, offload, others, external), strict=True
+                        STATES, (ran, queued, offload, others, external), strict=True
                     ):
                         if seconds > 0:
                             name = f"{key};{state}"

@@ -130,9 +130,32 @@ def findings_section(analysis: dict[str, Any] | None) -> Section:
     title = "Causes, ranked"
     if analysis is None or not isinstance(analysis.get("findings"), list):
         return missing("findings", title, "no analysis.json with findings")
-    if not analysis["findings"]:
+    if not analysis["findings"] and not analysis.get("unexplained"):
         return missing("findings", title, "the analysis found no cause of latency or error")
     rows = [_finding_row(k, f) for k, f in enumerate(analysis["findings"], 1)]
+    rest = analysis.get("unexplained")
+    if isinstance(rest, dict) and rest:
+        share, tail = number(rest.get("share")), number(rest.get("tail_share"))
+        parts = ", ".join(
+            f"{k} {number(v):.1f} s" for k, v in sorted((rest.get("parts") or {}).items())
+        )
+        rows.append(
+            [
+                Cell("-", "num"),
+                Cell(
+                    f"{share:.0%}",
+                    "num",
+                    note=f"tail {tail:.0%} · {number(rest.get('seconds')):,.1f} s",
+                    bar=min(max(share, tail), 1.0),
+                ),
+                Cell(
+                    "unexplained: latency no finding claims (the work itself, or a cause "
+                    "loadlens cannot see)"
+                ),
+                Cell(parts or "-", note="parts no finding touches"),
+                Cell(""),
+            ]
+        )
     intro = (
         "Errors first when their rate is material, then a leak that reaches the memory limit "
         "soon, then causes of latency by the share of all latency (and of the tail) they "

@@ -20,7 +20,7 @@ import numpy as np
 
 from datamodel.records import number
 from datamodel.runfolder import MLX_PROBE, PROFILES, RECORDS, RUN_JSON, RunData
-from datamodel.stacks import strip_frame_line
+from datamodel.stacks import RUNNING, strip_frame_line
 from profiling.verdict.attribution import Attribution, Vector
 from profiling.verdict.findings import Finding, latency_finding, material
 
@@ -154,7 +154,9 @@ def slow_blas(run: RunData, att: Attribution, claims: ServiceClaims) -> list[Fin
     """Matmul time a BLAS as fast as the best one measured on this machine would save.
 
     Per record: its estimated matmul FLOPs at the replica's probed GFLOP/s (capped at its
-    embed + model time) minus the same FLOPs at the achievable GFLOP/s.
+    embed + model time) minus the same FLOPs at the achievable GFLOP/s. A replica that
+    already loaded the fastest BLAS measured here is never slow BLAS: a low probe there
+    means the machine was busy while it ran (seen: MKL probed at 44 GFLOP/s of its 96).
     """
     probes = _probes(run)
     if not probes:
@@ -171,6 +173,8 @@ def slow_blas(run: RunData, att: Attribution, claims: ServiceClaims) -> list[Fin
         reference = probe.get("blas_kind") == "reference"
         if not reference and not (best and gflops < SLOW_BLAS_RATIO * best):
             continue
+        if not reference and probe.get("blas_kind") == probe.get("achievable_blas"):
+            continue  # the fastest BLAS is loaded: a slow probe was a busy machine, not it
         slow[int(number(r.get("replica")))] = probe
         flops = number(r.get("flops"))
         now = min(compute[i], flops / (gflops * 1e9))
@@ -336,9 +340,9 @@ def _running_seconds(
         for replica, stacks in walls.items():
             for text, ms in stacks.items():
                 *stack, state = text.split(";")
-                if state == "[cpu]" and stack:
+                if state in RUNNING and stack:
                     add(replica, stack, ms / 1000)
-        return per_frame, "wall-clock samples of request threads on a CPU"
+        return per_frame, "wall-clock samples of request threads running or ready to run"
     rate = number((run.run.get("spec") or {}).get("pyspy_rate_hz")) or 20.0
     for role, stacks in (run.profiles or {}).items():
         index = _replica_of(role)

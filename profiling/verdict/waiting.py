@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from datamodel.runfolder import PROFILES, RECORDS, RunData
-from datamodel.stacks import strip_frame_line
-from profiling.capture.wallclock import STATES, WAITING
+from datamodel.stacks import WAITING, strip_frame_line
+from datamodel.stacks import WALL_STATES as STATES
 from profiling.verdict.attribution import Attribution
 from profiling.verdict.causes import ServiceClaims, component_of, frame_claim
 from profiling.verdict.findings import Finding, latency_finding, material
