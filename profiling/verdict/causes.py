@@ -355,6 +355,26 @@ def _running_seconds(
     return per_frame, f"busy py-spy samples at {rate:g} Hz"
 
 
+def claim_frame(
+    att: Attribution,
+    claims: ServiceClaims,
+    kind: str,
+    component: str,
+    seconds_by_replica: Mapping[int, float],
+) -> tuple[Vector, dict[str, Any]] | None:
+    """One frame's seconds of ``component`` per record (:func:`frame_claim`), recorded as
+    cause ``kind``, and their claim with the queue they cause; ``None`` when the part is
+    another cause's, the frame holds too little of it, or the claim is not material."""
+    if component in claims.explained or component not in att.components:
+        return None
+    vec = frame_claim(att, component, seconds_by_replica)
+    if not vec.any():
+        return None
+    claims.add(kind, vec)
+    claim = att.claim(vec + claims.queue_share(kind))
+    return (vec, claim) if material(claim) else None
+
+
 def hot_code(run: RunData, att: Attribution, claims: ServiceClaims) -> list[Finding]:
     """Python frames that hold a large share of a replica's service time by themselves.
 
@@ -369,16 +389,10 @@ def hot_code(run: RunData, att: Attribution, claims: ServiceClaims) -> list[Find
     per_frame, source = _running_seconds(run, markers)
     out = []
     for (component, frame), seconds_by_replica in sorted(per_frame.items()):
-        if component in claims.explained or component not in att.components:
+        claimed = claim_frame(att, claims, f"hot_code:{frame}", component, seconds_by_replica)
+        if claimed is None:
             continue
-        vec = frame_claim(att, component, seconds_by_replica)
-        if not vec.any():
-            continue
-        kind = f"hot_code:{frame}"
-        claims.add(kind, vec)
-        claim = att.claim(vec + claims.queue_share(kind))
-        if not material(claim):
-            continue
+        vec, claim = claimed
         requests = int(np.count_nonzero(vec))
         out.append(
             latency_finding(

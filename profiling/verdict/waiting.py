@@ -21,8 +21,8 @@ from datamodel.runfolder import PROFILES, RECORDS, RunData
 from datamodel.stacks import WAITING, strip_frame_line
 from datamodel.stacks import WALL_STATES as STATES
 from profiling.verdict.attribution import Attribution
-from profiling.verdict.causes import ServiceClaims, component_of, frame_claim
-from profiling.verdict.findings import Finding, latency_finding, material
+from profiling.verdict.causes import ServiceClaims, claim_frame, component_of
+from profiling.verdict.findings import Finding, latency_finding
 
 
 def _replica(role: str) -> int | None:
@@ -72,16 +72,10 @@ def waiting(run: RunData, att: Attribution, claims: ServiceClaims) -> list[Findi
             entry["states"][state] += ms / 1000
     out = []
     for (component, frame), entry in sorted(per_frame.items()):
-        if component in claims.explained or component not in att.components:
+        claimed = claim_frame(att, claims, f"waiting:{frame}", component, entry["by_replica"])
+        if claimed is None:
             continue
-        vec = frame_claim(att, component, entry["by_replica"])
-        if not vec.any():
-            continue
-        kind = f"waiting:{frame}"
-        claims.add(kind, vec)
-        claim = att.claim(vec + claims.queue_share(kind))
-        if not material(claim):
-            continue
+        vec, claim = claimed
         requests = int(np.count_nonzero(vec))
         per_request = float(vec.sum()) / requests
         states = entry["states"]
