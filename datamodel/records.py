@@ -104,15 +104,25 @@ def span(records: Iterable[Mapping[str, Any]]) -> tuple[float, float] | None:
 
 
 def throughput(
-    records: Sequence[Mapping[str, Any]], window: tuple[float, float] | None = None
+    records: Sequence[Mapping[str, Any]],
+    window: tuple[float, float] | None = None,
+    *,
+    blocks: Sequence[Mapping[str, Any]] | None = None,
 ) -> tuple[float, int, float] | None:
     """``(ok ops per second, ok ops, seconds)`` over ``window`` (default: the records' own
-    span); ``None`` when there is no span."""
-    window = window or span(records)
-    if window is None or window[1] <= window[0]:
+    span), or over the seconds of ``blocks`` when a run was loaded only in blocks (one
+    side of an interleaved A/B: the other side's blocks in between are not its time);
+    ``None`` when there is no time."""
+    if blocks:
+        seconds = sum(max(number(b.get("end")) - number(b.get("start")), 0.0) for b in blocks)
+    else:
+        window = window or span(records)
+        if window is None:
+            return None
+        seconds = window[1] - window[0]
+    if seconds <= 0:
         return None
     ok = sum(1 for r in records if r.get("ok"))
-    seconds = window[1] - window[0]
     return ok / seconds, ok, seconds
 
 

@@ -26,10 +26,13 @@ def _grouped(
     return {str(k): {**v.as_dict(), "failed": failed.get(k, 0)} for k, v in summaries.items()}
 
 
-def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Quantiles per op, project and stage (failures included), lag and queue wait per op."""
+def summarize(
+    records: list[dict[str, Any]], blocks: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Quantiles per op, project and stage (failures included), lag and queue wait per op;
+    throughput over the run's ``blocks`` when it was loaded only in blocks."""
     errors = sum(1 for r in records if not r.get("ok"))
-    rate = throughput(records)
+    rate = throughput(records, blocks=blocks)
     return {
         "schema_version": SCHEMA_VERSION,
         "records": len(records),

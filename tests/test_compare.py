@@ -287,7 +287,7 @@ def test_json_and_terminal_forms(tmp_path: Path) -> None:
         "interval",
         "detectable",
     } <= set(data["rows"][0])
-    assert data["schema_version"] == 3
+    assert data["schema_version"] == 4
     assert set(data["summary"]) >= {"not detected", "no change", "not testable"}
     text = render_terminal(comparison)
     assert "95% CI" in text and "regression" in text and "Holm" in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import tempfile
@@ -221,3 +222,55 @@ def test_ab_smoke_compares_and_reports(tmp_path, cache_dir):
     assert [p["blas_kind"] for p in probes] == [probes[0]["achievable_blas"], "reference"]
     report = (ab / side["candidate"]["run_dir"] / "report.html").read_text()
     assert "baseline" in report and "optimized" in report and diff in report
+
+
+def test_interleaved_ab_runs_both_sides_in_blocks_and_pairs_them(tmp_path, cache_dir):
+    """The default A/B: both sides alive in one session, blocks of the same load in a
+    random order per pair, compared with the block pairs as units."""
+    results = tmp_path / "results"
+    proc = run_cli(
+        "--profile",
+        "smoke",
+        "--duration",
+        "10",
+        "--block-s",
+        "2.5",
+        "--config",
+        "optimized",
+        "--baseline",
+        "baseline",
+        "--results-dir",
+        str(results),
+        "--no-fail-on-targets",
+        cache=cache_dir,
+        timeout=420,
+    )
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    assert "both sides fit, interleaving blocks" in proc.stderr
+    (ab,) = list(results.iterdir())
+    info = json.loads((ab / "ab.json").read_text())
+    assert info["mode"] == "interleaved" and info["status"] == "completed" and info["pairs"] == 4
+    blocks = info["blocks"]
+    assert [b["pair"] for b in blocks] == [0, 0, 1, 1, 2, 2, 3, 3]
+    sides = [{b["side"] for b in blocks if b["pair"] == p} for p in range(4)]
+    assert all(s == {"baseline", "candidate"} for s in sides)
+    assert all(x["end"] <= y["start"] for x, y in itertools.pairwise(blocks))  # one by one
+    for name, folder in info["sides"].items():
+        run = json.loads((ab / folder / "run.json").read_text())
+        assert run["ab"]["side"] == name and len(run["blocks"]) == 4
+        windows = [(b["start"], b["end"]) for b in run["blocks"]]
+        records = read_jsonl(ab / folder / "records.jsonl")
+        assert records and all(any(s <= r["planned"] < e for s, e in windows) for r in records)
+        assert all(r["ok"] for r in records)
+    comparison = json.loads((ab / "comparison.json").read_text())
+    assert comparison["units"] == "block pairs" and comparison["schema_version"] == 4
+    rows = {(r["name"], r["metric"]): r for r in comparison["rows"]}
+    analyze = rows[("analyze", "p50_s")]
+    assert analyze["runs_a"] == analyze["runs_b"] == 4 and "paired t" in analyze["reason"]
+    # optimized (candidate) runs the model many times faster than the reference BLAS
+    assert analyze["ratio"] < 0.5 and analyze["verdict"] == "improvement"
+    memory = rows[("replicas", "memory_peak_mb")]
+    assert memory["runs_a"] == 4 and "peak of each block" in memory["reason"]
+    assert (proc.returncode == 1) == (comparison["summary"].get("regression", 0) > 0)
+    report = (ab / info["sides"]["candidate"] / "report.html").read_text()
+    assert "baseline" in report and "optimized" in report

@@ -335,6 +335,21 @@ def bench_verdicts(args: argparse.Namespace) -> None:
     temp = Path(tempfile.mkdtemp(prefix="ll-ray-", dir="/tmp"))
     ray.init(address="local", include_dashboard=False, _temp_dir=str(temp), log_to_driver=False)
     try:
+        if args.interleaved:
+            from workloads import bench_interleaved
+
+            ab_dir = (
+                Path(args.interleaved_reuse)
+                if args.interleaved_reuse
+                else bench_interleaved.record_session(args, results)
+            )
+            print(
+                f"\n(e) interleaved A/B, block pairs as units ({ab_dir}; profile {args.profile}, "
+                f"config {args.config} on both sides):",
+                flush=True,
+            )
+            bench_interleaved.table(ab_dir, args.pairs, args.trials)
+            return
         if args.planted_only:
             print_planted(
                 planted_table(results, args.planted_repeats, args.planted_case),
@@ -405,5 +420,15 @@ def add_parser(sub: Any) -> None:
     v.add_argument(
         "--planted-case", action="append", default=[], help="only cases whose name holds this"
     )
+    v.add_argument(
+        "--interleaved",
+        action="store_true",
+        help="one interleaved A/A session (--duration seconds a side, --block-s blocks); "
+        "A/A false alarms and power by pairs",
+    )
+    v.add_argument("--block-s", type=float, default=15.0, help="seconds of a block")
+    v.add_argument("--pairs", type=int, nargs="+", default=[5, 10, 20], help="block pairs a trial")
+    v.add_argument("--trials", type=int, default=100, help="trials per number of pairs")
+    v.add_argument("--interleaved-reuse", default=None, help="an interleaved A/B folder")
     v.add_argument("--results-dir", default=None)
     v.add_argument("--cache-dir", default=None, help="where the calibration is saved")

@@ -13,6 +13,7 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from datamodel.errors import ConfigError, LoadlensError
 from workloads.names import check_folder
@@ -20,6 +21,10 @@ from workloads.service.projects import parse_project_arg
 from workloads.spec import list_profiles, load_profile
 from workloads.system_config import list_configs, load_config
 from workloads.targets import check_target, parse_target
+
+if TYPE_CHECKING:
+    from workloads.ab import ABOutcome
+    from workloads.runner import RunSpec
 
 DEFAULT_RESULTS = Path("results")
 EXIT_TARGETS_MISSED = 3
@@ -51,6 +56,22 @@ def default_rounds(profile: str, cache_dir: Path | None) -> int:
     return rounds
 
 
+def _ab(spec: RunSpec, base_spec: RunSpec, args: argparse.Namespace) -> ABOutcome:
+    """Interleaved blocks in one session where both sides can share it, else rounds."""
+    from workloads.ab import execute_ab
+    from workloads.interleave import BLOCK_S, NoRoom, execute_interleaved
+
+    http = spec.target.http or base_spec.target.http
+    if args.rounds is None and not http:
+        try:
+            return execute_interleaved(spec, base_spec, block_s=args.block_s or BLOCK_S)
+        except NoRoom as exc:
+            print(f"{exc}: whole-run rounds instead", file=sys.stderr)
+    return execute_ab(
+        spec, base_spec, rounds=args.rounds or default_rounds(spec.profile.name, args.cache_dir)
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line."""
     p = argparse.ArgumentParser(
@@ -75,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--baseline-target",
         default=None,
-        help="also run this target (with the same config), interleaved in rounds, and compare",
+        help="also run this target (with the same config) and compare: interleaved blocks in "
+        "one session for builtin and python targets, whole-run rounds for HTTP targets",
     )
     p.add_argument(
         "--address", default=None, help="join this Ray cluster (else $RAY_ADDRESS, else embedded)"
@@ -100,15 +122,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--baseline",
         default=None,
         metavar="CONFIG",
-        help="also run this configuration, interleaved in rounds with --config, and compare",
+        help="also run this configuration and compare: both alive in one session, short "
+        "blocks of the same load alternating between them (whole-run rounds where both do "
+        "not fit in memory, or with --rounds)",
     )
     p.add_argument(
         "--rounds",
         type=int,
         default=None,
-        help="A/B rounds per side (with --baseline); default: what this machine's A/A "
-        "calibration says a 10%% change of p95 needs, at most "
-        f"{MAX_DEFAULT_ROUNDS}",
+        help="A/B in whole-run rounds, this many per side, instead of interleaved blocks; "
+        "default for HTTP targets: what this machine's A/A calibration says a 10%% change of "
+        f"p95 needs, at most {MAX_DEFAULT_ROUNDS}",
+    )
+    p.add_argument(
+        "--block-s",
+        type=float,
+        default=None,
+        help="seconds of one block of an interleaved A/B (default 20)",
     )
     p.add_argument(
         "--targets", default=None, help="targets name or .toml path (default: by profile)"
@@ -179,15 +209,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.baseline or args.baseline_target:
             if args.rounds is not None and args.rounds < 1:
                 raise ConfigError("--rounds must be >= 1")
-            rounds = args.rounds or default_rounds(profile.name, args.cache_dir)
-            from workloads.ab import execute_ab
-
+            if args.block_s is not None and not args.block_s > 0:
+                raise ConfigError(f"--block-s must be > 0, got {args.block_s}")
             base_target = parse_target(args.baseline_target) if args.baseline_target else target
             check_target(base_target, profile.ops)
             base_spec = dataclasses.replace(
                 spec, config=load_config(args.baseline or args.config), target=base_target
             )
-            ab = execute_ab(spec, base_spec, rounds=rounds)
+            ab = _ab(spec, base_spec, args)
             if any(r.stopped_at_once for r in ab.rounds):
                 _exit_now()
             if ab.status == "interrupted":

@@ -12,6 +12,7 @@ import platform
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -274,10 +275,18 @@ def _start_plan(
     return worker.run_open.remote(stage.name, arrivals=arrivals, seed=plan.seed)
 
 
-def _run_stage(live: _Live, stage: Stage, index: int) -> dict[str, Any]:
+def _run_stage(
+    live: _Live, stage: Stage, index: int, *, seed_index: int | None = None, snapshot: bool = True
+) -> dict[str, Any]:
+    """Run ``stage`` (the ``index``-th of the profile) on every generator worker; its
+    plans are drawn from the run's seed plus ``seed_index`` (default ``index``: two
+    blocks given one ``seed_index`` issue the same load). ``snapshot``: take a memory
+    snapshot at its end."""
     spec, names, fleet = live.spec, live.names, live.fleet
     numbers = sorted(fleet.workers)
-    plans = plan_stage(stage, names, spec.seed + index, len(numbers))
+    plans = plan_stage(
+        stage, names, spec.seed + (index if seed_index is None else seed_index), len(numbers)
+    )
     started = time.perf_counter()
     runs: dict[Any, tuple[int, WorkerPlan]] = {}
     for k, plan in zip(numbers, plans, strict=True):
@@ -311,7 +320,8 @@ def _run_stage(live: _Live, stage: Stage, index: int) -> dict[str, Any]:
     live.drain()
     if live.profiling is not None:
         live.rewatch_replicas()
-        live.profiling.snapshot(live.replicas, f"stage:{stage.name}:end")
+        if snapshot:
+            live.profiling.snapshot(live.replicas, f"stage:{stage.name}:end")
     return {
         "stage": stage.name,
         "cpu_seconds": sum(c["cpu_seconds"] for c in costs),
@@ -323,6 +333,33 @@ def _run_stage(live: _Live, stage: Stage, index: int) -> dict[str, Any]:
 
 def execute(spec: RunSpec) -> RunOutcome:
     """Run ``spec`` end to end; always leaves a consistent ``results/<run-id>/``."""
+    run_dir, run_info, writer = open_folder(spec)
+    progress = Progress(quiet=spec.quiet)
+    status = "failed"
+    hard = False
+    try:
+        with _Interrupts() as interrupts:
+            body = _execute
+            if spec.target.http:
+                from workloads.http_runner import execute_http as body
+            status = body(spec, run_dir, run_info, writer, progress, interrupts)
+    except KeyboardInterrupt:
+        status, hard = "interrupted", True
+        progress.say("second interrupt: stopping at once; the records so far are kept")
+    finally:
+        disconnect()
+        records, summary = close_folder(run_dir, run_info, writer, status)
+    progress.final(summary, run_dir, status)
+    if hard:
+        progress.say(f"analysis skipped; `python -m profiling.report {run_dir}` writes it")
+        return RunOutcome(run_dir, status, records, summary, [], stopped_at_once=True)
+    failed = judge(run_dir, spec, progress)
+    return RunOutcome(run_dir, status, records, summary, failed)
+
+
+def open_folder(spec: RunSpec) -> tuple[Path, dict[str, Any], RecordWriter]:
+    """A new run folder for ``spec``: its ``run.json`` (status ``starting``) and its
+    records' writer."""
     run_id = new_run_id(spec.profile.name)
     run_dir = spec.results_dir / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -337,33 +374,21 @@ def execute(spec: RunSpec) -> RunOutcome:
         "driver": {"pid": os.getpid(), "hostname": platform.node()},
     }
     write_json(run_dir / "run.json", run_info)
-    progress = Progress(quiet=spec.quiet)
-    writer = RecordWriter(run_dir / "records.jsonl")
-    status = "failed"
-    hard = False
-    try:
-        with _Interrupts() as interrupts:
-            body = _execute
-            if spec.target.http:
-                from workloads.http_runner import execute_http as body
-            status = body(spec, run_dir, run_info, writer, progress, interrupts)
-    except KeyboardInterrupt:
-        status, hard = "interrupted", True
-        progress.say("second interrupt: stopping at once; the records so far are kept")
-    finally:
-        writer.close()
-        disconnect()
-        records = read_records(run_dir / "records.jsonl")
-        summary = summarize(records)
-        write_json(run_dir / "summary.json", summary)
-        run_info.update(status=status, ended_utc=utc_now(), records=len(records))
-        write_json(run_dir / "run.json", run_info)
-    progress.final(summary, run_dir, status)
-    if hard:
-        progress.say(f"analysis skipped; `python -m profiling.report {run_dir}` writes it")
-        return RunOutcome(run_dir, status, len(records), summary, [], stopped_at_once=True)
-    failed = judge(run_dir, spec, progress)
-    return RunOutcome(run_dir, status, len(records), summary, failed)
+    return run_dir, run_info, RecordWriter(run_dir / "records.jsonl")
+
+
+def close_folder(
+    run_dir: Path, run_info: dict[str, Any], writer: RecordWriter, status: str
+) -> tuple[int, dict[str, Any]]:
+    """Close the records, write ``summary.json`` and the final ``run.json``; the number
+    of records and the summary."""
+    writer.close()
+    records = read_records(run_dir / "records.jsonl")
+    summary = summarize(records, run_info.get("blocks"))
+    write_json(run_dir / "summary.json", summary)
+    run_info.update(status=status, ended_utc=utc_now(), records=len(records))
+    write_json(run_dir / "run.json", run_info)
+    return len(records), summary
 
 
 def targets_name(spec: RunSpec) -> str:
@@ -407,6 +432,29 @@ def _execute(
     progress: Progress,
     interrupts: _Interrupts,
 ) -> str:
+    with open_side(spec, run_dir, run_info, writer, progress, interrupts) as live:
+        stages = []
+        for index, stage in enumerate(spec.profile.stages):
+            if interrupts.count:
+                break
+            stages.append(_run_stage(live, stage, index))
+        run_info["stages"] = stages
+    return "interrupted" if interrupts.count else "completed"
+
+
+@contextlib.contextmanager
+def open_side(
+    spec: RunSpec,
+    run_dir: Path,
+    run_info: dict[str, Any],
+    writer: RecordWriter,
+    progress: Progress,
+    interrupts: _Interrupts,
+) -> Iterator[_Live]:
+    """The builtin or Python-service system of ``spec``, started and ready for load: its
+    replicas (probed one at a time), generator workers, profiling and indexes. On a normal
+    exit it records the replicas' final figures and profiles; on any exit it ends them.
+    An interleaved A/B holds two of these at once and runs blocks of load on each."""
     cache = spec.cache_dir or default_cache_dir()
     blas = resolve(spec.config.blas, cache)
     env = {**blas_env(blas), **worker_env(spec.target)}
@@ -489,27 +537,8 @@ def _execute(
             profiling.record_flames(infos)
             profiling.snapshot(replicas, "start")
         if spec.profile.ingest_at_start:
-            summary = ingest_all(
-                replicas,
-                {n: routes[n] for n in names},
-                stopped=lambda: interrupts.count > 0,
-                report=progress.ingest,
-                every_replica=not spec.config.affinity,
-            )
-            write_json(run_dir / "ingest.json", summary.reports)
-            run_info["ingest"] = summary.as_dict()
-            write_json(run_dir / "run.json", run_info)
-            built = sum(1 for i in summary.reports if i.get("built"))
-            progress.say(
-                f"indexes ready in {summary.seconds:.1f} s ({built} built, {summary.embedded:,} of "
-                f"{summary.chunks:,} chunks embedded, the rest found by content)"
-            )
-        stages = []
-        for index, stage in enumerate(spec.profile.stages):
-            if interrupts.count:
-                break
-            stages.append(_run_stage(live, stage, index))
-        run_info["stages"] = stages
+            _ingest(live, routes, run_info)
+        yield live
         run_info["generators"] = {"issued_by_worker": fleet.issued, "outages": fleet.outages}
         run_info["replica_stats"] = _replica_stats(replicas, progress)
         if profiling is not None:
@@ -524,7 +553,26 @@ def _execute(
         if live is not None and live.gauges is not None:
             live.gauges.close()
         release(replicas, fleet)
-    return "interrupted" if interrupts.count else "completed"
+
+
+def _ingest(live: _Live, routes: dict[str, int], run_info: dict[str, Any]) -> None:
+    """Build (or find) every project's index before any load; ``ingest.json`` says how."""
+    spec, progress, names = live.spec, live.progress, live.names
+    summary = ingest_all(
+        live.replicas,
+        {n: routes[n] for n in names},
+        stopped=lambda: live.interrupts.count > 0,
+        report=progress.ingest,
+        every_replica=not spec.config.affinity,
+    )
+    write_json(live.run_dir / "ingest.json", summary.reports)
+    run_info["ingest"] = summary.as_dict()
+    write_json(live.run_dir / "run.json", run_info)
+    built = sum(1 for i in summary.reports if i.get("built"))
+    progress.say(
+        f"indexes ready in {summary.seconds:.1f} s ({built} built, {summary.embedded:,} of "
+        f"{summary.chunks:,} chunks embedded, the rest found by content)"
+    )
 
 
 def release(replicas: list[Any], fleet: Fleet | None) -> None:

@@ -30,7 +30,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from datamodel.cache import default_cache_dir
 from datamodel.errors import ConfigError
@@ -47,6 +47,7 @@ from profiling.verdict.figures import (
     ShareScale,
     latency_levels,
 )
+from profiling.verdict.pairs import block_pairs, paired_rows
 from profiling.verdict.sides import (
     adapter_note,
     check_same_experiment,
@@ -71,6 +72,7 @@ from profiling.verdict.statistics import (
     holm,
 )
 from profiling.verdict.targets import Target
+from profiling.verdict.testrows import VERDICTS, Interval, Kind, Row, Verdict
 
 __all__ = [
     "DEFAULT_FACTOR",
@@ -81,10 +83,10 @@ __all__ = [
     "spec_value",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """Version of the ``comparison.json`` layout (2: runs and blocks as units, Holm; 3: every
 row's ``interval`` kind and ``detectable`` change, the "not detected" verdict, and the
-error rate tested with runs as units)."""
+error rate tested with runs as units; 4: ``units``, block pairs of an interleaved A/B)."""
 HIGHER_IS_BETTER = frozenset({"throughput_ops_s"})
 """Metrics where a larger B is an improvement; for every other one it is a regression."""
 KIND_OF = {
@@ -104,17 +106,20 @@ MOST_ROUNDS = 50
 LISTED = 6
 """Rows a warning names before it says how many more."""
 
-Kind = Literal["op", "resource"]
-Verdict = Literal["improvement", "regression", "no change", "not detected", "not testable"]
-VERDICTS: tuple[Verdict, ...] = (
-    "regression",
-    "improvement",
-    "no change",
-    "not detected",
-    "not testable",
-)
-"""Every verdict, in the order summaries count them."""
-Interval = Literal["ratio", "difference"]
+
+@dataclass(frozen=True)
+class Unit:
+    """What a comparison's tests count as units, as its warnings say them."""
+
+    name: str
+    """``runs`` or ``block pairs``."""
+    said: str
+    """How a warning names more of them (``runs a side of this length``)."""
+    seconds: float = 0.0
+    """Seconds of load one more unit costs (both sides), if known."""
+
+
+WHOLE_RUNS = Unit("runs", "runs a side of this length")
 
 
 @dataclass(frozen=True)
@@ -205,6 +210,9 @@ class Comparison:
     """Where the run-to-run drift the tests allow for came from (a calibration)."""
     rounds_needed: int | None = None
     """Runs a side this machine needs to tell a 10% change of p95 (from the calibration)."""
+    units: str = "runs"
+    """The units of every test: ``runs`` (whole runs, their time blocks within) or ``block
+    pairs`` (an interleaved A/B, see :mod:`profiling.verdict.pairs`)."""
 
     @property
     def regressions(self) -> list[CompareRow]:
@@ -237,32 +245,12 @@ class Comparison:
             "notes": list(self.notes),
             "drift": self.drift,
             "rounds_needed": self.rounds_needed,
+            "units": self.units,
         }
 
 
 def _finite(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
-@dataclass
-class _Row:
-    """A row before Holm's method: its test, or why it has none."""
-
-    key: tuple[Kind, str, str]
-    values: tuple[float | None, float | None]
-    counts: tuple[int, int]
-    runs: tuple[int, int]
-    how: str
-    test: Test | None = None
-    scale: Scale | None = None
-    """Reads the test's difference as a ratio (for the interval, the factor, the power)."""
-    statistic: str = ""
-    """The tested statistic of each side, in words (for when the ratio points elsewhere)."""
-    interval: Interval = "ratio"
-    verdict: Verdict = "not testable"
-    """The verdict of a row without a test."""
-    ci: tuple[float, float] | None = None
-    """An interval of a row without a test (none failed: each side's exact bound)."""
 
 
 def _level_row(
@@ -278,19 +266,19 @@ def _level_row(
     scale: Scale | None,
     statistic: str,
     interval: Interval = "ratio",
-) -> _Row:
+) -> Row:
     """A row tested on per-run levels; its ratio is of ``values`` (B over A)."""
     runs = (len(a), len(b))
     if not a or not b:
-        return _Row(key, values, counts, runs, f"not measured on {'A' if not a else 'B'}")
+        return Row(key, values, counts, runs, f"not measured on {'A' if not a else 'B'}")
     if scale is None:
-        return _Row(key, values, counts, runs, f"{how}; too few distinct values to size a change")
+        return Row(key, values, counts, runs, f"{how}; too few distinct values to size a change")
     test = compare_levels(a, b, prior, confidence=confidence)
     if not test.testable:
         why = "no run-to-run drift to allow for" + (
             f" ({prior.source} says none)" if prior else " (no calibration prior)"
         )
-        return _Row(
+        return Row(
             key,
             values,
             counts,
@@ -303,17 +291,17 @@ def _level_row(
     ma = sum(x.value for x in a) / len(a)
     mb = sum(x.value for x in b) / len(b)
     said = f"{statistic} {ma:.4g} on A, {mb:.4g} on B"
-    return _Row(key, values, counts, runs, how, test, scale, said, interval)
+    return Row(key, values, counts, runs, how, test, scale, said, interval)
 
 
-def _error_row(a: Sequence[RunFigures], b: Sequence[RunFigures], alpha: float) -> _Row:
+def _error_row(a: Sequence[RunFigures], b: Sequence[RunFigures], alpha: float) -> Row:
     """Failed records: each run's failed share, runs as units (see the module docstring)."""
     key: tuple[Kind, str, str] = ("resource", "records", "error_rate")
     fa, ta = sum(f.failed for f in a), sum(f.total for f in a)
     fb, tb = sum(f.failed for f in b), sum(f.total for f in b)
     runs = (len(a), len(b))
     if not ta or not tb:
-        return _Row(key, (None, None), (ta, tb), runs, f"no records on {'A' if not ta else 'B'}")
+        return Row(key, (None, None), (ta, tb), runs, f"no records on {'A' if not ta else 'B'}")
     values = (fa / ta, fb / tb)
     if fa == fb == 0:
         low, high = (1 - (alpha / 2) ** (1 / n) for n in (ta, tb))
@@ -321,7 +309,7 @@ def _error_row(a: Sequence[RunFigures], b: Sequence[RunFigures], alpha: float) -
             "no failure on either side; interval of B - A from each side's exact binomial "
             f"bound at zero failures ({1 - alpha:.0%})"
         )
-        return _Row(
+        return Row(
             key,
             values,
             (ta, tb),
@@ -368,7 +356,7 @@ class _Power:
     than :data:`MOST_ROUNDS`."""
 
 
-def _power(r: _Row, test: Test, scale: Scale, level: float, factor: float) -> _Power:
+def _power(r: Row, test: Test, scale: Scale, level: float, factor: float) -> _Power:
     """The row's minimum detectable change at :data:`DETECT_POWER` and two-sided ``level``,
     and about how many runs a side would make a ``factor``-sized change detectable (the
     variance of a side's mean falls as one over its runs, so the detectable change as
@@ -391,7 +379,7 @@ def _power(r: _Row, test: Test, scale: Scale, level: float, factor: float) -> _P
 
 
 def _judge(
-    rows: list[_Row], alpha: float, factor: float
+    rows: list[Row], alpha: float, factor: float
 ) -> tuple[list[CompareRow], dict[int, _Power]]:
     """Holm over every tested row, then the factor threshold, then the direction of the
     tested statistic and the metric; with each tested row's power (by index)."""
@@ -446,7 +434,7 @@ def _judge(
 
 
 def _direction(
-    r: _Row, test: Test, scale: Scale, ratio: float | None, factor: float, how: str
+    r: Row, test: Test, scale: Scale, ratio: float | None, factor: float, how: str
 ) -> tuple[Verdict, str]:
     """The verdict of a significant row, all from its test: the sign of the tested
     statistic says which way, and the change that statistic maps to (as a ratio) how far;
@@ -468,11 +456,11 @@ def _direction(
 
 
 def _detection_warning(
-    rows: list[CompareRow], powers: dict[int, _Power], factor: float
+    rows: list[CompareRow], powers: dict[int, _Power], factor: float, unit: Unit = WHOLE_RUNS
 ) -> str | None:
     """Which rows are "not detected" (a ``factor``-sized change could have been missed),
-    each with the smallest change it would have seen, and the runs a side that would see
-    a ``factor``-sized one."""
+    each with the smallest change it would have seen, and how many units (runs a side, or
+    block pairs, with the minutes of load they take) would see a ``factor``-sized one."""
     blind = [(rows[i], p) for i, p in sorted(powers.items()) if rows[i].verdict == "not detected"]
     if not blind:
         return None
@@ -482,16 +470,21 @@ def _detection_warning(
         named.append(f"and {len(blind) - LISTED} more")
     needs = [p.runs_needed for _, p in blind]
     far = [f"{r.name} {r.metric}" for r, p in blind if p.runs_needed is None]
-    runs = (
-        f"more than {MOST_ROUNDS} runs a side of this length would be needed for " + ", ".join(far)
-        if far
-        else f"about {max(n for n in needs if n is not None)} runs a side of this length "
-        "would see it on each of them"
-    )
+    if far:
+        runs = f"more than {MOST_ROUNDS} {unit.said} would be needed for " + ", ".join(far)
+    else:
+        most = max(n for n in needs if n is not None)
+        load = f" ({most * unit.seconds / 60:.0f} minutes of load)" if unit.seconds else ""
+        runs = f"about {most} {unit.said}{load} would see it on each of them"
     (row, _), *_ = blind
+    have = (
+        f"{row.runs_a} vs {row.runs_b} runs a side"
+        if unit is WHOLE_RUNS
+        else f"{row.runs_a} {unit.name}"
+    )
     return (
         f"{len(blind)} of {len(powers)} tested rows could have missed a x{factor:g} change "
-        f"with {row.runs_a} vs {row.runs_b} runs a side, so they say 'not detected', not "
+        f"with {have}, so they say 'not detected', not "
         f"'no change' (the smallest change each would see with {DETECT_POWER:.0%} power at "
         f"Holm's level for a lone change): {', '.join(named)}; {runs}"
     )
@@ -544,7 +537,20 @@ def compare_runs(
     check_same_experiment(sides)
     warnings = warnings_of(sides)
     drift, rounds_needed = "priors given by the caller", None
-    if priors is None:
+    paired = block_pairs(a[0], b[0]) if len(a) == len(b) == 1 else None
+    unit = WHOLE_RUNS
+    if paired is not None:
+        rows = paired_rows(paired, alpha)
+        unit = Unit(
+            "block pairs",
+            f"block pairs of {paired.seconds:.0f} s a side",
+            2 * paired.seconds,
+        )
+        drift = (
+            f"none needed: {len(paired.pairs)} interleaved block pairs of {paired.seconds:.0f} s "
+            "a side, drift cancels within a pair"
+        )
+    elif priors is None:
         found = calibration.find_calibration(
             machine(b[0]), spec_value(b[0], "profile", "name"), cache_dir or default_cache_dir()
         )
@@ -558,14 +564,10 @@ def compare_runs(
                 f"{calibration.DEFAULT_PRIOR_DF:g} degrees of freedom, so a 'no change' here "
                 "is untested on this machine; `python -m workloads.bench verdicts` makes one"
             )
-    figs_a = [RunFigures.of(r) for r in a]
-    figs_b = [RunFigures.of(r) for r in b]
-    rows = _latency_rows(figs_a, figs_b, priors, alpha)
-    rows += _throughput_rows(a, b, figs_a, figs_b, priors, alpha)
-    rows += _memory_rows(a, b, priors, alpha)
-    rows.append(_error_row(figs_a, figs_b, alpha))
+    if paired is None:
+        rows = _whole_run_rows(a, b, priors or {}, alpha)
     judged, powers = _judge(rows, alpha, factor)
-    if blind := _detection_warning(judged, powers, factor):
+    if blind := _detection_warning(judged, powers, factor, unit):
         warnings.append(blind)
     merged_a, merged_b = merge_runs(a), merge_runs(b)
     flamegraphs = {}
@@ -594,14 +596,28 @@ def compare_runs(
         ],
         drift=drift,
         rounds_needed=rounds_needed,
+        units=unit.name,
     )
+
+
+def _whole_run_rows(
+    a: Sequence[RunData], b: Sequence[RunData], priors: dict[str, Prior], alpha: float
+) -> list[Row]:
+    """Every row of a comparison of whole runs, runs and their time blocks as units."""
+    figs_a = [RunFigures.of(r) for r in a]
+    figs_b = [RunFigures.of(r) for r in b]
+    rows = _latency_rows(figs_a, figs_b, priors, alpha)
+    rows += _throughput_rows(a, b, figs_a, figs_b, priors, alpha)
+    rows += _memory_rows(a, b, priors, alpha)
+    rows.append(_error_row(figs_a, figs_b, alpha))
+    return rows
 
 
 def _latency_rows(
     figs_a: list[RunFigures], figs_b: list[RunFigures], priors: dict[str, Prior], alpha: float
-) -> list[_Row]:
+) -> list[Row]:
     """p50, p95 and p99 of each op, tested on shares slower than the pooled quantile."""
-    rows: list[_Row] = []
+    rows: list[Row] = []
     ops = sorted({op for f in figs_a + figs_b for op in f.durations})
     for op in ops:
         da = [d for f in figs_a for d in f.durations.get(op, [])]
@@ -638,9 +654,9 @@ def _throughput_rows(
     figs_b: list[RunFigures],
     priors: dict[str, Prior],
     alpha: float,
-) -> list[_Row]:
+) -> list[Row]:
     """Ok ops per second of each op and of all, tested on each run's log rate."""
-    rows: list[_Row] = []
+    rows: list[Row] = []
     ops = sorted({op for f in figs_a + figs_b for op in f.durations})
     for name in [*ops, "all"]:
         la = [f.throughput[name] for f in figs_a if name in f.throughput]
@@ -664,9 +680,9 @@ def _throughput_rows(
 
 def _memory_rows(
     a: Sequence[RunData], b: Sequence[RunData], priors: dict[str, Prior], alpha: float
-) -> list[_Row]:
+) -> list[Row]:
     """The replicas' memory peaks (and MLX peaks where reported), one log peak per run."""
-    rows: list[_Row] = []
+    rows: list[Row] = []
     for metric, peak in (("memory_peak_mb", memory_peak), ("mlx_peak_mb", mlx_peak)):
         peaks_a, peaks_b = [m for m in map(peak, a) if m], [m for m in map(peak, b) if m]
         if not (peaks_a or peaks_b or metric == "memory_peak_mb"):
@@ -680,7 +696,7 @@ def _memory_rows(
         sources = sorted({source for _, source in peaks_a + peaks_b})
         if len(sources) > 1:
             how = f"sides measured differently: {', '.join(sources)}"
-            rows.append(_Row(key, pooled_peak, counts, counts, how))
+            rows.append(Row(key, pooled_peak, counts, counts, how))
             continue
         rows.append(
             _level_row(

@@ -225,7 +225,7 @@ def pooled_rate(runs: Sequence[RunData], op: str) -> float | None:
     ok = seconds = 0.0
     for run in runs:
         rows = [r for r in run.records if op == "all" or r.get("op") == op]
-        rate = throughput(rows, span(run.records))
+        rate = throughput(rows, span(run.records), blocks=run.run.get("blocks"))
         if rate is not None:
             ok += rate[1]
             seconds += rate[2]

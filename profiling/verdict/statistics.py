@@ -15,6 +15,9 @@ drift apart as a whole. So the units here are **time blocks** within a run and *
   variance, estimated from the runs when there are several and taken, with its degrees of
   freedom, from an A/A calibration of the machine (a :class:`Prior`). With one run a side,
   run-to-run drift cannot be seen in the data: only the prior accounts for it.
+- :func:`compare_pairs` tests the block pairs of an interleaved A/B (both sides in one
+  session, short blocks of the same load alternating): a paired t on the pairs'
+  differences, where slow drift cancels.
 - :func:`holm` controls the family of rows of one comparison, and
   :func:`detectable_effect` sizes the smallest change a row could have seen.
 
@@ -208,6 +211,43 @@ def compare_levels(
     return Test(
         diff, diff - half, diff + half, t_two_sided_p(diff / se, df), se, df, math.sqrt(sigma2)
     )
+
+
+def compare_pairs(a: Sequence[float], b: Sequence[float], *, confidence: float = 0.95) -> Test:
+    """Test whether B's figure differs from A's, block pairs as the units.
+
+    ``a[i]`` and ``b[i]`` are one figure of the two blocks of pair ``i`` of an interleaved
+    A/B (the same load, run one after the other). Drift slower than a pair falls on both
+    and cancels in ``d = b - a``; the test is Student's paired t on the mean of ``d``
+    (``n - 1`` degrees of freedom), so the spread of the pairs' differences, whatever its
+    source (noise within a block, drift within a pair), is the whole error term, and no
+    calibration is needed. Fewer than two pairs, or differences that are all zero, are
+    not testable (``se`` 0, ``p`` ``nan``): no spread is no information.
+
+    Differences that are all equal but not zero (every block of B slower than the pooled
+    quantile, none of A's) have no spread for a t; then the sides' order within each pair
+    is what was randomized, and the exact sign-flip test says how often chance alone puts
+    every pair on one side: ``p = 2 ** (1 - n)``. Its ``se`` is the one that gives that
+    ``p`` in the t reference, so intervals and power read the same evidence.
+    """
+    if len(a) != len(b):
+        raise ValueError(
+            f"compare_pairs needs one figure a side per pair, got {len(a)} and {len(b)}"
+        )
+    d = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
+    n = len(d)
+    diff = float(d.mean()) if n else math.nan
+    sd = float(d.std(ddof=1)) if n > 1 else 0.0
+    if n < 2 or not (sd > 0 or diff != 0):
+        return Test(diff, math.nan, math.nan, math.nan, 0.0, math.inf, 0.0)
+    df = n - 1.0
+    if sd > 0:
+        se = sd / math.sqrt(n)
+    else:  # all equal, not zero: the exact sign-flip p, as a t with the se that gives it
+        p = 2.0 ** (1 - n)
+        se = abs(diff) / t_critical(1 - p, df)
+    half = t_critical(confidence, df) * se
+    return Test(diff, diff - half, diff + half, t_two_sided_p(diff / se, df), se, df, sd)
 
 
 def holm(p_values: Sequence[float], alpha: float) -> list[bool]:

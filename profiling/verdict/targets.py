@@ -232,7 +232,7 @@ def _error_rate(run: RunData, _: str | None) -> Measured:
 def _throughput(run: RunData, _: str | None) -> Measured:
     if not run.records:
         return None, f"no records in {RECORDS}"
-    rate = throughput(run.records)
+    rate = throughput(run.records, blocks=run.run.get("blocks"))
     if rate is None:
         return None, f"records in {RECORDS} span no time"
     value, ok, seconds = rate

@@ -1,0 +1,292 @@
+"""Interleaved A/B comparisons: the two sides' blocks, paired, are the units.
+
+An interleaved A/B (``workloads.interleave``) runs both sides in one session and the same
+load in short blocks, one side right after the other; each side's ``run.json`` lists its
+blocks (``blocks``: pair, start, end) and names the A/B (``ab``: id, side, mode). Here each
+block becomes a run of its own (the records planned in it, the samples taken in it), and
+every row is one figure per block, tested on the pairs' differences
+(:func:`~profiling.verdict.statistics.compare_pairs`): the drift a whole-run comparison
+must allow for from a calibration cancels within a pair, so none is needed.
+
+Rows as in a whole-run comparison: per op p50, p95 and p99 (each block's share of
+operations slower than the pooled quantile of all blocks, failures as slower than any),
+per op and all ok ops per second (log), the error rate (each block's failed share), and
+the replicas' memory peak (log of the largest sample in the block).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from datamodel.quantiles import quantile
+from datamodel.records import number
+from datamodel.runfolder import RunData
+from profiling.verdict.figures import (
+    LATENCY_METRICS,
+    LogScale,
+    RateScale,
+    RunFigures,
+    Scale,
+    ShareScale,
+)
+from profiling.verdict.statistics import Test, compare_pairs, exceedance
+from profiling.verdict.testrows import Interval, Kind, Row
+
+MB = 1e6
+
+
+@dataclass(frozen=True)
+class BlockPairs:
+    """The blocks both sides of one interleaved A/B ran, pair by pair."""
+
+    pairs: list[int]
+    """Pair numbers present on both sides, in order."""
+    a: list[RunData]
+    """Side A's block of each pair, as a run of its own."""
+    b: list[RunData]
+    """Side B's."""
+    seconds: float
+    """Mean seconds of a block."""
+
+    @property
+    def figures(self) -> tuple[list[RunFigures], list[RunFigures]]:
+        """Each block's series, side A's and side B's."""
+        return [RunFigures.of(r) for r in self.a], [RunFigures.of(r) for r in self.b]
+
+
+def block_pairs(a: RunData, b: RunData) -> BlockPairs | None:
+    """The pairs of blocks of ``a`` and ``b`` when they are the two sides of one interleaved
+    A/B (else ``None``: compare them as whole runs)."""
+    ia, ib = a.run.get("ab"), b.run.get("ab")
+    if not isinstance(ia, dict) or not isinstance(ib, dict):
+        return None
+    if ia.get("mode") != "interleaved" or ia.get("id") != ib.get("id"):
+        return None
+    wa, wb = _windows(a), _windows(b)
+    common = sorted(set(wa) & set(wb))
+    if not common:
+        return None
+    spans = [w[1] - w[0] for w in (*wa.values(), *wb.values())]
+    return BlockPairs(
+        common,
+        [_block(a, wa[p]) for p in common],
+        [_block(b, wb[p]) for p in common],
+        sum(spans) / len(spans),
+    )
+
+
+def _windows(run: RunData) -> dict[int, tuple[float, float]]:
+    out: dict[int, tuple[float, float]] = {}
+    for row in run.run.get("blocks") or []:
+        if isinstance(row, dict) and isinstance(row.get("pair"), int):
+            out[row["pair"]] = (number(row.get("start")), number(row.get("end")))
+    return out
+
+
+def _block(run: RunData, window: tuple[float, float]) -> RunData:
+    """``run`` cut to one block: records planned in it, samples and gauges taken in it."""
+    start, end = window
+
+    def inside(rows: list[dict[str, Any]] | None, key: str) -> list[dict[str, Any]] | None:
+        if rows is None:
+            return None
+        return [r for r in rows if start <= number(r.get(key)) <= end]
+
+    records = [r for r in run.records if start <= number(r.get("planned")) < end]
+    return dataclasses.replace(
+        run,
+        records=records,
+        timeline=inside(run.timeline, "t"),
+        gauges=inside(run.gauges, "t"),
+    )
+
+
+def paired_rows(pairs: BlockPairs, alpha: float) -> list[Row]:
+    """Every row of an interleaved comparison, each tested on block pairs."""
+    fa, fb = pairs.figures
+    rows = _latency(fa, fb, alpha)
+    rows += _throughput(pairs, fa, fb, alpha)
+    rows.append(_memory(pairs, alpha))
+    rows.append(_errors(fa, fb, alpha))
+    return rows
+
+
+def _row(
+    key: tuple[Kind, str, str],
+    values: tuple[float | None, float | None],
+    counts: tuple[int, int],
+    a: Sequence[float],
+    b: Sequence[float],
+    how: str,
+    alpha: float,
+    *,
+    scale: Scale | None,
+    statistic: str,
+    interval: Interval = "ratio",
+) -> Row:
+    """A row tested on per-block figures ``a[i]``, ``b[i]`` of the pairs both measured."""
+    n = len(a)
+    if n == 0:
+        return Row(key, values, counts, (0, 0), f"{how}; not measured in any pair of blocks")
+    if scale is None:
+        return Row(key, values, counts, (n, n), f"{how}; too few distinct values to size a change")
+    test: Test = compare_pairs(a, b, confidence=1 - alpha)
+    if not test.testable:
+        return Row(
+            key,
+            values,
+            counts,
+            (n, n),
+            f"{how}; cannot tell: the {n} pairs' differences do not vary",
+        )
+    said = f"{statistic} {sum(a) / n:.4g} on A, {sum(b) / n:.4g} on B"
+    spread = f"sd of a pair's difference {test.sigma_between:.3g}"
+    how = f"{how}; {n} block pairs as units (paired t), {spread}"
+    return Row(key, values, counts, (n, n), how, test, scale, said, interval)
+
+
+def _latency(fa: list[RunFigures], fb: list[RunFigures], alpha: float) -> list[Row]:
+    rows: list[Row] = []
+    ops = sorted({op for f in fa + fb for op in f.durations})
+    for op in ops:
+        da = [d for f in fa for d in f.durations.get(op, [])]
+        db = [d for f in fb for d in f.durations.get(op, [])]
+        both = [
+            (x, y) for x, y in zip(fa, fb, strict=True) if x.tested.get(op) and y.tested.get(op)
+        ]
+        for metric, q in LATENCY_METRICS.items():
+            threshold = quantile(da + db, q)
+            sa = [exceedance(x.tested[op], threshold, x.blocks[op]).value for x, _ in both]
+            sb = [exceedance(y.tested[op], threshold, y.blocks[op]).value for _, y in both]
+            rows.append(
+                _row(
+                    ("op", op, metric),
+                    (quantile(da, q) if da else None, quantile(db, q) if db else None),
+                    (len(da), len(db)),
+                    sa,
+                    sb,
+                    f"each block's share of ops slower than the pooled p{q * 100:g} "
+                    f"({threshold * 1000:.1f} ms, failures as slower than any); interval: the "
+                    "ratio of every op's duration that would shift the share as much",
+                    alpha,
+                    scale=ShareScale.of(da, threshold),
+                    statistic=f"mean share slower than {threshold * 1000:.1f} ms or failed",
+                )
+            )
+    return rows
+
+
+def _throughput(
+    pairs: BlockPairs, fa: list[RunFigures], fb: list[RunFigures], alpha: float
+) -> list[Row]:
+    rows: list[Row] = []
+    ops = sorted({op for f in fa + fb for op in f.durations})
+    for name in [*ops, "all"]:
+        both = [
+            (x.throughput[name].value, y.throughput[name].value)
+            for x, y in zip(fa, fb, strict=True)
+            if name in x.throughput and name in y.throughput
+        ]
+        rows.append(
+            _row(
+                ("op", name, "throughput_ops_s"),
+                (_rate(pairs.a, name), _rate(pairs.b, name)),
+                (len(both), len(both)),
+                [x for x, _ in both],
+                [y for _, y in both],
+                "log ok ops per second of each block",
+                alpha,
+                scale=LogScale(),
+                statistic="mean log rate per block",
+            )
+        )
+    return rows
+
+
+def _rate(blocks: list[RunData], name: str) -> float | None:
+    """Ok ops per second over the blocks' own time (not the other side's in between)."""
+    ok = seconds = 0.0
+    for run in blocks:
+        rows = [r for r in run.records if number(r.get("planned")) > 0]
+        if not rows:
+            continue
+        t0 = min(number(r.get("planned")) for r in rows)
+        t1 = max(number(r.get("planned")) + number(r.get("duration")) for r in rows)
+        seconds += max(t1 - t0, 0.0)
+        ok += sum(1 for r in rows if r.get("ok") and (name == "all" or r.get("op") == name))
+    return ok / seconds if seconds > 0 else None
+
+
+def _peak(run: RunData, key: str) -> float | None:
+    """The largest replica sample of ``key`` (bytes) in the block, in MB."""
+    values = [number(x[key]) for x in run.samples("replica") if isinstance(x.get(key), int | float)]
+    return max(values) / MB if values and max(values) > 0 else None
+
+
+def _memory(pairs: BlockPairs, alpha: float) -> Row:
+    """The replicas' peak of each block: USS where every block sampled it, else RSS (the
+    profiler reads USS less often; one measure for every block, never a mix)."""
+    key: tuple[Kind, str, str] = ("resource", "replicas", "memory_peak_mb")
+    n = len(pairs.pairs)
+    for field, source in (("uss", "USS"), ("rss", "RSS")):
+        a = [_peak(x, field) for x in pairs.a]
+        b = [_peak(y, field) for y in pairs.b]
+        both = [(x, y) for x, y in zip(a, b, strict=True) if x and y]
+        if len(both) == n or (field == "rss" and both):
+            return _row(
+                key,
+                (max(x for x, _ in both), max(y for _, y in both)),
+                (len(both), len(both)),
+                [math.log(x) for x, _ in both],
+                [math.log(y) for _, y in both],
+                f"log {source} peak of each block",
+                alpha,
+                scale=LogScale(),
+                statistic="mean log peak per block",
+            )
+    return Row(key, (None, None), (0, 0), (0, 0), "no replica memory samples in the blocks")
+
+
+def _errors(fa: list[RunFigures], fb: list[RunFigures], alpha: float) -> Row:
+    key: tuple[Kind, str, str] = ("resource", "records", "error_rate")
+    failed = (sum(f.failed for f in fa), sum(f.failed for f in fb))
+    total = (sum(f.total for f in fa), sum(f.total for f in fb))
+    both = [(x, y) for x, y in zip(fa, fb, strict=True) if x.total and y.total]
+    values = (
+        failed[0] / total[0] if total[0] else None,
+        failed[1] / total[1] if total[1] else None,
+    )
+    n = len(both)
+    if failed == (0, 0) and total[0] and total[1]:
+        low, high = (1 - (alpha / 2) ** (1 / t) for t in total)
+        how = (
+            f"no failure on either side in {n} block pairs; interval of B - A from each side's "
+            f"exact binomial bound at zero failures ({1 - alpha:.0%})"
+        )
+        return Row(
+            key,
+            values,
+            total,
+            (n, n),
+            how,
+            interval="difference",
+            verdict="no change",
+            ci=(-low, high),
+        )
+    rate = (failed[0] + failed[1]) / max(total[0] + total[1], 1)
+    return _row(
+        key,
+        values,
+        total,
+        [x.failed / x.total for x, _ in both],
+        [y.failed / y.total for _, y in both],
+        f"{failed[0]}/{total[0]} vs {failed[1]}/{total[1]} failed; each block's failed share",
+        alpha,
+        scale=RateScale(rate) if rate > 0 else None,
+        statistic="mean failed share per block",
+        interval="difference",
+    )
