@@ -135,3 +135,10 @@ def test_drift_between_pairs_cancels_and_a_10_percent_slowdown_is_seen() -> None
     rate = next(r for r in comparison.rows if r.name == "all" and r.metric == "throughput_ops_s")
     assert rate.a == pytest.approx(rate.b, rel=0.01) and rate.a == pytest.approx(1 / GAP, rel=0.05)
     assert not math.isnan(rate.p_value or 0.0)
+
+
+def test_an_interleaved_no_change_says_how_many_pairs_would_see_the_factor() -> None:
+    _, comparison = flagged(6, 11, 1.0)
+    (warning,) = [w for w in comparison.warnings if "could have missed" in w]
+    assert "with 6 block pairs" in warning and "block pairs of 10 s a side" in warning
+    assert "would show first in" in warning and "minutes of load" in warning

@@ -103,6 +103,8 @@ DEFAULT_FACTOR = 1.05
 change one wants to see would miss half of such changes, so it sits below 10%."""
 MOST_ROUNDS = 50
 """Most runs a side a comparison's warning sizes; beyond it, it says "more than"."""
+MOST_PAIRS = 1000
+"""Most block pairs an interleaved comparison's warning sizes (a pair is seconds long)."""
 LISTED = 6
 """Rows a warning names before it says how many more."""
 
@@ -117,6 +119,8 @@ class Unit:
     """How a warning names more of them (``runs a side of this length``)."""
     seconds: float = 0.0
     """Seconds of load one more unit costs (both sides), if known."""
+    most: int = MOST_ROUNDS
+    """Most units a warning sizes; beyond it, it says "more than"."""
 
 
 WHOLE_RUNS = Unit("runs", "runs a side of this length")
@@ -356,7 +360,9 @@ class _Power:
     than :data:`MOST_ROUNDS`."""
 
 
-def _power(r: Row, test: Test, scale: Scale, level: float, factor: float) -> _Power:
+def _power(
+    r: Row, test: Test, scale: Scale, level: float, factor: float, most: int = MOST_ROUNDS
+) -> _Power:
     """The row's minimum detectable change at :data:`DETECT_POWER` and two-sided ``level``,
     and about how many runs a side would make a ``factor``-sized change detectable (the
     variance of a side's mean falls as one over its runs, so the detectable change as
@@ -374,12 +380,12 @@ def _power(r: Row, test: Test, scale: Scale, level: float, factor: float) -> _Po
     runs_needed: int | None = None
     if wanted > 0 and math.isfinite(now):
         k = 2 * (now / wanted) ** 2 / (1 / r.runs[0] + 1 / r.runs[1])
-        runs_needed = max(1, math.ceil(k)) if k <= MOST_ROUNDS else None
+        runs_needed = max(1, math.ceil(k)) if k <= most else None
     return _Power(detectable, seen, runs_needed)
 
 
 def _judge(
-    rows: list[Row], alpha: float, factor: float
+    rows: list[Row], alpha: float, factor: float, most: int = MOST_ROUNDS
 ) -> tuple[list[CompareRow], dict[int, _Power]]:
     """Holm over every tested row, then the factor threshold, then the direction of the
     tested statistic and the metric; with each tested row's power (by index)."""
@@ -397,7 +403,7 @@ def _judge(
         significant, verdict, how, detectable = False, r.verdict, r.how, None
         if r.test is not None and r.scale is not None:
             test, scale = r.test, r.scale
-            power = powers[index] = _power(r, test, scale, level, factor)
+            power = powers[index] = _power(r, test, scale, level, factor, most)
             p, detectable = test.p, power.detectable
             if r.interval == "ratio":
                 low, high = scale.ratio(test.low), scale.ratio(test.high)
@@ -471,11 +477,19 @@ def _detection_warning(
     needs = [p.runs_needed for _, p in blind]
     far = [f"{r.name} {r.metric}" for r, p in blind if p.runs_needed is None]
     if far:
-        runs = f"more than {MOST_ROUNDS} {unit.said} would be needed for " + ", ".join(far)
+        runs = f"more than {unit.most} {unit.said} would be needed for " + ", ".join(far)
     else:
         most = max(n for n in needs if n is not None)
         load = f" ({most * unit.seconds / 60:.0f} minutes of load)" if unit.seconds else ""
         runs = f"about {most} {unit.said}{load} would see it on each of them"
+    sized = [(p.runs_needed, r) for r, p in blind if p.runs_needed is not None]
+    if sized:
+        fewest, first = min(sized, key=lambda nr: nr[0])
+        load = f" ({fewest * unit.seconds / 60:.0f} minutes of load)" if unit.seconds else ""
+        runs += (
+            f"; a x{factor:g} change of every op would show first in {first.name} "
+            f"{first.metric}, with about {fewest} {unit.said}{load}"
+        )
     (row, _), *_ = blind
     have = (
         f"{row.runs_a} vs {row.runs_b} runs a side"
@@ -545,6 +559,7 @@ def compare_runs(
             "block pairs",
             f"block pairs of {paired.seconds:.0f} s a side",
             2 * paired.seconds,
+            MOST_PAIRS,
         )
         drift = (
             f"none needed: {len(paired.pairs)} interleaved block pairs of {paired.seconds:.0f} s "
@@ -566,7 +581,7 @@ def compare_runs(
             )
     if paired is None:
         rows = _whole_run_rows(a, b, priors or {}, alpha)
-    judged, powers = _judge(rows, alpha, factor)
+    judged, powers = _judge(rows, alpha, factor, unit.most)
     if blind := _detection_warning(judged, powers, factor, unit):
         warnings.append(blind)
     merged_a, merged_b = merge_runs(a), merge_runs(b)
