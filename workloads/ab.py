@@ -103,9 +103,6 @@ def _compare(
 ) -> list[str]:
     """Compare what finished; a failure to compare is a message, never lost rounds."""
     from datamodel.runfolder import RunData
-    from profiling.render.compare_text import render_terminal as render_comparison
-    from profiling.render.html import write_report
-    from profiling.verdict.compare import compare_runs
 
     sides: dict[str, list[RunData]] = {"baseline": [], "candidate": []}
     for row in info["rounds"]:
@@ -114,6 +111,27 @@ def _compare(
     if not sides["baseline"] or not sides["candidate"]:
         progress.say("comparison skipped: a side has no completed round")
         return []
+    last_candidate = ab_dir / next(
+        r["run_dir"] for r in reversed(info["rounds"]) if r["side"] == "candidate"
+    )
+    return publish(ab_dir, sides, (baseline, candidate), last_candidate, progress)
+
+
+def publish(
+    ab_dir: Path,
+    sides: dict[str, list[Any]],
+    specs: tuple[RunSpec, RunSpec],
+    report_dir: Path,
+    progress: Progress,
+) -> list[str]:
+    """Compare ``sides`` (baseline and candidate runs), write ``comparison.json``, print
+    it, and write the report of ``report_dir`` with it; the regressions, by row. A failure
+    to compare is a message: the measured runs are kept."""
+    from profiling.render.compare_text import render_terminal as render_comparison
+    from profiling.render.html import write_report
+    from profiling.verdict.compare import compare_runs
+
+    baseline, candidate = specs
     try:
         comparison = compare_runs(
             sides["baseline"],
@@ -128,10 +146,7 @@ def _compare(
     data = comparison.as_dict()
     write_json(ab_dir / "comparison.json", data)
     progress.say(render_comparison(comparison))
-    last_candidate = ab_dir / next(
-        r["run_dir"] for r in reversed(info["rounds"]) if r["side"] == "candidate"
-    )
-    report = write_report(last_candidate, comparison=_for_report(data, last_candidate, ab_dir))
+    report = write_report(report_dir, comparison=_for_report(data, report_dir, ab_dir))
     progress.say(f"report: {report}")
     return [f"{r.name} {r.metric}" for r in comparison.regressions]
 

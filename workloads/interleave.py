@@ -34,7 +34,7 @@ import ray
 from cluster.connect import connect, disconnect
 from datamodel.errors import LoadlensError
 from datamodel.runfolder import utc_now, write_json
-from workloads.ab import ABOutcome, label
+from workloads.ab import ABOutcome, label, publish
 from workloads.progress import Progress
 from workloads.results import new_run_id
 from workloads.runner import (
@@ -254,30 +254,8 @@ def _blocks(
 def compare_sides(
     ab_dir: Path, outcomes: dict[str, RunOutcome], specs: dict[str, RunSpec], progress: Progress
 ) -> list[str]:
-    """Compare the two sides' block pairs; write ``comparison.json`` and the report (a
-    failure to compare is a message: the measured sides are kept)."""
+    """Compare the two sides' block pairs; write ``comparison.json`` and the report."""
     from datamodel.runfolder import RunData
-    from profiling.render.compare_text import render_terminal as render_comparison
-    from profiling.render.html import write_report
-    from profiling.verdict.compare import compare_runs
-    from workloads.ab import _for_report
 
-    baseline, candidate = _bc(specs)
-    try:
-        comparison = compare_runs(
-            [RunData.load(outcomes["baseline"].run_dir)],
-            [RunData.load(outcomes["candidate"].run_dir)],
-            a_label=label(baseline, baseline, candidate),
-            b_label=label(candidate, baseline, candidate),
-            out_dir=ab_dir,
-        )
-    except LoadlensError as exc:
-        progress.say(f"comparison failed: {exc}")
-        return []
-    data = comparison.as_dict()
-    write_json(ab_dir / "comparison.json", data)
-    progress.say(render_comparison(comparison))
-    run_dir = outcomes["candidate"].run_dir
-    report = write_report(run_dir, comparison=_for_report(data, run_dir, ab_dir))
-    progress.say(f"report: {report}")
-    return [f"{r.name} {r.metric}" for r in comparison.regressions]
+    sides = {side: [RunData.load(o.run_dir)] for side, o in outcomes.items()}
+    return publish(ab_dir, sides, _bc(specs), outcomes["candidate"].run_dir, progress)
