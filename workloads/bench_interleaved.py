@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import random
 from pathlib import Path
 from typing import Any
@@ -80,13 +81,44 @@ def evaluate(a: RunData, b: RunData, k: int, trials: int) -> dict[str, float]:
     return {key: value / trials for key, value in counts.items()}
 
 
+def stated_pairs(a: RunData, b: RunData, factor: float) -> tuple[int, str] | None:
+    """What the comparison of every recorded pair says: about how many block pairs would
+    see a ``factor``-sized change of every op, and in which row first (the rows' detectable
+    changes scaled as one over the square root of the pairs, as the comparison's warning
+    does); ``None`` when no row could."""
+    compared = compare_runs([a], [b], priors={}, factor=factor)
+    best: tuple[int, str] | None = None
+    for row in compared.rows:
+        d = row.detectable
+        if row.interval != "ratio" or d is None or not math.isfinite(d) or d <= 1:
+            continue
+        k = max(1, math.ceil(row.runs_a * (math.log(d) / math.log(factor)) ** 2))
+        if best is None or k < best[0]:
+            best = (k, f"{row.name} {row.metric}")
+    return best
+
+
 def table(ab_dir: Path, ks: list[int], trials: int) -> list[dict[str, Any]]:
-    """The interleaved table: per ``k`` pairs, its load and its shares."""
+    """The interleaved table: per ``k`` pairs, its load and its shares; then, for each
+    planted change, the pairs the comparison of the whole session says would see it, and
+    how often that many pairs did."""
     a, b = sides(ab_dir)
     total = len(a.run["blocks"])
     block_s = sum(number(x["end"]) - number(x["start"]) for x in a.run["blocks"]) / total
+    stated = {name: stated_pairs(a, b, factor) for name, factor in CHANGES.items()}
+    for name, said in stated.items():
+        if said is None:
+            print(f"  {name} slower: no row of {total} pairs could size it", flush=True)
+            continue
+        print(
+            f"  {name} slower: the comparison of {total} pairs says about {said[0]} pairs "
+            f"({2 * said[0] * block_s / 60:.1f} min of load), first in {said[1]}",
+            flush=True,
+        )
+        if said[0] <= total and said[0] not in ks:
+            ks = [*ks, said[0]]
     rows = []
-    for k in ks:
+    for k in sorted(ks):
         if k > total:
             print(f"  {k} pairs: only {total} recorded", flush=True)
             continue

@@ -7,7 +7,8 @@
     and, separately, the slowest 3% of each op made 3x slower; how often each is detected.
 (c) **Rounds**: from the A/A spread, how many runs a side an A/B needs here to detect a 10%
     change, written as this machine's calibration (used by every later comparison).
-(d) **Planted bottlenecks**: one short run per planted cause, and what ranked first.
+(d) **Planted bottlenecks**: short runs of each planted cause (builtin stack, test-only
+    services and a test-only queueing HTTP server), what ranked first and by what margin.
 
 Every comparison in (a) and (b) uses a drift prior calibrated on the *other* runs only
 (leave-out), so no run is judged with a prior fitted to itself.
@@ -16,18 +17,22 @@ Every comparison in (a) and (b) uses a drift prior calibrated on the *other* run
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import itertools
 import json
+import os
 import random
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import sysconfig
 import tempfile
 import time
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +212,18 @@ PLANTED: dict[str, tuple[str, dict[str, Any], str | None, dict[str, Any]]] = {
         "tests.planted:ContendedLockService",
         {"mix": {"analyze": 1.0}, "users": 1},
     ),
+    "queueing HTTP server (one at a time)": (
+        "server_overload",
+        {},
+        "openai:tests/queueserver.py",
+        {
+            "mode": "open",
+            "rate": 15.0,
+            "arrival": "constant",
+            "duration_s": 4,
+            "mix": {"analyze": 1.0},
+        },
+    ),
     "leak in the service": (
         "memory_leak",
         {},
@@ -214,12 +231,48 @@ PLANTED: dict[str, tuple[str, dict[str, Any], str | None, dict[str, Any]]] = {
         {"mix": {"search": 0.7, "analyze": 0.3}, "users": 2, "duration_s": 20},
     ),
 }
-"""Case -> (expected top finding, config changes, test-only service, stage fields). The slow
-BLAS case is not first: indexes are embedded once, by content, and with the reference BLAS
-that first embedding alone would take many minutes."""
+"""Case -> (expected top finding, config changes, test-only service (``openai:SCRIPT``: a
+test-only HTTP server started for the case on a free loopback port, see
+:func:`_test_server`), stage fields). The slow BLAS case is not first: indexes are
+embedded once, by content, and with the reference BLAS that first embedding alone would
+take many minutes."""
 SMALL_PROJECTS = ("json", "wsgiref", "html")
 """Standard-library packages (1.3k-3k lines each) that serve as the planted runs' projects:
 real code, small enough that their indexes are built in seconds."""
+
+
+QUEUE_SERVER_ARGS = ("0.008", "0.03")
+"""tests/queueserver.py's seconds per token and prefill: 0.16 s a request alone, so about 6
+requests a second at most, against the case's 15 a second."""
+
+
+@contextlib.contextmanager
+def _test_server(script: str) -> Iterator[tuple[str, int]]:
+    """The repository's test server ``script`` on a free 127.0.0.1 port (its URL, its pid),
+    stopped by its pid afterwards."""
+    import urllib.request
+
+    from workloads.targets.mlx_server import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, script, str(port), *QUEUE_SERVER_ARGS])
+    try:
+        for _ in range(100):
+            if server.poll() is not None:
+                raise RuntimeError(f"{script} exited before it answered")
+            try:
+                urllib.request.urlopen(f"{url}/v1/models", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError(f"{script} never answered on {url}")
+        yield url, server.pid
+    finally:
+        if server.poll() is None:
+            os.kill(server.pid, signal.SIGTERM)
+        server.wait(timeout=10)
 
 
 MARGIN = 1.5
@@ -266,19 +319,27 @@ def planted_table(
             blas=change.get("blas", base.blas),
             service={**base.service, **change.get("service", {})},
         )
-        spec = RunSpec(
-            profile=profile,
-            config=config,
-            results_dir=results,
-            quiet=True,
-            extra_projects=projects,
-            target=Target("python", target) if target else Target("builtin"),
-        )
+        with contextlib.ExitStack() as stack:
+            if target and target.startswith("openai:"):
+                url, pid = stack.enter_context(_test_server(target.removeprefix("openai:")))
+                system = Target("openai", url=url, pid=pid)
+            else:
+                system = Target("python", target) if target else Target("builtin")
+            spec = RunSpec(
+                profile=profile,
+                config=config,
+                results_dir=results,
+                quiet=True,
+                extra_projects=projects,
+                target=system,
+            )
+            analyses = [
+                json.loads((_run(spec) / "analysis.json").read_text()) for _ in range(repeats)
+            ]
         first = held = 0
         margins: list[float] = []
         shares: list[float] = []
-        for _ in range(repeats):
-            analysis = json.loads((_run(spec) / "analysis.json").read_text())
+        for analysis in analyses:
             findings = analysis["findings"] or [
                 {"kind": "none", "share": 0.0, "score": 0.0, "tier": "-"}
             ]

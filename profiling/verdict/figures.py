@@ -201,20 +201,45 @@ class ShareScale:
         return at - self._cdf(self.log_threshold - math.log(ratio))
 
     def ratio(self, shift: float) -> float:
-        """The ratio whose :meth:`shift` is ``shift`` (``1`` for none; ``inf`` or ``0`` when
-        no ratio within ``e^30`` moves the share that far; ``nan`` for ``nan``)."""
-        if math.isnan(shift):
-            return math.nan
-        if shift == 0:
-            return 1.0
-        far = SCALE_SPAN if shift > 0 else -SCALE_SPAN
-        if (self.shift(math.exp(far)) - shift) * far < 0:
-            return math.inf if shift > 0 else 0.0
-        near = 0.0
-        for _ in range(80):  # bisection on the log ratio: the shift rises with it
-            mid = (near + far) / 2
-            if (self.shift(math.exp(mid)) - shift) * far < 0:
-                near = mid
-            else:
-                far = mid
-        return math.exp((near + far) / 2)
+        """The ratio whose :meth:`shift` is ``shift`` (see :func:`invert_shift`)."""
+        return invert_shift(self, shift)
+
+
+@dataclass(frozen=True)
+class MixedShareScale:
+    """The share of every op's operations slower than its own op's pooled quantile, read as
+    one ratio of every op's durations: the ops' :class:`ShareScale` shifts weighted by
+    each op's share of side A's operations (what a uniform slowdown does to the pooled
+    share)."""
+
+    parts: tuple[tuple[float, ShareScale], ...]
+    """(weight, the op's scale); weights sum to one."""
+
+    def shift(self, ratio: float) -> float:
+        """The pooled share's change when every op is ``ratio`` times as slow."""
+        return sum(w * scale.shift(ratio) for w, scale in self.parts)
+
+    def ratio(self, shift: float) -> float:
+        """The ratio whose :meth:`shift` is ``shift`` (see :func:`invert_shift`)."""
+        return invert_shift(self, shift)
+
+
+def invert_shift(scale: Scale, shift: float) -> float:
+    """The ratio whose ``scale.shift`` is ``shift``, for a shift that rises with the ratio
+    (``1`` for none; ``inf`` or ``0`` when no ratio within ``e^30`` moves the share that far;
+    ``nan`` for ``nan``): bisection on the log ratio."""
+    if math.isnan(shift):
+        return math.nan
+    if shift == 0:
+        return 1.0
+    far = SCALE_SPAN if shift > 0 else -SCALE_SPAN
+    if (scale.shift(math.exp(far)) - shift) * far < 0:
+        return math.inf if shift > 0 else 0.0
+    near = 0.0
+    for _ in range(80):
+        mid = (near + far) / 2
+        if (scale.shift(math.exp(mid)) - shift) * far < 0:
+            near = mid
+        else:
+            far = mid
+    return math.exp((near + far) / 2)
