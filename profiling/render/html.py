@@ -29,6 +29,7 @@ from datamodel.records import number
 from datamodel.runfolder import RunData
 from profiling.render import charts
 from profiling.render.charts import Chart, Series, format_value
+from profiling.render.evidence import Row
 from profiling.render.sections import (
     Cell,
     ReportData,
@@ -475,6 +476,11 @@ th, td { text-align: left; padding: 5px 8px; border-bottom: 1px solid var(--line
 th { background: #f0f2f5; font-weight: 600; }
 td.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
 td .note { color: var(--muted); font-size: 12px; margin-top: 2px; }
+table.evidence { width: auto; margin: 4px 0 0; font-size: 12px; }
+table.evidence th, table.evidence td { padding: 1px 12px 1px 0; border: 0; background: none; }
+table.evidence th { font-weight: 400; color: var(--muted); white-space: nowrap; }
+table.evidence td { font-variant-numeric: tabular-nums; overflow-wrap: anywhere; }
+table.evidence td.more { color: var(--muted); font-style: italic; }
 td .bar { height: 4px; background: #e8ebef; margin-top: 4px; border-radius: 2px; }
 td .bar span { display: block; height: 4px; background: #d9822b; border-radius: 2px; }
 td.pass, td.fail, td.na, td.good, td.bad { font-weight: 700; }
@@ -502,12 +508,25 @@ CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 """Nothing may load: no scripts, no fonts, no images except inline data."""
 
 
+def _detail(rows: tuple[Row, ...]) -> str:
+    """Labelled values as a small two-column table inside a cell, every text escaped."""
+    body = "".join(
+        f"<tr><th>{escape(r.label)}</th><td>{escape(r.value)}</td></tr>"
+        if r.value
+        else f'<tr><td class="more" colspan="2">{escape(r.label)}</td></tr>'
+        for r in rows
+    )
+    return f'<table class="evidence"><tbody>{body}</tbody></table>'
+
+
 def _cell(cell: Cell, tag: str = "td") -> str:
     body = escape(cell.text)
     if cell.href:
         body = f'<a href="{escape(cell.href, quote=True)}">{body}</a>'
     if cell.note:
         body += f'<div class="note">{escape(cell.note)}</div>'
+    if cell.detail:
+        body += _detail(cell.detail)
     if cell.bar is not None:
         body += f'<div class="bar"><span style="width:{cell.bar * 100:.1f}%"></span></div>'
     cls = f' class="{escape(cell.cls, quote=True)}"' if cell.cls else ""

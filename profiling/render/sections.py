@@ -9,13 +9,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from profiling.render.charts import Chart, format_value
+from profiling.render.evidence import Row, evidence_rows
 
 RESULT_CLASS = {"PASS": "pass", "FAIL": "fail", "N/A": "na"}
+EVIDENCE_ROWS = 12
+"""Rows of a finding's evidence the report shows (the rest: ``and K more``)."""
+EVIDENCE_WIDTH = 300
+"""Characters of a text value the report shows."""
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One table cell: text, plus an optional CSS class, relative link, note or share bar."""
+    """One table cell: text, plus an optional CSS class, relative link, note, share bar or
+    table of labelled values."""
 
     text: str
     cls: str = ""
@@ -26,6 +32,8 @@ class Cell:
     """A second, smaller line."""
     bar: float | None = None
     """A 0..1 share drawn as a bar under the text."""
+    detail: tuple[Row, ...] = ()
+    """Labelled values drawn as a small two-column table under the text (evidence)."""
 
 
 @dataclass(frozen=True)
@@ -109,23 +117,11 @@ def with_unit(value: Any, unit: str) -> str:
     return f"{fmt(value)} {unit}".rstrip()
 
 
-def evidence_text(evidence: dict[str, Any]) -> str:
-    parts = []
-    for key, value in evidence.items():
-        if isinstance(value, dict):
-            inner = ", ".join(f"{k} {fmt(v, key)}" for k, v in value.items())
-            parts.append(f"{key}: {inner}")
-        elif isinstance(value, list):
-            items = [
-                ", ".join(fmt(v, k) for k, v in item.items())
-                if isinstance(item, dict)
-                else str(item)
-                for item in value[:3]
-            ]
-            parts.append(f"{key}: " + "; ".join(items))
-        else:
-            parts.append(f"{key}={fmt(value, key)}")
-    return " · ".join(parts)
+def evidence_detail(evidence: Any) -> tuple[Row, ...]:
+    """A finding's evidence as rows for a cell's :attr:`Cell.detail` (none unless a dict)."""
+    if not isinstance(evidence, dict):
+        return ()
+    return tuple(evidence_rows(evidence, limit=EVIDENCE_ROWS, width=EVIDENCE_WIDTH))
 
 
 def num(text: str, cls: str = "") -> Cell:

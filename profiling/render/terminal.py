@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from datamodel.runfolder import write_json
+from profiling.render.evidence import evidence_rows
 from profiling.verdict.analyze import Analysis
 from profiling.verdict.attribution import Budget
 from profiling.verdict.findings import Finding
@@ -13,6 +14,10 @@ from profiling.verdict.targets import TargetResult
 
 ANALYSIS_JSON = "analysis.json"
 _RESULT = {True: "PASS", False: "FAIL", None: "N/A"}
+EVIDENCE_ROWS = 8
+"""Rows of a finding's evidence the terminal shows (the rest: ``and K more``)."""
+EVIDENCE_WIDTH = 80
+"""Characters of a text value the terminal shows."""
 
 
 def _number(value: float) -> str:
@@ -21,17 +26,11 @@ def _number(value: float) -> str:
     return f"{value:.3g}" if abs(value) < 100 else f"{value:,.1f}"
 
 
-def _evidence(evidence: dict[str, Any], limit: int = 6) -> str:
-    """``key=value`` pairs of the scalar evidence, at most ``limit``."""
-    pairs = []
-    for key, value in evidence.items():
-        if isinstance(value, bool) or value is None:
-            continue
-        if isinstance(value, int | float):
-            pairs.append(f"{key}={_number(value)}")
-        elif isinstance(value, str):
-            pairs.append(f"{key}={value}")
-    return ", ".join(pairs[:limit])
+def evidence_lines(evidence: dict[str, Any], indent: str = "      ") -> list[str]:
+    """The top rows of ``evidence`` as an aligned two-column table (label, value in its unit)."""
+    rows = evidence_rows(evidence, limit=EVIDENCE_ROWS, width=EVIDENCE_WIDTH)
+    width = max((len(r.label) for r in rows), default=0)
+    return [f"{indent}{r.label.ljust(width)}  {r.value}".rstrip() for r in rows]
 
 
 def _target_row(result: TargetResult) -> list[str]:
@@ -89,9 +88,9 @@ def _finding_lines(n: int, f: Finding) -> list[str]:
             f"{op} {s:.1f} s" for op, s in sorted(f.by_op.items(), key=lambda kv: -kv[1])
         )
         lines.append(f"      by op: {ops}")
-    detail = _evidence(f.evidence)
-    if detail:
-        lines.append(f"      {detail}  ({', '.join(f.files)})")
+    lines += evidence_lines(f.evidence)
+    if f.files:
+        lines.append(f"      from {', '.join(f.files)}")
     if f.gain_s is not None:
         lines.append(f"      estimated gain if fixed: {f.gain_s:.1f} s of latency")
     lines.append(f"      -> {f.suggestion}")

@@ -14,7 +14,7 @@ from profiling.render.sections import (
     Cell,
     Section,
     Table,
-    evidence_text,
+    evidence_detail,
     fmt,
     missing,
     num,
@@ -24,6 +24,13 @@ from profiling.render.sections import (
 
 _GOOD = ("better", "faster", "improv", "win", "pass")
 _BAD = ("worse", "slower", "regress", "loss", "fail")
+
+
+def _evidence_cell(evidence: Any) -> Cell:
+    """A target's evidence: its text, or a table of its values when it is a dict."""
+    if isinstance(evidence, dict):
+        return Cell("", detail=evidence_detail(evidence))
+    return Cell("" if evidence is None else str(evidence))
 
 
 def targets_section(analysis: dict[str, Any] | None) -> Section:
@@ -43,7 +50,7 @@ def targets_section(analysis: dict[str, Any] | None) -> Section:
                 Cell(f"{t.get('op', '')} {with_unit(t.get('threshold'), unit)}", "num"),
                 Cell(with_unit(result.get("value"), unit), "num"),
                 Cell(verdict, RESULT_CLASS[verdict]),
-                Cell(str(result.get("evidence", ""))),
+                _evidence_cell(result.get("evidence")),
             ]
         )
     failed = sum(1 for r in analysis["targets"] if r.get("passed") is False)
@@ -115,7 +122,7 @@ def _finding_row(rank: int, f: dict[str, Any]) -> list[Cell]:
     return [
         Cell(str(rank), "num"),
         weight,
-        Cell(str(f.get("title", "")) + weak, note=evidence_text(f.get("evidence") or {})),
+        Cell(str(f.get("title", "")) + weak, detail=evidence_detail(f.get("evidence"))),
         Cell(parts, note=detail),
         Cell(
             str(f.get("suggestion", "")),
@@ -174,7 +181,7 @@ def context_section(analysis: dict[str, Any] | None) -> Section:
     rows = [
         [
             Cell(str(f.get("kind", ""))),
-            Cell(str(f.get("title", "")), note=evidence_text(f.get("evidence") or {})),
+            Cell(str(f.get("title", "")), detail=evidence_detail(f.get("evidence"))),
         ]
         for f in facts
     ]
