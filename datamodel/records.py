@@ -67,15 +67,15 @@ class OpRecord:
     switched: bool = False
     """Whether it changed the replica's active project (an adapter swap)."""
     served: str = ""
-    """HTTP targets: what the server was asked to serve (model and adapter fields)."""
+    """HTTP stacks: what the server was asked to serve (model and adapter fields)."""
     ttft: float = 0.0
-    """HTTP targets: seconds from sending to the first token of the reply."""
+    """HTTP stacks: seconds from sending to the first token of the reply."""
     itl: float = 0.0
-    """HTTP targets: mean seconds between tokens after the first."""
+    """HTTP stacks: mean seconds between tokens after the first."""
     tokens_out: int = 0
-    """HTTP targets: tokens received."""
+    """HTTP stacks: tokens received."""
     http_status: int = 0
-    """HTTP targets: the reply's status code (0: no reply)."""
+    """HTTP stacks: the reply's status code (0: no reply)."""
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready copy (shallow but for ``stages``; faster than ``asdict``)."""
@@ -142,7 +142,7 @@ def error_counts(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
 
 
 def infer_switches(records: Sequence[dict[str, Any]]) -> int:
-    """Mark which records of an HTTP target changed what the server served.
+    """Mark which records of an HTTP stack changed what the server served.
 
     Such records carry ``served`` (the model and adapter asked for); taken in the order they
     were sent, a record changed it when the one sent just before asked for another. Sets

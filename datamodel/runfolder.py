@@ -112,6 +112,23 @@ class RunData:
         cpus = machine.get("cpus_logical") if isinstance(machine, dict) else None
         return int(cpus) if isinstance(cpus, int | float) and cpus > 0 else None
 
+    @property
+    def stack(self) -> dict[str, Any]:
+        """``run.json``'s facts of an HTTP stack (kind, url, pid, exit code; ``target`` in
+        folders written before the rename), empty when there are none."""
+        found = self.run.get("stack", self.run.get("target"))
+        return found if isinstance(found, dict) else {}
+
+    def server_samples(self) -> list[dict[str, Any]]:
+        """Timeline samples of an HTTP stack's server process (role ``server``; ``target`` in
+        folders written before the rename)."""
+        return self.samples("server") or self.samples("target")
+
+    def server_stacks(self) -> dict[str, int] | None:
+        """py-spy stacks of an HTTP stack's server process (``None`` when not profiled)."""
+        profiles = self.profiles or {}
+        return profiles.get("server") or profiles.get("target")
+
     def service_config(self) -> dict[str, Any]:
         """``spec.config.service`` from ``run.json`` (empty when not recorded)."""
         node: Any = self.run

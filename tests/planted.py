@@ -1,7 +1,7 @@
 """Planted bottlenecks: service classes that are slow or leaky on purpose, for the verdict tests.
 
-Test-only. A run loads one with ``--target python:tests.planted:Class`` (or the RunSpec's
-``target``); no user path ever reaches this code. Each subclass changes one thing of the
+Test-only. A run loads one with ``--stack python:tests.planted:Class`` (or the RunSpec's
+``stack``); no user path ever reaches this code. Each subclass changes one thing of the
 builtin :class:`~workloads.service.service.Service` and nothing else.
 """
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workloads.ab import round_order
+from workloads.runs.ab import round_order
 
 
 def test_rounds_take_their_order_at_random_and_repeatably() -> None:

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from datamodel.errors import ConfigError
-from workloads import blas
-from workloads.blas import blas_env, check_preload, loaded_blas, openblas_path, resolve, survey
+from profiling.capture.libraries import loaded_blas
+from workloads.stack import blas
+from workloads.stack.blas import blas_env, check_preload, openblas_path, resolve, survey
 
 
 def test_bundled_strips_an_inherited_preload(monkeypatch):

@@ -17,8 +17,8 @@ from datamodel.runfolder import RunData
 from profiling.verdict.compare import compare_runs
 from profiling.verdict.pairs import block_pairs
 from profiling.verdict.statistics import compare_pairs
-from workloads.interleave import pair_order, schedule
-from workloads.spec import load_profile
+from workloads.load.spec import load_profile
+from workloads.runs.interleave import pair_order, schedule
 
 BLOCK_S = 10.0
 GAP = 0.1

@@ -323,7 +323,7 @@ def test_routing_imbalance_when_one_replica_waits_and_the_other_idles(tmp_path: 
 def test_hot_code_is_placed_in_the_part_its_stack_runs_in(tmp_path: Path) -> None:
     rows = series(40, duration=0.2, wait=0.0, service=0.2, stages={"model": 0.05})
     markers = {"request": ["ServiceReplica.call"], "model": ["generate_greedy"]}
-    root = "replica-0;ServiceReplica.call (workloads/replica.py:1);Service.analyze (s.py:2)"
+    root = "replica-0;ServiceReplica.call (workloads/stack/replica.py:1);Service.analyze (s.py:2)"
     profile = {
         "replica-0": f"{root};spin (tests/planted.py:9) 100\n"
         f"{root};generate_greedy (b.py:3) 20\n"
@@ -347,7 +347,7 @@ def test_waiting_is_placed_in_the_frame_it_waited_in_with_its_queue(tmp_path: Pa
     # 6 of the 8 service seconds were spent waiting in load_rows, outside the process.
     rows = series(40, duration=0.4, wait=0.2, service=0.2, stages={"search": 0.05})
     markers = {"request": ["ServiceReplica.call"], "search": ["ProjectIndex.search"]}
-    root = "replica-0;ServiceReplica.call (workloads/replica.py:1);Remote.search (s.py:2)"
+    root = "replica-0;ServiceReplica.call (workloads/stack/replica.py:1);Remote.search (s.py:2)"
     wall = {
         "replica-0": f"{root};load_rows (s.py:9);[wait] 6000\n"
         f"{root};ProjectIndex.search (i.py:3);[cpu] 300\n"
@@ -630,14 +630,15 @@ def test_adapter_change_compares_first_tokens_and_what_the_server_streamed(tmp_p
     assert "adapter_change" not in kinds(analyze(write_run(tmp_path / "one", records=same), []))
 
 
-def test_a_target_that_exited_mid_run_is_an_errors_finding(tmp_path: Path) -> None:
+@pytest.mark.parametrize("key", ["stack", "target"])  # "target": a folder from before the rename
+def test_a_server_that_exited_mid_run_is_an_errors_finding(tmp_path: Path, key: str) -> None:
     rows = series(40, served=_served("a"), wait=0.0)
     rows += [record(id=f"e{k}", ok=False, error="ClientConnectorError: refused") for k in range(2)]
-    target = {"kind": "mlx-lm", "exited_mid_run": True, "exit_code": -9}
-    analysis = analyze(write_run(tmp_path, run={"target": target}, records=rows), [])
+    stack = {"kind": "mlx-lm", "exited_mid_run": True, "exit_code": -9}
+    analysis = analyze(write_run(tmp_path, run={key: stack}, records=rows), [])
     top = analysis.findings[0]
-    assert top.kind == "errors" and top.title.startswith("the target server exited mid-run")
-    assert top.evidence["target_exit_code"] == -9 and "target.log" in top.files
+    assert top.kind == "errors" and top.title.startswith("the stack's server exited mid-run")
+    assert top.evidence["server_exit_code"] == -9 and "server.log" in top.files
     assert any("no MLX counters" in note for note in analysis.notes)
     assert not any(note.startswith("no mlx_probe.json") for note in analysis.notes)
 
@@ -647,7 +648,7 @@ def test_a_frame_that_runs_does_not_hide_one_that_waits_in_the_same_part(
 ) -> None:
     rows = series(40, duration=0.2, wait=0.0, service=0.2, stages={})
     markers = {"request": ["ServiceReplica.call"]}
-    root = "replica-0;ServiceReplica.call (workloads/replica.py:1);Svc.search (s.py:2)"
+    root = "replica-0;ServiceReplica.call (workloads/stack/replica.py:1);Svc.search (s.py:2)"
     wall = {
         "replica-0": f"{root};parse (s.py:5);[cpu] 1500\n"
         f"{root};load_rows (s.py:9);[wait] 5000\n"

@@ -15,10 +15,10 @@ from profiling.capture import pyspy
 from profiling.capture.memory import MemoryWatcher
 from profiling.capture.mlx_probe import blas_kind, probe
 from profiling.capture.sampler import ProcessSampler
-from workloads.progress import Progress
-from workloads.runner import RunSpec, judge
-from workloads.spec import load_profile
-from workloads.system_config import load_config
+from workloads.load.progress import Progress
+from workloads.load.spec import load_profile
+from workloads.runs.runner import RunSpec, judge
+from workloads.stack.config import load_config
 
 BUSY = "import time\nt = time.time()\nwhile time.time() - t < 30:\n    sum(range(10000))\n"
 

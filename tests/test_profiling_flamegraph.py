@@ -13,7 +13,7 @@ from datamodel import stacks as st
 from profiling.render import flamegraph as fg
 
 SVG = "{http://www.w3.org/2000/svg}"
-HEAD = 'replica-0;process 7:"ray::ServiceReplica.call";call (workloads/replica.py:110)'
+HEAD = 'replica-0;process 7:"ray::ServiceReplica.call";call (workloads/stack/replica.py:110)'
 STACKS = {
     f"{HEAD};analyze (workloads/service/service.py:190);matmul (mlx/core.py:12)": 60,
     f"{HEAD};analyze (workloads/service/service.py:191);matmul (mlx/core.py:14)": 20,
@@ -51,7 +51,7 @@ def test_merge_sums_stack_by_stack() -> None:
 
 def test_strip_line_numbers_merges_stacks_differing_only_in_line_numbers() -> None:
     stripped = st.strip_line_numbers(STACKS)
-    head = 'replica-0;process 7:"ray::ServiceReplica.call";call (workloads/replica.py)'
+    head = 'replica-0;process 7:"ray::ServiceReplica.call";call (workloads/stack/replica.py)'
     assert stripped[f"{head};analyze (workloads/service/service.py);matmul (mlx/core.py)"] == 80
     assert len(stripped) == 3
     assert sum(stripped.values()) == sum(STACKS.values())

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from datamodel.errors import ConfigError, ProjectError
-from workloads.routing import Router, assign
+from workloads.load.routing import Router, assign
 
 PROJECTS = [f"p{i}" for i in range(10)]
 

@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 
 from datamodel.errors import ConfigError
-from workloads.shapes import (
+from workloads.load.shapes import (
     OpPicker,
     PlannedOp,
     ProjectPicker,
@@ -20,7 +20,7 @@ from workloads.shapes import (
     split_arrivals,
     split_users,
 )
-from workloads.spec import Stage
+from workloads.load.spec import Stage
 
 PROJECTS = [f"p{i}" for i in range(10)]
 

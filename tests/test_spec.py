@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from datamodel.errors import ConfigError
-from workloads.spec import OPS, PROFILES_DIR, Profile, Stage, list_profiles, load_profile
+from workloads.load.spec import OPS, PROFILES_DIR, Profile, Stage, list_profiles, load_profile
 
 BUILTIN = sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))
 EXPECTED = {

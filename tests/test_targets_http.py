@@ -23,7 +23,7 @@ PROFILE = str(ROOT / "tests" / "data" / "http-adapters.toml")
 def test_mlx_lm_server_with_three_adapters(tmp_path, cache_dir):
     results = tmp_path / "results"
     proc = run_cli(
-        *("--profile", PROFILE, "--target", "mlx-lm", "--results-dir", str(results)),
+        *("--profile", PROFILE, "--stack", "mlx-lm", "--results-dir", str(results)),
         "--no-fail-on-targets",
         cache=cache_dir,
         timeout=300,
@@ -31,7 +31,7 @@ def test_mlx_lm_server_with_three_adapters(tmp_path, cache_dir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = only_run(results)
     info = json.loads((run / "run.json").read_text())
-    target = info["target"]
+    target = info["stack"]
     assert target["kind"] == "mlx-lm" and target["url"].startswith("http://127.0.0.1:")
     adapters = {r["fields"]["adapters"] for r in target["routes"].values()}
     assert len(adapters) == 3 and all(Path(a, "adapters.safetensors").is_file() for a in adapters)
@@ -53,9 +53,9 @@ def test_mlx_lm_server_with_three_adapters(tmp_path, cache_dir):
     assert summary["tokens_out"] == sum(r["tokens_out"] for r in records)
     assert 0 < summary["switches"] < len(records)  # inferred from the order requests were sent
     assert summary["ttft_by_op"]["analyze"]["p50"] > 0
-    # The server process, profiled as the role "target".
+    # The server process, profiled as the role "server".
     timeline = read_jsonl(run / "timeline.jsonl")
-    mine = [row for row in timeline if row["role"] == "target"]
+    mine = [row for row in timeline if row["role"] == "server"]
     assert len(mine) >= 3 and all(row["rss"] > 0 for row in mine)
     assert any(row["cpu_percent"] > 0 for row in mine) and any(row["uss"] for row in mine)
     assert all(row["threads"] > 1 and row["fds"] > 3 for row in mine)
@@ -74,7 +74,7 @@ def test_mlx_lm_server_with_three_adapters(tmp_path, cache_dir):
     assert any("no MLX counters" in note for note in analysis["notes"])
     report = (run / "report.html").read_text()
     assert "Not available for target mlx-lm" in report and "adapter changes cost" in report
-    assert (run / "target.log").read_text()
+    assert (run / "server.log").read_text()
 
 
 def _gone(pid: int) -> bool:
@@ -86,14 +86,14 @@ def _gone(pid: int) -> bool:
 
 def test_ctrl_c_stops_the_managed_server_too(tmp_path, cache_dir):
     results = tmp_path / "results"
-    proc = start(results, cache_dir, "--profile", PROFILE, "--target", "mlx-lm")
+    proc = start(results, cache_dir, "--profile", PROFILE, "--stack", "mlx-lm")
     wait_for(records_written(results, 3), proc, timeout=240)
     os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
     seconds, err = finish(proc, 60)
     assert proc.returncode == 130, err[-2000:]
     info = json.loads((only_run(results) / "run.json").read_text())
-    assert info["status"] == "interrupted" and info["target"]["exit_code"] is not None
-    assert _gone(info["target"]["pid"]) and seconds < 30
+    assert info["status"] == "interrupted" and info["stack"]["exit_code"] is not None
+    assert _gone(info["stack"]["pid"]) and seconds < 30
 
 
 def _wait_up(url: str, proc: subprocess.Popen[bytes]) -> None:
@@ -109,7 +109,7 @@ def _wait_up(url: str, proc: subprocess.Popen[bytes]) -> None:
 
 
 def test_a_server_that_fails_leaves_error_records(tmp_path, cache_dir):
-    from workloads.targets.mlx_server import free_port
+    from workloads.stack.mlx_server import free_port
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -121,9 +121,9 @@ def test_a_server_that_fails_leaves_error_records(tmp_path, cache_dir):
         proc = run_cli(
             "--profile",
             PROFILE,
-            "--target",
+            "--stack",
             "openai",
-            "--target-url",
+            "--stack-url",
             url,
             "--results-dir",
             str(results),
@@ -138,7 +138,7 @@ def test_a_server_that_fails_leaves_error_records(tmp_path, cache_dir):
     assert server.returncode == 3  # it died mid-run, as planned
     run = only_run(results)
     info = json.loads((run / "run.json").read_text())
-    assert info["status"] == "completed" and info["target"]["pid"] == server.pid
+    assert info["status"] == "completed" and info["stack"]["pid"] == server.pid
     records = read_jsonl(run / "records.jsonl")
     assert len(records) == sum(s["issued"] for s in info["stages"]) > 40
     refused = [r for r in records if r["http_status"] == 500]
@@ -154,7 +154,7 @@ def test_a_server_that_fails_leaves_error_records(tmp_path, cache_dir):
     analysis = json.loads((run / "analysis.json").read_text())
     assert analysis["findings"][0]["kind"] == "errors"
     timeline = read_jsonl(run / "timeline.jsonl")
-    assert any(row["role"] == "target" for row in timeline)  # found listening on the port
+    assert any(row["role"] == "server" for row in timeline)  # found listening on the port
 
 
 # --- pure parts: the stream tally and the mapping file ----------------------------------------
@@ -165,7 +165,7 @@ def _chunk(text: str, finish: str | None = None) -> dict:
 
 
 def test_stream_tally_times_first_token_and_tokens_after_it() -> None:
-    from workloads.targets.http import StreamTally, parse_sse
+    from workloads.stack.http import StreamTally, parse_sse
 
     tally = StreamTally(sent=10.0)
     assert parse_sse(b": keep-alive\n") is None and parse_sse(b"data: [DONE]\n") is None
@@ -190,7 +190,7 @@ def test_stream_tally_times_first_token_and_tokens_after_it() -> None:
 
 def test_mapping_file_routes_projects_and_names_its_mistakes(tmp_path) -> None:
     from datamodel.errors import ConfigError
-    from workloads.targets.http import load_routes
+    from workloads.stack.http import load_routes
 
     good = tmp_path / "routes.toml"
     good.write_text(

@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 import ray
 
-from workloads.runner import RunSpec, execute
+from workloads.load.spec import parse_profile
+from workloads.runs.runner import RunSpec, execute
 from workloads.service.projects import Project
-from workloads.spec import parse_profile
-from workloads.system_config import load_config
-from workloads.targets import Target
+from workloads.stack import Stack
+from workloads.stack.config import load_config
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def planted_run(
     config: str = "optimized",
     blas: str | None = None,
     service: dict[str, Any] | None = None,
-    target: str | None = None,
+    stack: str | None = None,
     **profile: Any,
 ) -> dict[str, Any]:
     """Run a one-stage profile in the shared Ray session; returns ``analysis.json``."""
@@ -80,7 +80,7 @@ def planted_run(
         extra_projects=tuple(projects),
         cache_dir=cache_dir,
         quiet=True,
-        target=Target("python", target) if target else Target("builtin"),
+        stack=Stack("python", stack) if stack else Stack("builtin"),
     )
     outcome = execute(spec)
     assert outcome.status == "completed"
@@ -128,7 +128,7 @@ def test_planted_adapter_thrash_ranks_first(ray_session, tmp_path, cache_dir, ti
         tmp_path,
         cache_dir,
         projects=tiny(tiny_trees),
-        target="tests.planted:SlowStorageService",
+        stack="tests.planted:SlowStorageService",
         service={"adapter_cache_count": 1},
         stage_text=stage(
             name="s", duration_s=10, mode="closed", users=2, mix={"switch": 0.5, "search": 0.5}
@@ -143,7 +143,7 @@ def test_planted_index_thrash_ranks_first(ray_session, tmp_path, cache_dir, tiny
         tmp_path,
         cache_dir,
         projects=tiny(tiny_trees),
-        target="tests.planted:SlowStorageService",
+        stack="tests.planted:SlowStorageService",
         service={"index_cache_count": 1},
         stage_text=stage(name="s", duration_s=10, mode="closed", users=2, mix={"search": 1.0}),
     )
@@ -168,7 +168,7 @@ def test_planted_hot_loop_ranks_first(ray_session, tmp_path, cache_dir, tiny_tre
         tmp_path,
         cache_dir,
         projects=tiny(tiny_trees),
-        target="tests.planted:HotLoopService",
+        stack="tests.planted:HotLoopService",
         stage_text=stage(name="s", duration_s=10, mode="closed", users=2, mix={"analyze": 1.0}),
     )
     top = assert_top(analysis, "hot_code")
@@ -182,7 +182,7 @@ def test_planted_leak_ranks_first(ray_session, tmp_path, cache_dir, tiny_trees):
         tmp_path,
         cache_dir,
         projects=tiny(tiny_trees),
-        target="tests.planted:LeakyService",
+        stack="tests.planted:LeakyService",
         stage_text=stage(
             name="s", duration_s=20, mode="closed", users=2, mix={"search": 0.7, "analyze": 0.3}
         ),
@@ -196,7 +196,7 @@ def test_planted_blocking_wait_ranks_first(ray_session, tmp_path, cache_dir, tin
         tmp_path,
         cache_dir,
         projects=tiny(tiny_trees),
-        target="tests.planted:RemoteStoreService",
+        stack="tests.planted:RemoteStoreService",
         stage_text=stage(name="s", duration_s=10, mode="closed", users=2, mix={"search": 1.0}),
     )
     top = assert_top(analysis, "waiting")
@@ -212,7 +212,7 @@ def test_planted_lock_contention_ranks_first(ray_session, tmp_path, cache_dir, t
         tmp_path,
         cache_dir,
         projects=tiny(tiny_trees),
-        target="tests.planted:ContendedLockService",
+        stack="tests.planted:ContendedLockService",
         stage_text=stage(name="s", duration_s=10, mode="closed", users=1, mix={"analyze": 1.0}),
     )
     top = assert_top(analysis, "waiting")

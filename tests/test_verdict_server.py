@@ -36,7 +36,7 @@ from profiling.verdict.server import (
     server_queue,
 )
 
-HTTP_RUN = {"target": {"kind": "openai"}}
+HTTP_RUN = {"stack": {"kind": "openai"}}
 
 
 def _record(i: int, sent: float, first: float, end: float, **extra: Any) -> dict[str, Any]:
@@ -246,7 +246,7 @@ def _profile(tmp_path: Path, name: str, rate: float, seconds: float, arrival: st
 @pytest.fixture(scope="module")
 def queue_server() -> Iterator[tuple[str, int]]:
     """tests/queueserver.py on a free port: its URL and pid; stopped by pid afterwards."""
-    from workloads.targets.mlx_server import free_port
+    from workloads.stack.mlx_server import free_port
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -275,7 +275,7 @@ def queue_server() -> Iterator[tuple[str, int]]:
 def _run(tmp_path: Path, cache_dir: Path, url: str, profile: str) -> dict[str, Any]:
     results = tmp_path / "results"
     proc = run_cli(
-        *("--profile", profile, "--target", "openai", "--target-url", url),
+        *("--profile", profile, "--stack", "openai", "--stack-url", url),
         *("--results-dir", str(results), "--no-fail-on-targets", "--no-profile"),
         cache=cache_dir,
     )

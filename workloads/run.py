@@ -16,15 +16,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from datamodel.errors import ConfigError, LoadlensError
-from workloads.names import check_folder
+from datamodel.names import check_folder
+from workloads.load.spec import list_profiles, load_profile
 from workloads.service.projects import parse_project_arg
-from workloads.spec import list_profiles, load_profile
-from workloads.system_config import list_configs, load_config
-from workloads.targets import check_target, parse_target
+from workloads.stack import BUILTIN, check_stack, parse_stack
+from workloads.stack.config import list_configs, load_config
 
 if TYPE_CHECKING:
-    from workloads.ab import ABOutcome
-    from workloads.runner import RunSpec
+    from workloads.runs.ab import ABOutcome
+    from workloads.runs.runner import RunSpec
 
 DEFAULT_RESULTS = Path("results")
 EXIT_TARGETS_MISSED = 3
@@ -42,7 +42,7 @@ def default_rounds(profile: str, cache_dir: Path | None) -> int:
     """
     from datamodel.cache import default_cache_dir
     from profiling.verdict import calibration
-    from workloads.results import machine_info
+    from workloads.runs.results import machine_info
 
     cal, source = calibration.find(machine_info(), profile, cache_dir or default_cache_dir())
     needed = cal.rounds.get("p95")
@@ -58,10 +58,10 @@ def default_rounds(profile: str, cache_dir: Path | None) -> int:
 
 def _ab(spec: RunSpec, base_spec: RunSpec, args: argparse.Namespace) -> ABOutcome:
     """Interleaved blocks in one session where both sides can share it, else rounds."""
-    from workloads.ab import execute_ab
-    from workloads.interleave import BLOCK_S, NoRoom, execute_interleaved
+    from workloads.runs.ab import execute_ab
+    from workloads.runs.interleave import BLOCK_S, NoRoom, execute_interleaved
 
-    http = spec.target.http or base_spec.target.http
+    http = spec.stack.http or base_spec.stack.http
     if args.rounds is None and not http:
         try:
             return execute_interleaved(spec, base_spec, block_s=args.block_s or BLOCK_S)
@@ -70,6 +70,35 @@ def _ab(spec: RunSpec, base_spec: RunSpec, args: argparse.Namespace) -> ABOutcom
     return execute_ab(
         spec, base_spec, rounds=args.rounds or default_rounds(spec.profile.name, args.cache_dir)
     )
+
+
+OLD_FLAGS = {
+    "--target": "--stack",
+    "--target-url": "--stack-url",
+    "--target-map": "--stack-map",
+    "--target-pid": "--stack-pid",
+    "--baseline-target": "--baseline-stack",
+}
+"""Flags renamed so that "target" means one thing (the thresholds of ``--targets``): each
+old one still works for this release, with a note."""
+
+
+def _old_flags(args: argparse.Namespace) -> None:
+    """Carry each old flag given over to its new name, with a note on stderr; both given is
+    a :class:`ConfigError`."""
+    for old, new in OLD_FLAGS.items():
+        value = getattr(args, old.removeprefix("--").replace("-", "_"))
+        if value is None:
+            continue
+        attr = new.removeprefix("--").replace("-", "_")
+        if getattr(args, attr) is not None:
+            raise ConfigError(f"{old} and {new} are the same flag; give only {new}")
+        setattr(args, attr, value)
+        print(
+            f"note: {old} is now {new} (the system under load; --targets stays the "
+            f"thresholds); {old} will go in a later release",
+            file=sys.stderr,
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,22 +112,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list-profiles", action="store_true", help="list profiles and exit")
     p.add_argument("--config", default="optimized", help="system configuration name or .toml path")
     p.add_argument(
-        "--target",
-        default="builtin",
-        help="system under load: builtin, mlx-lm (a managed mlx_lm.server), openai (a running "
-        "server at --target-url), or python:package.module:Class (your service class)",
-    )
-    p.add_argument("--target-url", default=None, help="base URL of an openai target")
-    p.add_argument(
-        "--target-map", default=None, help="TOML: each project's model and fields (openai)"
-    )
-    p.add_argument("--target-pid", type=int, default=None, help="process to profile (openai)")
-    p.add_argument(
-        "--baseline-target",
+        "--stack",
         default=None,
-        help="also run this target (with the same config) and compare: interleaved blocks in "
-        "one session for builtin and python targets, whole-run rounds for HTTP targets",
+        help="the system under load: builtin (default), mlx-lm (a managed mlx_lm.server), "
+        "openai (a running server at --stack-url), or python:package.module:Class (your "
+        "service class)",
     )
+    p.add_argument("--stack-url", default=None, help="base URL of an openai stack")
+    p.add_argument(
+        "--stack-map", default=None, help="TOML: each project's model and fields (openai)"
+    )
+    p.add_argument("--stack-pid", type=int, default=None, help="process to profile (openai)")
+    p.add_argument(
+        "--baseline-stack",
+        default=None,
+        help="also run this stack (with the same config) and compare: interleaved blocks in "
+        "one session for builtin and python stacks, whole-run rounds for HTTP stacks",
+    )
+    for old in OLD_FLAGS:  # accepted for one release, not offered
+        p.add_argument(
+            old, default=None, type=int if old.endswith("pid") else str, help=argparse.SUPPRESS
+        )
     p.add_argument(
         "--address", default=None, help="join this Ray cluster (else $RAY_ADDRESS, else embedded)"
     )
@@ -131,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="A/B in whole-run rounds, this many per side, instead of interleaved blocks; "
-        "default for HTTP targets: what this machine's A/A calibration says a 10%% change of "
+        "default for HTTP stacks: what this machine's A/A calibration says a 10%% change of "
         f"p95 needs, at most {MAX_DEFAULT_ROUNDS}",
     )
     p.add_argument(
@@ -184,10 +218,11 @@ def main(argv: list[str] | None = None) -> int:
         profile = load_profile(args.profile).with_overrides(
             duration_s=args.duration, projects=args.projects, replicas=args.replicas
         )
-        from workloads.runner import RunSpec, execute
+        from workloads.runs.runner import RunSpec, execute
 
-        target = parse_target(args.target, args.target_url, args.target_map, args.target_pid)
-        check_target(target, profile.ops)
+        _old_flags(args)
+        stack = parse_stack(args.stack or BUILTIN, args.stack_url, args.stack_map, args.stack_pid)
+        check_stack(stack, profile.ops)
 
         spec = RunSpec(
             profile=profile,
@@ -204,17 +239,17 @@ def main(argv: list[str] | None = None) -> int:
             targets=args.targets,
             trace_python=args.trace_python,
             pyspy_rate_hz=args.pyspy_rate,
-            target=target,
+            stack=stack,
         )
-        if args.baseline or args.baseline_target:
+        if args.baseline or args.baseline_stack:
             if args.rounds is not None and args.rounds < 1:
                 raise ConfigError("--rounds must be >= 1")
             if args.block_s is not None and not args.block_s > 0:
                 raise ConfigError(f"--block-s must be > 0, got {args.block_s}")
-            base_target = parse_target(args.baseline_target) if args.baseline_target else target
-            check_target(base_target, profile.ops)
+            base_stack = parse_stack(args.baseline_stack) if args.baseline_stack else stack
+            check_stack(base_stack, profile.ops)
             base_spec = dataclasses.replace(
-                spec, config=load_config(args.baseline or args.config), target=base_target
+                spec, config=load_config(args.baseline or args.config), stack=base_stack
             )
             ab = _ab(spec, base_spec, args)
             if any(r.stopped_at_once for r in ab.rounds):

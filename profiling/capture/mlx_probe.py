@@ -13,7 +13,7 @@ from typing import Any
 import mlx.core as mx
 import psutil
 
-from workloads.blas import loaded_blas
+from profiling.capture.libraries import loaded_blas
 
 THREAD_VARS = (
     "OPENBLAS_NUM_THREADS",

@@ -347,12 +347,12 @@ def _adapters(run: RunData, t0: float) -> Section:
 def _mlx(run: RunData, t0: float) -> Section:
     title = "MLX memory"
     snaps = [s for s in _snapshots(run) if any(k in s for k in ("mlx_active", "mlx_peak"))]
-    target = run.run.get("target")
-    if not snaps and isinstance(target, dict) and target.get("mlx_counters"):
+    target = run.stack
+    if not snaps and target.get("mlx_counters"):
         return Section(
             "mlx",
             title,
-            missing=f"Not available for target {target.get('kind')}: {target['mlx_counters']}.",
+            missing=f"Not available for stack {target.get('kind')}: {target['mlx_counters']}.",
         )
     if not snaps and not run.mlx_probe:
         return missing("mlx", title, "no memory snapshots or MLX probe")

@@ -224,14 +224,13 @@ def _context(run: RunData, att: Attribution, found: list[Finding]) -> list[Fact]
 def analyze(run: RunData, targets: list[Target]) -> Analysis:
     """The budget, ranked findings, context and targets of ``run``."""
     notes = list(run.notes)
-    target = run.run.get("target")
-    kind = target.get("kind") if isinstance(target, dict) else None
+    kind = run.stack.get("kind")
     http = kind in ("mlx-lm", "openai")
     if http:
         notes.append(
-            f"target {kind} is a process loadlens did not host: no MLX counters "
+            f"stack {kind} is a process loadlens did not host: no MLX counters "
             "(active/peak/cache memory) or mlx_probe.json; its CPU and memory are in the "
-            "timeline under the role 'target'"
+            "timeline under the role 'server'"
         )
     for missing, what in (
         (run.mlx_probe, MLX_PROBE),

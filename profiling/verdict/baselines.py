@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from datamodel.errors import ConfigError
+from datamodel.names import SAFE_NAME, check_name
 from datamodel.runfolder import (
     INGEST,
     MLX_PROBE,
@@ -25,7 +26,6 @@ from datamodel.runfolder import (
     utc_now,
     write_json,
 )
-from workloads.names import SAFE_NAME, check_name
 
 DEFAULT_ROOT = Path("results") / "baselines"
 """Where named baselines live unless told otherwise."""

@@ -422,8 +422,8 @@ LOAD_FRAMES = ("load", "_load", "load_model", "load_adapters", "load_weights")
 
 
 def _load_share(run: RunData) -> tuple[float, int] | None:
-    """Share of the target's busy py-spy samples inside model or adapter loading."""
-    stacks = (run.profiles or {}).get("target")
+    """Share of the server's busy py-spy samples inside model or adapter loading."""
+    stacks = run.server_stacks()
     if not stacks:
         return None
     busy = loading = 0

@@ -39,12 +39,16 @@ HORIZON_MIN = 60.0
 MB = 1_000_000
 
 
+SERVER_LOG = "server.log"
+"""A managed server's output in the run folder (``target.log`` before the rename)."""
+OLD_SERVER_LOG = "target.log"
+
+
 def errors(run: RunData, att: Attribution, limit_mb: float) -> list[Finding | Fact]:
     """Failed operations: a finding of their own tier when the rate is material (and always
     when the target's server exited mid-run)."""
     failed = [r for r in run.records if not r.get("ok")]
-    found = run.run.get("target")
-    target: dict[str, Any] = found if isinstance(found, dict) else {}
+    target = run.stack
     exited = bool(target.get("exited_mid_run"))
     if not failed and not exited:
         return []
@@ -67,13 +71,18 @@ def errors(run: RunData, att: Attribution, limit_mb: float) -> list[Finding | Fa
     suggestion = f"read the {top} errors in {RECORDS} (e.g. {example[:120]})"
     files = [RECORDS]
     if exited:
-        evidence["target_exit_code"] = target.get("exit_code")
+        evidence["server_exit_code"] = target.get("exit_code")
+        log = (
+            SERVER_LOG
+            if (run.path / SERVER_LOG).exists() or not (run.path / OLD_SERVER_LOG).exists()
+            else OLD_SERVER_LOG
+        )
         title = (
-            f"the target server exited mid-run (exit code {target.get('exit_code')}): "
+            f"the stack's server exited mid-run (exit code {target.get('exit_code')}): "
             f"{title[0].lower()}{title[1:]}"
         )
-        suggestion = f"read why it stopped in target.log; {suggestion}"
-        files = [RECORDS, "target.log"]
+        suggestion = f"read why it stopped in {log}; {suggestion}"
+        files = [RECORDS, log]
     elif rate < MATERIAL_ERROR_RATE:
         return [Fact("errors", title, evidence, [RECORDS])]
     failed_s = att.column("failed")

@@ -1,6 +1,6 @@
 """Interleaved A/B comparisons: the two sides' blocks, paired, are the units.
 
-An interleaved A/B (``workloads.interleave``) runs both sides in one session and the same
+An interleaved A/B (``workloads.runs.interleave``) runs both sides in one session and the same
 load in short blocks, one side right after the other; each side's ``run.json`` lists its
 blocks (``blocks``: pair, start, end) and names the A/B (``ab``: id, side, mode). Here each
 block becomes a run of its own (the records planned in it, the samples taken in it), and

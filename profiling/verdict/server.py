@@ -42,7 +42,7 @@ MIN_IDLE = 3
 """Records an op needs for an idle first-token time, and sent with no other in flight for
 it to be their median."""
 MIN_RECORDS = 10
-"""Records of HTTP targets a server finding needs."""
+"""Records of HTTP stacks a server finding needs."""
 LOAD_CORRELATION = 0.3
 """Rank correlation of first-token time with the requests in flight (of the requests in
 flight with time) at or above which the queue is load-driven (the backlog grows)."""
@@ -79,7 +79,7 @@ class QueueEstimate:
     subtracted: float = 0.0
     """Seconds already claimed by adapter changes, taken out of the estimate."""
     rows: NDArray[np.intp] = field(default_factory=lambda: np.zeros(0, dtype=np.intp))
-    """The records covered: those of an HTTP target."""
+    """The records covered: those of an HTTP stack."""
 
     @property
     def load_driven(self) -> bool:
@@ -88,10 +88,9 @@ class QueueEstimate:
 
 
 def http_rows(run: RunData, records: Sequence[Mapping[str, Any]]) -> NDArray[np.intp]:
-    """Indices of the records of an HTTP target: all of them for an ``mlx-lm`` or ``openai``
+    """Indices of the records of an HTTP stack: all of them for an ``mlx-lm`` or ``openai``
     run, else those that say what they asked a server to serve."""
-    target = run.run.get("target")
-    if isinstance(target, dict) and target.get("kind") in HTTP_KINDS:
+    if run.stack.get("kind") in HTTP_KINDS:
         return np.arange(len(records), dtype=np.intp)
     return np.array([i for i, r in enumerate(records) if r.get("served")], dtype=np.intp)
 

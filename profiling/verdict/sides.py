@@ -151,8 +151,7 @@ def warnings_of(sides: Sequence[tuple[str, Sequence[RunData]]]) -> list[str]:
 def memory_peak(run: RunData) -> tuple[float, str] | None:
     """``(MB, source)`` of the run's largest replica memory figure (for a server reached
     over HTTP, its own process's), if any."""
-    for role, prefix in (("replica", ""), ("target", "server ")):
-        samples = run.samples(role)
+    for samples, prefix in ((run.samples("replica"), ""), (run.server_samples(), "server ")):
         for key, source in (("uss", "USS"), ("rss", "RSS")):
             values = [number(s[key]) for s in samples if isinstance(s.get(key), int | float)]
             if values:

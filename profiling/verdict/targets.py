@@ -163,7 +163,7 @@ def _switch_seconds(records: list[dict[str, Any]]) -> list[float]:
 
 def _switch_p99_s(run: RunData, _: str | None) -> Measured:
     served = [r for r in run.ok_records() if r.get("switched") and r.get("served")]
-    if served:  # an HTTP target does not report its switch apart: its first token bounds it
+    if served:  # an HTTP stack does not report its switch apart: its first token bounds it
         p99 = _p99([number(r.get("ttft")) or number(r.get("service")) for r in served])
         return p99, (
             f"p99 {p99:.3f} s to the first token over {len(served)} ok request(s) that changed "

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from datamodel.errors import ConfigError, ProjectError
-from workloads.names import check_name as check_safe_name
+from datamodel.names import check_name as check_safe_name
 from workloads.service.adapters import AdapterManager
 from workloads.service.index import ProjectIndex, ProjectVectorStoreManager
 from workloads.service.sources import count_lines

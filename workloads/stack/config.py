@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from datamodel.errors import ConfigError
-from workloads.blas import BLAS_CHOICES
 from workloads.service.service import ServiceConfig
+from workloads.stack.blas import BLAS_CHOICES
 
-CONFIG_DIR = Path(__file__).parent / "configs"
+CONFIG_DIR = Path(__file__).parent.parent / "configs"
 _SERVICE_KEYS = {f.name: f for f in dataclasses.fields(ServiceConfig)}
 _SETTABLE = {k for k in _SERVICE_KEYS if k not in ("cache_dir", "base_model", "base_spec")}
 

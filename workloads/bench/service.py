@@ -1,9 +1,7 @@
-"""Benchmarks that print figures with their command line and machine facts.
-
-``python -m workloads.bench service``: adapter load/activate/unload, project switch cold and
+"""``python -m workloads.bench service``: adapter load/activate/unload, project switch cold and
 warm, embedding throughput, initialisation time and process USS with 10 projects, mlx-lm's
 reload path against our in-place swap, and sentence-transformers when it is installed.
-Speed lives here, never in timed tests. MLX work is evaluated before each clock read.
+MLX work is evaluated before each clock read.
 """
 
 from __future__ import annotations
@@ -21,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from datamodel.quantiles import summarize
-from workloads import bench_ingest, bench_soak, bench_verdicts
-from workloads.blas import THREAD_VARS, loaded_blas, reexec_with
-from workloads.results import machine_info
-from workloads.system_config import load_config
+from profiling.capture.libraries import loaded_blas
+from workloads.runs.results import machine_info
+from workloads.stack.blas import THREAD_VARS, reexec_with
+from workloads.stack.config import load_config
 
 SNIPPET = (
     "def handle_request(self, request, timeout=None):\n"
@@ -318,136 +316,8 @@ def bench_service(args: argparse.Namespace) -> None:
     print(f"exact search over 10k x 384 vectors (top-4): {_pct(search, 1e3, 'ms')}")
 
 
-def bench_generator(args: argparse.Namespace) -> None:
-    """Highest op rate one generator worker sustains against a no-op replica, and its CPU."""
-    import ray
-
-    from cluster.connect import connect, disconnect
-    from workloads.generator import GeneratorWorker
-
-    @ray.remote(num_cpus=0)
-    class NoopReplica:
-        async def call(self, request: dict[str, Any]) -> dict[str, Any]:
-            return {
-                "start": time.time(),
-                "node": "",
-                "pid": os.getpid(),
-                "ok": True,
-                "error": None,
-                "stages": {},
-                "switched": False,
-                "service": 0.0,
-            }
-
-    print(f"command: {' '.join([Path(sys.executable).name, *sys.orig_argv[1:]])}")
-    print(f"machine: {json.dumps(machine_info())}")
-    connect(None)
-    try:
-        replica = NoopReplica.remote()  # type: ignore[attr-defined]
-        worker = GeneratorWorker.remote(0, [replica], {"p": 0})  # type: ignore[attr-defined]
-        ray.get(worker.drain.remote())
-        for rate in args.rates:
-            n = int(rate * args.seconds)
-            arrivals = [(i / rate, "analyze", "p") for i in range(n)]
-            wall0 = time.perf_counter()
-            cost = ray.get(worker.run_open.remote("bench", arrivals=arrivals, seed=0))
-            wall = time.perf_counter() - wall0
-            records = ray.get(worker.drain.remote())["records"]
-            ok = sum(1 for r in records if r["ok"])
-            achieved = ok / cost["wall_seconds"]
-            lat = summarize([r["duration"] for r in records])
-            print(
-                f"target {rate:>6.0f} ops/s: achieved {achieved:7.1f} ops/s "
-                f"({ok}/{n} ok in {cost['wall_seconds']:.2f} s, driver saw {wall:.2f} s), "
-                f"generator CPU {cost['cpu_seconds'] / max(ok, 1) * 1000:.2f} s per 1000 ops = "
-                f"{cost['cpu_seconds'] / cost['wall_seconds'] * 100:.1f}% of one core, "
-                f"round trip p50 {lat.p50 * 1e3 if lat.p50 else 0:.2f} ms "
-                f"p99 {lat.p99 * 1e3 if lat.p99 else 0:.2f} ms"
-            )
-    finally:
-        disconnect()
-
-
-def cli_run(
-    profile: str, duration: float, results: Path, extra: list[str]
-) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    """One quiet run through the CLI in a fresh process: its folder and the process."""
-    before = set(results.glob("*")) if results.exists() else set()
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "workloads.run",
-            "--profile",
-            profile,
-            "--duration",
-            str(duration),
-            "--results-dir",
-            str(results),
-            "--quiet",
-            "--no-fail-on-targets",
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-    )
-    (run,) = set(results.glob("*")) - before
-    return run, proc
-
-
-def _cli_run(profile: str, duration: float, results: Path, extra: list[str]) -> dict[str, Any]:
-    """One run through the CLI in a fresh process; returns its summary."""
-    run, proc = cli_run(profile, duration, results, extra)
-    if proc.returncode != 0:
-        raise RuntimeError(f"run failed ({proc.returncode}): {proc.stderr[-1500:]}")
-    summary: dict[str, Any] = json.loads((run / "summary.json").read_text())
-    summary["run_dir"] = str(run)
-    return summary
-
-
-def bench_profiling(args: argparse.Namespace) -> None:
-    """The same profile with and without profiling, interleaved (off, on, off, on, ...)."""
-    from datamodel.runfolder import read_records
-
-    print(f"command: {' '.join([Path(sys.executable).name, *sys.orig_argv[1:]])}")
-    print(f"machine: {json.dumps(machine_info())}")
-    results = Path(args.results_dir or tempfile.mkdtemp(prefix="loadlens-bench-prof-"))
-    sides: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
-    for round_no in range(args.rounds):
-        for side in ("off", "on"):
-            extra = ["--no-profile"] if side == "off" else []
-            summary = _cli_run(args.profile, args.duration, results, extra)
-            sides[side].append(summary)
-            print(
-                f"round {round_no + 1} profiling {side:>3}: "
-                f"{summary['throughput_ops_s']:.2f} ops/s, {summary['records']} ops, "
-                f"{summary['errors']} errors ({summary['run_dir']})"
-            )
-    tput = {k: sum(s["throughput_ops_s"] for s in v) / len(v) for k, v in sides.items()}
-    p95 = {}
-    for side, runs in sides.items():
-        merged = [
-            r["duration"]
-            for s in runs
-            for r in read_records(Path(s["run_dir"]) / "records.jsonl")
-            if r["ok"] and r["op"] == args.op
-        ]
-        p95[side] = summarize(merged).p95
-    print(
-        f"throughput ratio (profiled / unprofiled, mean of {args.rounds} rounds): "
-        f"{tput['on'] / tput['off']:.3f}"
-    )
-    if p95["on"] and p95["off"]:
-        print(
-            f"{args.op} p95 ratio (profiled / unprofiled, merged records): "
-            f"{p95['on'] / p95['off']:.3f} ({p95['on'] * 1e3:.1f} vs {p95['off'] * 1e3:.1f} ms)"
-        )
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Parse the subcommand and run it."""
-    p = argparse.ArgumentParser(prog="python -m workloads.bench")
-    sub = p.add_subparsers(dest="what", required=True)
+def add_parser(sub: Any) -> None:
+    """The ``service`` subcommand."""
     s = sub.add_parser("service", help="the service's own figures")
     s.add_argument("--config", default="optimized")
     s.add_argument("--projects", type=int, default=10)
@@ -461,32 +331,10 @@ def main(argv: list[str] | None = None) -> int:
         default=sys.executable,
         help="a Python with sentence-transformers (and torch) for the comparison",
     )
-    g = sub.add_parser("generator", help="the load generator's own ceiling and cost")
-    g.add_argument("--rates", type=float, nargs="+", default=[100, 500, 1000, 2000, 4000])
-    g.add_argument("--seconds", type=float, default=5.0)
-    pr = sub.add_parser("profiling", help="what profiling costs: runs with and without it")
-    pr.add_argument("--profile", default="smoke")
-    pr.add_argument("--duration", type=float, default=25.0)
-    pr.add_argument("--rounds", type=int, default=2)
-    pr.add_argument("--op", default="analyze", help="operation whose p95 is compared")
-    pr.add_argument("--results-dir", default=None)
-    bench_verdicts.add_parser(sub)
-    bench_ingest.add_parser(sub)
-    bench_soak.add_parser(sub)
-    args = p.parse_args(argv)
-    if args.what == "service":
-        reexec_with(load_config(args.config).blas)
-    handlers: dict[str, Callable[[argparse.Namespace], Any]] = {
-        "service": bench_service,
-        "generator": bench_generator,
-        "profiling": bench_profiling,
-        "verdicts": bench_verdicts.bench_verdicts,
-        "ingest": bench_ingest.bench_ingest,
-        "soak": bench_soak.bench_soak,
-    }
-    handlers[args.what](args)
-    return 0
+    s.set_defaults(handler=run)
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def run(args: argparse.Namespace) -> None:
+    """Re-executed with the configuration's BLAS first, then :func:`bench_service`."""
+    reexec_with(load_config(args.config).blas)
+    bench_service(args)

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from workloads.targets.http import Routing, wait_until_up
+from workloads.stack.http import Routing, wait_until_up
 
 START_TIMEOUT_S = 180.0
 """Longest the server may take to answer its first request."""

@@ -34,21 +34,12 @@ import ray
 from cluster.connect import connect, disconnect
 from datamodel.errors import LoadlensError
 from datamodel.runfolder import utc_now, write_json
-from workloads.ab import ABOutcome, label, publish
-from workloads.progress import Progress
-from workloads.results import new_run_id
-from workloads.runner import (
-    RunOutcome,
-    RunSpec,
-    _Interrupts,
-    _Live,
-    _run_stage,
-    close_folder,
-    judge,
-    open_folder,
-    open_side,
-)
-from workloads.spec import Profile, Stage
+from workloads.load.progress import Progress
+from workloads.load.spec import Profile, Stage
+from workloads.runs.ab import ABOutcome, label, publish
+from workloads.runs.live import Interrupts, Live, RunOutcome, RunSpec, run_stage
+from workloads.runs.results import new_run_id
+from workloads.runs.runner import close_folder, judge, open_folder, open_side
 
 BLOCK_S = 20.0
 """Default seconds of one block: long enough for its records to say something (a few
@@ -99,13 +90,13 @@ def pair_order(seed: str, pairs: int) -> list[tuple[str, str]]:
     return out
 
 
-def held_bytes(live: _Live) -> int:
+def held_bytes(live: Live) -> int:
     """What a side's replicas hold now (resident set), as their gauges say."""
     rows = ray.get([r.gauges.remote() for r in live.replicas], timeout=60)
     return int(sum(row.get("rss") or 0 for row in rows))
 
 
-def check_room(live: _Live, progress: Progress) -> None:
+def check_room(live: Live, progress: Progress) -> None:
     """Raise :class:`NoRoom` unless the second side fits next to ``live`` (the first)."""
     held = held_bytes(live)
     free = psutil.virtual_memory().available
@@ -177,8 +168,8 @@ def _run(
     write_json(ab_dir / "ab.json", info)
     status, hard = "failed", False
     try:
-        with _Interrupts() as interrupts, contextlib.ExitStack() as stack:
-            lives: dict[str, _Live] = {}
+        with Interrupts() as interrupts, contextlib.ExitStack() as stack:
+            lives: dict[str, Live] = {}
             for side in pair_order(info["ab_id"], 1)[0]:
                 run_dir, run_info, writer = folders[side]
                 progress.say(f"starting {side} ({label(specs[side], *_bc(specs))})")
@@ -210,13 +201,13 @@ def _bc(specs: dict[str, RunSpec]) -> tuple[RunSpec, RunSpec]:
 
 
 def _blocks(
-    lives: dict[str, _Live],
+    lives: dict[str, Live],
     blocks: list[Block],
     info: dict[str, Any],
     folders: dict[str, tuple[Path, dict[str, Any], Any]],
     ab_dir: Path,
     progress: Progress,
-    interrupts: _Interrupts,
+    interrupts: Interrupts,
 ) -> None:
     """Each block on both sides, in its pair's order, with one plan seed for both."""
     orders = pair_order(info["ab_id"], len(blocks))
@@ -229,7 +220,7 @@ def _blocks(
                 f"block {block.number + 1}"
             )
             start = time.time()
-            done = _run_stage(
+            done = run_stage(
                 lives[side],
                 block.stage,
                 block.stage_index,

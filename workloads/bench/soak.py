@@ -19,7 +19,7 @@ import numpy as np
 
 from datamodel.records import number
 from datamodel.runfolder import RunData
-from workloads.results import machine_info
+from workloads.runs.results import machine_info
 
 WARMUP = 0.25
 """Share of the run left out before the USS slope is fitted."""
@@ -65,7 +65,7 @@ def bench_soak(args: argparse.Namespace) -> None:
     print(f"command: {' '.join([Path(sys.executable).name, *sys.orig_argv[1:]])}")
     print(f"machine: {json.dumps(machine_info())}", flush=True)
     results = Path(args.results_dir or tempfile.mkdtemp(prefix="loadlens-soak-"))
-    from workloads.bench import cli_run  # bench imports this module
+    from workloads.bench.profiling import cli_run
 
     folder, proc = cli_run(args.profile, args.minutes * 60, results, [])
     if proc.returncode != 0:
@@ -86,6 +86,7 @@ def bench_soak(args: argparse.Namespace) -> None:
 def add_parser(sub: Any) -> None:
     """The ``soak`` subcommand's arguments."""
     s = sub.add_parser("soak", help="a long sustained run: memory slope, lost records, errors")
+    s.set_defaults(handler=bench_soak)
     s.add_argument("--minutes", type=float, default=30.0)
     s.add_argument("--profile", default="sustained")
     s.add_argument("--results-dir", default=None)

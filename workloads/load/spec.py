@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from datamodel.errors import ConfigError
-from workloads.names import check_name
+from datamodel.names import check_name
 
 OPS = ("analyze", "search", "embed", "switch", "ingest")
 """Operations a load generator can send to the service."""
 MODES = ("closed", "open")
 ARRIVALS = ("poisson", "constant")
 POPULARITIES = ("uniform", "zipf")
-PROFILES_DIR = Path(__file__).parent / "profiles"
+PROFILES_DIR = Path(__file__).parent.parent / "profiles"
 """Where built-in profiles (``<name>.toml``) are found."""
 
 Mode = Literal["closed", "open"]

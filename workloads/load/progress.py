@@ -10,7 +10,7 @@ from typing import Any, TextIO
 
 from cluster.connect import Cluster
 from datamodel.quantiles import quantile_sorted
-from workloads.spec import Stage
+from workloads.load.spec import Stage
 
 WINDOW_S = 10.0
 
@@ -76,7 +76,7 @@ class Progress:
             self.total += 1
             self.errors += 0 if r["ok"] else 1
             self.swaps += 1 if r.get("switched") else 0
-        # HTTP targets: changes of the served adapter, in the order requests were sent (the
+        # HTTP stacks: changes of the served adapter, in the order requests were sent (the
         # records' own flags are inferred once the run is read back).
         for r in sorted((r for r in records if r.get("served")), key=lambda r: r["sent"]):
             self.swaps += self._served is not None and r["served"] != self._served

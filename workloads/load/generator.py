@@ -19,7 +19,7 @@ from typing import Any
 import ray
 
 from datamodel.records import OpRecord
-from workloads.shapes import OpPicker, ProjectPicker
+from workloads.load.shapes import OpPicker, ProjectPicker
 
 QUERIES = (
     "how is the connection closed after an error",
@@ -59,8 +59,8 @@ class GeneratorWorker:
         http: dict[str, Any] | None = None,
     ) -> None:
         """``routes`` maps each project to its replica (``None`` spreads ops at random);
-        ``http`` (an :class:`~workloads.targets.http.HttpPlan` as a dict) sends every op to an
-        HTTP target instead, from this worker itself. Records get ids
+        ``http`` (an :class:`~workloads.stack.http.HttpPlan` as a dict) sends every op to an
+        HTTP stack instead, from this worker itself. Records get ids
         ``<worker>-<sequence>``: a replacement gets a worker number of its own."""
         self.worker = worker
         self.replicas = replicas
@@ -169,11 +169,11 @@ class GeneratorWorker:
     async def _http_call(
         self, record: OpRecord, op: str, project: str, rng: random.Random, sent: float
     ) -> None:
-        """One op against the HTTP target: a streamed completion (``analyze``, ``switch``)
+        """One op against the HTTP stack: a streamed completion (``analyze``, ``switch``)
         or an embeddings request; times to first token and between tokens recorded."""
         import aiohttp
 
-        from workloads.targets.http import StreamTally, parse_sse
+        from workloads.stack.http import StreamTally, parse_sse
 
         plan = self.http or {}
         if self._session is None:  # one session: connections are reused

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from workloads.results import machine_info
+from workloads.runs.results import machine_info
 
 
 def _replicas(
@@ -26,7 +26,7 @@ def _replicas(
 ) -> list[Any]:
     import ray
 
-    from workloads.replica import ServiceReplica
+    from workloads.stack.replica import ServiceReplica
 
     specs = [(p.name, str(p.root), None) for p in projects]
     replicas = [
@@ -40,7 +40,7 @@ def _replicas(
 
 
 def _ingest(replicas: list[Any], owners: dict[str, int]) -> tuple[Any, float]:
-    from workloads.ingest import ingest_all
+    from workloads.stack.ingest import ingest_all
 
     start = time.perf_counter()
     summary = ingest_all(replicas, owners, stopped=lambda: False, report=lambda *_: None)
@@ -51,9 +51,9 @@ def bench_ingest(args: argparse.Namespace) -> None:
     """The ingest benchmark (see the module docstring)."""
     import ray
 
-    from workloads.blas import blas_env, resolve
     from workloads.service.projects import Project, default_projects
-    from workloads.system_config import load_config
+    from workloads.stack.blas import blas_env, resolve
+    from workloads.stack.config import load_config
 
     print(f"command: {' '.join([Path(sys.executable).name, *sys.orig_argv[1:]])}")
     print(f"machine: {json.dumps(machine_info())}")
@@ -115,6 +115,7 @@ def bench_ingest(args: argparse.Namespace) -> None:
 def add_parser(sub: Any) -> None:
     """The ``ingest`` subcommand's arguments."""
     i = sub.add_parser("ingest", help="index 100k lines from an empty cache; re-ingest")
+    i.set_defaults(handler=bench_ingest)
     i.add_argument("--config", default="optimized")
     i.add_argument("--projects", type=int, default=10)
     i.add_argument("--replicas", type=int, default=2)

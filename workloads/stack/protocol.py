@@ -1,7 +1,7 @@
 """The small protocol a service hosted in loadlens's replicas answers.
 
 The builtin :class:`~workloads.service.service.Service` is one implementation; a
-``--target python:package.module:Class`` is another. Each op the profile sends needs its
+``--stack python:package.module:Class`` is another. Each op the profile sends needs its
 method (checked before the run starts); ``stats`` is always needed. Results are
 :class:`~workloads.service.service.OpResult`\\ s (stage timings, and what was switched or
 missed); the replica turns them into records.

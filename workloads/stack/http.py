@@ -1,4 +1,4 @@
-"""HTTP targets: any OpenAI-compatible server, called by the generator workers directly.
+"""HTTP stacks: any OpenAI-compatible server, called by the generator workers directly.
 
 A project's requests carry its routing: a ``model`` name and any extra fields (mlx-lm's
 per-request ``"adapters"``, or a server's own LoRA field), from a mapping file::
@@ -34,7 +34,7 @@ from typing import Any
 from datamodel.errors import ConfigError
 
 HTTP_OPS = frozenset({"analyze", "switch"})
-"""Ops every HTTP target serves; ``embed`` too where the server offers embeddings."""
+"""Ops every HTTP stack serves; ``embed`` too where the server offers embeddings."""
 APIS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
 """Completion endpoints a route may use, by the name a mapping file gives them."""
 CONNECT_TIMEOUT_S = 5.0
@@ -58,7 +58,7 @@ class Routing:
 
 @dataclass(frozen=True)
 class HttpPlan:
-    """Everything a generator worker needs to call an HTTP target (plain data for Ray)."""
+    """Everything a generator worker needs to call an HTTP stack (plain data for Ray)."""
 
     url: str
     """The server's base URL, e.g. ``http://127.0.0.1:8080``."""
@@ -79,11 +79,11 @@ def load_routes(path: Path, projects: list[str]) -> dict[str, Routing]:
     try:
         data = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--target-map {path}: not readable TOML: {exc}") from None
+        raise ConfigError(f"--stack-map {path}: not readable TOML: {exc}") from None
     unknown = set(data) - {"default", "projects"}
     if unknown:
         raise ConfigError(
-            f"--target-map {path}: unknown keys {sorted(unknown)} "
+            f"--stack-map {path}: unknown keys {sorted(unknown)} "
             "(expected [default] and [projects.NAME])"
         )
     default = data.get("default") or {}
@@ -93,16 +93,16 @@ def load_routes(path: Path, projects: list[str]) -> dict[str, Routing]:
         table = {**default, **(tables.get(name) or {})}
         if not isinstance(table.get("model"), str):
             raise ConfigError(
-                f"--target-map {path}: no model for project {name!r} "
+                f"--stack-map {path}: no model for project {name!r} "
                 "(set [default] model or [projects.NAME] model)"
             )
         fields = table.get("fields") or {}
         if not isinstance(fields, dict):
-            raise ConfigError(f"--target-map {path}: fields of {name!r} must be a table")
+            raise ConfigError(f"--stack-map {path}: fields of {name!r} must be a table")
         api = table.get("api", "completions")
         if api not in APIS:
             raise ConfigError(
-                f"--target-map {path}: api of {name!r} is {api!r}; expected one of "
+                f"--stack-map {path}: api of {name!r} is {api!r}; expected one of "
                 f"{', '.join(APIS)}"
             )
         routes[name] = Routing(table["model"], dict(fields), api)
@@ -131,7 +131,7 @@ def probe(url: str, *, timeout: float = CONNECT_TIMEOUT_S) -> dict[str, Any]:
     try:
         status, body = _request(f"{url.rstrip('/')}/v1/models", None, timeout)
     except (OSError, ValueError, http.client.HTTPException) as exc:
-        raise ConfigError(f"--target-url {url}: nothing answers ({exc})") from None
+        raise ConfigError(f"--stack-url {url}: nothing answers ({exc})") from None
     text = body[:200].decode(errors="replace")
     if status != 200:
         return {"models": [], "problem": f"/v1/models answered HTTP {status}: {text}"}

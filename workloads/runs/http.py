@@ -1,17 +1,19 @@
-"""A run against an HTTP target: a managed ``mlx_lm.server`` or a running OpenAI server.
+"""A run against an HTTP stack: a managed ``mlx_lm.server`` or a running OpenAI server.
 
 There are no replicas of loadlens's own: the generator workers call the server directly,
 so their own cost per request shows in their CPU figures. The server's process (and its
-children) is watched under the role ``target``: psutil timelines and py-spy flame graphs.
+children) is watched under the role ``server``: psutil timelines and py-spy flame graphs.
 MLX's own counters exist only inside processes loadlens hosts, so there are none here. A
-managed server is always stopped, also on Ctrl-C and on errors; a target that exits
+managed server is always stopped, also on Ctrl-C and on errors; a server that exits
 mid-run leaves error records and a note, not a crash.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import urllib.parse
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +23,17 @@ import ray
 from cluster.connect import connect
 from datamodel.cache import default_cache_dir
 from datamodel.errors import ConfigError
-from datamodel.runfolder import write_json
+from datamodel.runfolder import RecordWriter, write_json
 from profiling.capture.session import ProfilingSession
-from workloads.blas import blas_env, resolve
-from workloads.fleet import Fleet
+from workloads.load.fleet import Fleet
+from workloads.load.progress import Progress
+from workloads.runs.live import Interrupts, Live, RunSpec, choose_projects, watch_everything
 from workloads.service.index import ProjectVectorStoreManager
 from workloads.service.projects import Project
 from workloads.service.service import ServiceConfig
-from workloads.targets.http import HttpPlan, Routing, load_routes, offers_embeddings, probe
-from workloads.targets.mlx_server import ManagedServer, prepare_adapters, routes_for
+from workloads.stack.blas import blas_env, resolve
+from workloads.stack.http import HttpPlan, Routing, load_routes, offers_embeddings, probe
+from workloads.stack.mlx_server import ManagedServer, prepare_adapters, routes_for
 
 SNIPPETS = 40
 """Pieces of each project's code that prompts are built from."""
@@ -64,30 +68,32 @@ def _tree(pid: int) -> list[int]:
         return [pid]
 
 
-def _routes(spec: Any, names: list[str], url: str) -> dict[str, Routing]:
-    if spec.target.routes:
-        return load_routes(Path(spec.target.routes), names)
+def _routes(spec: RunSpec, names: list[str], url: str) -> dict[str, Routing]:
+    if spec.stack.routes:
+        return load_routes(Path(spec.stack.routes), names)
     found = probe(url)
     models = found["models"]
     if not models:
         raise ConfigError(
-            f"--target-url {url}: {found['problem']}; give --target-map FILE to name the "
+            f"--stack-url {url}: {found['problem']}; give --stack-map FILE to name the "
             "model each project uses"
         )
     return {n: Routing(str(models[0])) for n in names}
 
 
-def execute_http(
-    spec: Any,
+@contextlib.contextmanager
+def open_http(
+    spec: RunSpec,
     run_dir: Path,
     run_info: dict[str, Any],
-    writer: Any,
-    progress: Any,
-    interrupts: Any,
-) -> str:
-    """The body of a run against an HTTP target (see :func:`workloads.runner._execute`)."""
-    from workloads.runner import _Live, _run_stage, _watch_everything, choose_projects
-
+    writer: RecordWriter,
+    progress: Progress,
+    interrupts: Interrupts,
+) -> Iterator[Live]:
+    """The HTTP stack of ``spec`` opened for load: a managed ``mlx_lm.server`` started (or a
+    running server found), its routes, generator workers that call it, and its process
+    profiled under the role ``server``. On any exit the workers end and a managed server
+    is stopped; a server that died during the run is noted in ``run.json``."""
     cache = spec.cache_dir or default_cache_dir()
     cluster = connect(spec.address)
     interrupts.reinstall()
@@ -97,10 +103,10 @@ def execute_http(
     server: ManagedServer | None = None
     profiling: ProfilingSession | None = None
     fleet: Fleet | None = None
-    target: dict[str, Any] = {"kind": spec.target.kind}
-    run_info["target"] = target
+    target: dict[str, Any] = {"kind": spec.stack.kind}
+    run_info["stack"] = target
     try:
-        if spec.target.kind == "mlx-lm":
+        if spec.stack.kind == "mlx-lm":
             prepared = ray.get(
                 ray.remote(prepare_adapters).remote(
                     str(cache),
@@ -116,7 +122,7 @@ def execute_http(
                 "HF_HUB_CACHE": str(hub),
                 "HF_HUB_OFFLINE": "1",
             }
-            server = ManagedServer(Path(prepared["model"]), run_dir / "target.log", env)
+            server = ManagedServer(Path(prepared["model"]), run_dir / "server.log", env)
             progress.say("starting mlx_lm.server ...")
             url = server.start()
             pid = server.pid
@@ -124,9 +130,9 @@ def execute_http(
                 Path(prepared["model"]), {n: Path(a) for n, a in prepared["adapters"].items()}
             )
         else:
-            url = str(spec.target.url)
+            url = str(spec.stack.url)
             routes = _routes(spec, names, url)
-            pid = spec.target.pid or listening_pid(url)
+            pid = spec.stack.pid or listening_pid(url)
         ops = {op for stage in spec.profile.stages for op, _ in stage.mix}
         first_model = next(iter(routes.values())).model
         embeddings = "embed" in ops and offers_embeddings(url, first_model)
@@ -146,10 +152,10 @@ def execute_http(
             routes=plan.routes,
             embeddings=embeddings,
             mlx_counters="MLX's own counters (active, peak and cache memory) exist only "
-            "in processes loadlens hosts (the builtin and python targets); see the target "
+            "in processes loadlens hosts (the builtin and python stacks); see the server "
             "role's CPU and memory in the timeline",
         )
-        progress.say(f"target {spec.target.label} at {url}" + (f", pid {pid}" if pid else ""))
+        progress.say(f"stack {spec.stack.label} at {url}" + (f", pid {pid}" if pid else ""))
         nodes = [n["node_id"] for n in cluster.nodes if n["alive"]]
         if spec.profiling:
             profiling = ProfilingSession(run_dir, nodes, pyspy_rate_hz=spec.pyspy_rate_hz)
@@ -162,23 +168,16 @@ def execute_http(
             projects=[{"name": p.name, "root": str(p.root)} for p in projects],
         )
         write_json(run_dir / "run.json", run_info)
-        live = _Live(spec, run_dir, names, [], fleet, writer, progress, interrupts, profiling)
+        live = Live(spec, run_dir, names, [], fleet, writer, progress, interrupts, profiling)
         if profiling is not None:
-            _watch_everything(profiling, [], fleet.infos(first), cluster.embedded)
+            watch_everything(profiling, [], fleet.infos(first), cluster.embedded)
             if pid:
                 node = ray.get_runtime_context().get_node_id()
-                profiling.watch({node: {p: "target" for p in _tree(pid)}})
-                profiling.record_pids({node: {pid: "target"}})
+                profiling.watch({node: {p: "server" for p in _tree(pid)}})
+                profiling.record_pids({node: {pid: "server"}})
             else:
-                profiling.problems.append(f"no process to profile for {url}: give --target-pid")
-        stages = []
-        for index, stage in enumerate(spec.profile.stages):
-            if interrupts.count:
-                break
-            stages.append(_run_stage(live, stage, index))
-            if server is not None and not server.alive():
-                target["exited_mid_run"] = True
-        run_info["stages"] = stages
+                profiling.problems.append(f"no process to profile for {url}: give --stack-pid")
+        yield live
         run_info["generators"] = {"issued_by_worker": fleet.issued, "outages": fleet.outages}
     finally:
         if profiling is not None:
@@ -192,4 +191,3 @@ def execute_http(
             if server.process is not None and not server.alive() and "url" in target:
                 target["exited_mid_run"] = True
             target["exit_code"] = server.stop()
-    return "interrupted" if interrupts.count else "completed"

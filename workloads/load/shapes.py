@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from datamodel.errors import ConfigError
-from workloads.spec import OPS, Mode, Stage
+from workloads.load.spec import OPS, Mode, Stage
 
 T = TypeVar("T")
 

@@ -1,20 +1,28 @@
-"""Which system a run puts under load (``--target``).
+"""The stack: the system a run puts under load, and what it is made of.
+
+This package holds the kinds of stack (below) and the parts that run them: ``replica`` (the
+Ray actor that hosts a service, builtin or the user's), ``ingest`` (index builds before
+load), ``blas`` (the BLAS choice), ``config`` (named system configurations),
+``http``/``mlx_server``/``protocol`` (the HTTP client, the managed ``mlx_lm.server``, and
+the calls a service answers). The builtin service itself is :mod:`workloads.service`.
+
+Which system (``--stack``; ``--target`` before, still accepted for a release):
 
 - ``builtin``: :class:`~workloads.service.service.Service` in loadlens's replicas.
 - ``python:package.module:Class``: the user's class hosted in those replicas instead, built
   as ``Class(ServiceConfig, projects)`` and answering the same calls as the builtin stack
-  (:class:`~workloads.targets.protocol.ServiceProtocol`): ``analyze``, ``search``, ``embed``,
+  (:class:`~workloads.stack.protocol.ServiceProtocol`): ``analyze``, ``search``, ``embed``,
   ``switch`` and ``ingest`` (each op the profile sends), plus ``stats()``. The module is
   imported from the current folder or ``PYTHONPATH``, in the driver first (so a bad name
   fails before the run starts) and then in every replica.
 - ``mlx-lm``: a real ``mlx_lm.server`` that loadlens starts on 127.0.0.1 with the run's base
-  model, profiles (role ``target``) and always stops; each project's requests carry its
-  adapter (:mod:`workloads.targets.mlx_server`).
-- ``openai``: an OpenAI-compatible server already running at ``--target-url``, routed per
-  project by ``--target-map`` (:mod:`workloads.targets.http`); ``--target-pid`` (or the
+  model, profiles (role ``server``) and always stops; each project's requests carry its
+  adapter (:mod:`workloads.stack.mlx_server`).
+- ``openai``: an OpenAI-compatible server already running at ``--stack-url``, routed per
+  project by ``--stack-map`` (:mod:`workloads.stack.http`); ``--stack-pid`` (or the
   process listening on the URL's port, when it is on this machine) is what is profiled.
 
-A target serves some ops; a profile that sends another one is refused before the run
+A stack serves some ops; a profile that sends another one is refused before the run
 starts, naming both.
 """
 
@@ -32,7 +40,7 @@ from datamodel.errors import ConfigError
 
 BUILTIN = "builtin"
 KINDS = ("builtin", "python", "mlx-lm", "openai")
-"""Every kind of target."""
+"""Every kind of stack."""
 OP_METHODS = {
     "analyze": "analyze",
     "search": "search",
@@ -46,19 +54,19 @@ REQUIRED = ("stats",)
 
 
 @dataclass(frozen=True)
-class Target:
+class Stack:
     """The system under load."""
 
     kind: str
     """One of :data:`KINDS`."""
     factory: str | None = None
-    """``module:Class`` of a ``python`` target."""
+    """``module:Class`` of a ``python`` stack."""
     url: str | None = None
-    """Base URL of an ``openai`` target."""
+    """Base URL of an ``openai`` stack."""
     routes: str | None = None
-    """Mapping file of an ``openai`` target (project -> model and fields)."""
+    """Mapping file of an ``openai`` stack (project -> model and fields)."""
     pid: int | None = None
-    """Process to profile as the ``openai`` target (else the one listening on its port)."""
+    """Process to profile as the ``openai`` stack (else the one listening on its port)."""
 
     @property
     def http(self) -> bool:
@@ -67,30 +75,30 @@ class Target:
 
     @property
     def label(self) -> str:
-        """How the target is written on the command line."""
+        """How the stack is written on the command line."""
         return self.kind if self.factory is None else f"{self.kind}:{self.factory}"
 
 
-def parse_target(
+def parse_stack(
     text: str, url: str | None = None, routes: str | None = None, pid: int | None = None
-) -> Target:
-    """A target from ``--target`` (and, for ``openai``, ``--target-url``, ``--target-map``,
-    ``--target-pid``); anything else is a :class:`ConfigError` naming what is wrong."""
+) -> Stack:
+    """A stack from ``--stack`` (and, for ``openai``, ``--stack-url``, ``--stack-map``,
+    ``--stack-pid``); anything else is a :class:`ConfigError` naming what is wrong."""
     if text in (BUILTIN, "mlx-lm"):
         if url or routes or pid:
-            raise ConfigError(f"--target {text}: --target-url/-map/-pid are for --target openai")
-        return Target(text)
+            raise ConfigError(f"--stack {text}: --stack-url/-map/-pid are for --stack openai")
+        return Stack(text)
     if text == "openai":
         if not url:
-            raise ConfigError("--target openai needs --target-url URL (a running server)")
+            raise ConfigError("--stack openai needs --stack-url URL (a running server)")
         if pid is not None and not psutil.pid_exists(pid):
-            raise ConfigError(f"--target-pid {pid}: no such process")
-        return Target("openai", url=url, routes=routes, pid=pid)
+            raise ConfigError(f"--stack-pid {pid}: no such process")
+        return Stack("openai", url=url, routes=routes, pid=pid)
     kind, _, factory = text.partition(":")
     if kind == "python" and ":" in factory and all(factory.split(":")):
-        return Target("python", factory)
+        return Stack("python", factory)
     raise ConfigError(
-        f"--target {text!r}: expected one of builtin, mlx-lm, openai, python:package.module:Class"
+        f"--stack {text!r}: expected one of builtin, mlx-lm, openai, python:package.module:Class"
     )
 
 
@@ -101,51 +109,51 @@ def load_factory(path: str) -> Any:
         module = importlib.import_module(module_name)
     except Exception as exc:  # an import can fail in any way the user's code does
         raise ConfigError(
-            f"target python:{path}: cannot import {module_name!r} ({type(exc).__name__}: "
+            f"stack python:{path}: cannot import {module_name!r} ({type(exc).__name__}: "
             f"{exc}); is its folder the current one or on PYTHONPATH?"
         ) from exc
     factory = getattr(module, name, None)
     if factory is None or not callable(factory):
-        raise ConfigError(f"target python:{path}: {module_name} has no class {name!r}")
+        raise ConfigError(f"stack python:{path}: {module_name} has no class {name!r}")
     return factory
 
 
-def check_target(target: Target, ops: Iterable[str]) -> None:
-    """Refuse a target that cannot serve every op in ``ops`` (before anything starts)."""
+def check_stack(stack: Stack, ops: Iterable[str]) -> None:
+    """Refuse a stack that cannot serve every op in ``ops`` (before anything starts)."""
     wanted = sorted(set(ops))
-    if target.http:
-        from workloads.targets.http import HTTP_OPS, probe
+    if stack.http:
+        from workloads.stack.http import HTTP_OPS, probe
 
-        if target.url:
-            probe(target.url)
+        if stack.url:
+            probe(stack.url)
         # mlx_lm.server has no embeddings; other servers may (probed when a run sends them)
-        served = HTTP_OPS if target.kind == "mlx-lm" else HTTP_OPS | {"embed"}
+        served = HTTP_OPS if stack.kind == "mlx-lm" else HTTP_OPS | {"embed"}
         extra = [op for op in wanted if op not in served]
         if extra:
             raise ConfigError(
-                f"target {target.label} serves {', '.join(sorted(HTTP_OPS))}"
-                f"{'' if target.kind == 'mlx-lm' else ' (and embed where /v1/embeddings answers)'}"
+                f"stack {stack.label} serves {', '.join(sorted(HTTP_OPS))}"
+                f"{'' if stack.kind == 'mlx-lm' else ' (and embed where /v1/embeddings answers)'}"
                 f"; the profile also sends {', '.join(extra)}: use a profile without them, or "
-                "--target builtin"
+                "--stack builtin"
             )
         return
-    if target.factory is None:
+    if stack.factory is None:
         return
-    factory = load_factory(target.factory)
+    factory = load_factory(stack.factory)
     missing = [
         op for op in sorted(set(ops)) if not callable(getattr(factory, OP_METHODS[op], None))
     ]
     missing += [m for m in REQUIRED if not callable(getattr(factory, m, None))]
     if missing:
         raise ConfigError(
-            f"target {target.label} lacks {', '.join(missing)}: the profile sends "
+            f"stack {stack.label} lacks {', '.join(missing)}: the profile sends "
             f"{', '.join(sorted(set(ops)))}; implement them or use a profile without them"
         )
 
 
-def worker_env(target: Target) -> dict[str, str]:
-    """Environment a replica needs to import the target: this folder on its PYTHONPATH."""
-    if target.factory is None:
+def worker_env(stack: Stack) -> dict[str, str]:
+    """Environment a replica needs to import the stack: this folder on its PYTHONPATH."""
+    if stack.factory is None:
         return {}
     paths = [os.getcwd(), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     return {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}

@@ -19,8 +19,8 @@ from typing import Any
 import ray
 
 from datamodel.runfolder import RecordWriter
-from workloads.generator import GeneratorWorker
-from workloads.progress import Progress
+from workloads.load.generator import GeneratorWorker
+from workloads.load.progress import Progress
 
 DRAIN_TIMEOUT_S = 30.0
 """Longest a worker may take to hand over its records before it counts as lost."""
@@ -34,7 +34,7 @@ class Fleet:
     routes: dict[str, int] | None
     run_name: str
     http: dict[str, Any] | None = None
-    """An HTTP target's plan: workers call it directly (no replicas)."""
+    """An HTTP stack's plan: workers call it directly (no replicas)."""
     workers: dict[int, Any] = field(default_factory=dict)
     issued: dict[int, int] = field(default_factory=dict)
     """Worker number -> operations it issued, as of its last drain."""

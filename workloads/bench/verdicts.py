@@ -44,7 +44,7 @@ from profiling.verdict import calibration
 from profiling.verdict.compare import Comparison, compare_runs
 from profiling.verdict.figures import RunFigures
 from profiling.verdict.statistics import Prior
-from workloads.results import machine_info
+from workloads.runs.results import machine_info
 
 TAIL_SHARE = 0.03
 TAIL_FACTOR = 3.0
@@ -126,7 +126,7 @@ def evaluate(runs: Sequence[RunData], k: int, *, limit: int = 150) -> dict[str, 
 
 
 def _run(spec: Any) -> Path:
-    from workloads.runner import execute
+    from workloads.runs.runner import execute
 
     outcome = execute(spec)
     if outcome.status != "completed":
@@ -136,9 +136,9 @@ def _run(spec: Any) -> Path:
 
 def aa_runs(args: argparse.Namespace, results: Path) -> list[Path]:
     """``args.runs`` runs of one profile and configuration (seeds: half 0, half 1, 2, ...)."""
-    from workloads.runner import RunSpec
-    from workloads.spec import load_profile
-    from workloads.system_config import load_config
+    from workloads.load.spec import load_profile
+    from workloads.runs.runner import RunSpec
+    from workloads.stack.config import load_config
 
     profile = load_profile(args.profile).with_overrides(duration_s=args.duration)
     warm = RunSpec(
@@ -252,7 +252,7 @@ def _test_server(script: str) -> Iterator[tuple[str, int]]:
     stopped by its pid afterwards."""
     import urllib.request
 
-    from workloads.targets.mlx_server import free_port
+    from workloads.stack.mlx_server import free_port
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -294,11 +294,11 @@ def planted_table(
 ) -> list[dict[str, Any]]:
     """Run each planted case ``repeats`` times (needs the repository's tests/ folder on the
     path); per case: how often the expected cause ranked first, and by what margin."""
-    from workloads.runner import RunSpec
+    from workloads.load.spec import parse_profile
+    from workloads.runs.runner import RunSpec
     from workloads.service.projects import Project
-    from workloads.spec import parse_profile
-    from workloads.system_config import load_config
-    from workloads.targets import Target
+    from workloads.stack import Stack
+    from workloads.stack.config import load_config
 
     rows = []
     stdlib = Path(sysconfig.get_paths()["stdlib"])
@@ -322,16 +322,16 @@ def planted_table(
         with contextlib.ExitStack() as stack:
             if target and target.startswith("openai:"):
                 url, pid = stack.enter_context(_test_server(target.removeprefix("openai:")))
-                system = Target("openai", url=url, pid=pid)
+                system = Stack("openai", url=url, pid=pid)
             else:
-                system = Target("python", target) if target else Target("builtin")
+                system = Stack("python", target) if target else Stack("builtin")
             spec = RunSpec(
                 profile=profile,
                 config=config,
                 results_dir=results,
                 quiet=True,
                 extra_projects=projects,
-                target=system,
+                stack=system,
             )
             analyses = [
                 json.loads((_run(spec) / "analysis.json").read_text()) for _ in range(repeats)
@@ -397,7 +397,7 @@ def bench_verdicts(args: argparse.Namespace) -> None:
     ray.init(address="local", include_dashboard=False, _temp_dir=str(temp), log_to_driver=False)
     try:
         if args.interleaved:
-            from workloads import bench_interleaved
+            from workloads.bench import interleaved as bench_interleaved
 
             ab_dir = (
                 Path(args.interleaved_reuse)
@@ -469,6 +469,7 @@ def bench_verdicts(args: argparse.Namespace) -> None:
 def add_parser(sub: Any) -> None:
     """The ``verdicts`` subcommand's arguments."""
     v = sub.add_parser("verdicts", help="A/A false alarms, power, rounds needed, planted causes")
+    v.set_defaults(handler=bench_verdicts)
     v.add_argument("--profile", default="multi-project")
     v.add_argument("--config", default="optimized")
     v.add_argument("--runs", type=int, default=8, help="A/A runs of one configuration")

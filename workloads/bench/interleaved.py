@@ -29,10 +29,10 @@ CHANGES = {"10%": 1.10, "5%": 1.05}
 
 def record_session(args: argparse.Namespace, results: Path) -> Path:
     """One interleaved A/A session; its A/B folder."""
-    from workloads.interleave import execute_interleaved
-    from workloads.runner import RunSpec
-    from workloads.spec import load_profile
-    from workloads.system_config import load_config
+    from workloads.load.spec import load_profile
+    from workloads.runs.interleave import execute_interleaved
+    from workloads.runs.runner import RunSpec
+    from workloads.stack.config import load_config
 
     profile = load_profile(args.profile).with_overrides(duration_s=args.duration)
     spec = RunSpec(

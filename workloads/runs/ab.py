@@ -21,9 +21,9 @@ from typing import Any
 from cluster.connect import connect, disconnect
 from datamodel.errors import LoadlensError
 from datamodel.runfolder import utc_now, write_json
-from workloads.progress import Progress
-from workloads.results import new_run_id
-from workloads.runner import RunOutcome, RunSpec, execute
+from workloads.load.progress import Progress
+from workloads.runs.results import new_run_id
+from workloads.runs.runner import RunOutcome, RunSpec, execute
 
 
 @dataclass
@@ -162,12 +162,12 @@ def round_order(seed: str, rounds: int) -> list[tuple[str, str]]:
 
 
 def label(spec: RunSpec, baseline: RunSpec, candidate: RunSpec) -> str:
-    """A side's name: its config, and its target when the sides' targets differ."""
-    if baseline.target == candidate.target:
+    """A side's name: its config, and its stack when the sides' stacks differ."""
+    if baseline.stack == candidate.stack:
         return spec.config.name
     if baseline.config.name == candidate.config.name:
-        return spec.target.label
-    return f"{spec.config.name} on {spec.target.label}"
+        return spec.stack.label
+    return f"{spec.config.name} on {spec.stack.label}"
 
 
 def _for_report(data: dict[str, Any], run_dir: Path, ab_dir: Path) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from workloads.service.service import (
     ServiceConfig,
     StageTimings,
 )
-from workloads.targets import load_factory
+from workloads.stack import load_factory
 
 LATENCY_BOUNDARIES = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30]
 
@@ -211,7 +211,7 @@ class ServiceReplica:
     @ray.method(concurrency_group="ctl")
     def info(self) -> dict[str, Any]:
         """Who and where this replica is, and what starting it cost."""
-        from workloads.blas import loaded_blas
+        from profiling.capture.libraries import loaded_blas
 
         return {
             "replica": self.index,

@@ -1,0 +1,307 @@
+"""What every run holds while it runs, whatever is under load: its spec, the interrupts
+that stop it, the live set of actors and sinks (:class:`Live`), and how one stage of load
+is issued on the generator workers and drained (:func:`run_stage`).
+
+The driver never busy-waits: it blocks in ``ray.wait`` with a one-second timeout, and
+drains finished records from the generator workers each time it wakes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import ray
+
+from datamodel.runfolder import (
+    RecordWriter,
+)
+from profiling.capture.session import ProfilingSession, head_processes
+from workloads.load.fleet import Fleet
+from workloads.load.progress import Progress
+from workloads.load.shapes import WorkerPlan, active_projects, plan_stage
+from workloads.load.spec import Profile, Stage
+from workloads.service.projects import Project, default_projects
+from workloads.stack import BUILTIN, Stack
+from workloads.stack.config import SystemConfig
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything one run needs, resolved once from flags, env and files."""
+
+    profile: Profile
+    config: SystemConfig
+    results_dir: Path
+    seed: int = 0
+    address: str | None = None
+    workers: int = 2
+    extra_projects: tuple[Project, ...] = ()
+    base_model: Path | None = None
+    cache_dir: Path | None = None
+    quiet: bool = False
+    profiling: bool = True
+    """Capture timelines, flame graphs and snapshots (``--no-profile`` turns it off)."""
+    trace_python: bool = False
+    """Trace Python allocations with tracemalloc in replicas (top-N and diffs in snapshots).
+    Off by default: it slows every Python allocation of the service."""
+    pyspy_rate_hz: int = 20
+    """py-spy sampling rate for the replicas' flame graphs."""
+    targets: str | None = None
+    """Targets file name or path; ``None``: the profile's own if there is one, else default."""
+    stack: Stack = field(default_factory=lambda: Stack(BUILTIN))
+    """The system under load: the builtin stack or a user's service class."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready, for run.json."""
+        return asdict(self)
+
+
+@dataclass
+class RunOutcome:
+    """Where the run landed and how it ended."""
+
+    run_dir: Path
+    status: str
+    records: int
+    summary: dict[str, Any] = field(default_factory=dict)
+    targets_failed: list[str] = field(default_factory=list)
+    """Names of targets that were measured and missed."""
+    stopped_at_once: bool = False
+    """A second interrupt ended it: the analysis was skipped, the process should exit now."""
+
+
+class Interrupts:
+    """First Ctrl-C (or SIGTERM: a CI timeout, ``kill``, a service manager): stop issuing
+    and finish gracefully. A second one: raise KeyboardInterrupt at once.
+
+    Python runs a handler once for signals that arrive while the main thread waits in C
+    (``ray.wait``), so each signal is also counted through a wakeup pipe, one byte a signal.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._old: dict[int, Any] = {}
+        self._old_fd = -1
+        self._pipe: tuple[int, int] | None = None
+
+    def __enter__(self) -> Interrupts:
+        self._pipe = os.pipe()
+        for fd in self._pipe:
+            os.set_blocking(fd, False)
+        self._old_fd = signal.set_wakeup_fd(self._pipe[1])
+        for sig in self.SIGNALS:
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def reinstall(self) -> None:
+        """Take the signals back: ``ray.init`` installs handlers of its own (SIGTERM)."""
+        if self._pipe is not None:
+            signal.set_wakeup_fd(self._pipe[1])
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        arrived = 0
+        if self._pipe is not None:
+            with contextlib.suppress(BlockingIOError):
+                arrived = sum(1 for b in os.read(self._pipe[0], 4096) if b in self.SIGNALS)
+        self.count += max(arrived, 1)
+        if self.count > 1:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc: object) -> None:
+        signal.set_wakeup_fd(self._old_fd)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        if self._pipe is not None:
+            for fd in self._pipe:
+                os.close(fd)
+            self._pipe = None
+
+
+def choose_projects(spec: RunSpec) -> list[Project]:
+    """The user's projects first, then default ones, ``profile.projects`` in all."""
+    wanted = spec.profile.projects
+    chosen = list(spec.extra_projects)[:wanted]
+    if len(chosen) < wanted:
+        taken = {p.name for p in chosen}
+        more = [p for p in default_projects(wanted) if p.name not in taken]
+        chosen += more[: wanted - len(chosen)]
+    return chosen
+
+
+@dataclass
+class Live:
+    """What a running run holds: the actors, the sinks, and how to stop."""
+
+    spec: RunSpec
+    run_dir: Path
+    names: list[str]
+    replicas: list[Any]
+    fleet: Fleet
+    writer: RecordWriter
+    progress: Progress
+    interrupts: Interrupts
+    profiling: ProfilingSession | None = None
+    replica_pids: dict[int, int] = field(default_factory=dict)
+    gauges: RecordWriter | None = None
+    _pending_gauges: list[Any] = field(default_factory=list)
+
+    def drain(self) -> None:
+        """Move finished records (and profiling samples) to disk and the display."""
+        self.fleet.drain(self.writer, self.progress)
+        if self.profiling is not None:
+            self.profiling.drain()
+        self.poll_gauges()
+
+    def poll_gauges(self) -> None:
+        """Ask every replica for its gauges about once a second, never waiting for them."""
+        if self.gauges is None:
+            return
+        if self._pending_gauges:
+            done, self._pending_gauges = ray.wait(
+                self._pending_gauges, num_returns=len(self._pending_gauges), timeout=0
+            )
+            rows = []
+            for ref in done:
+                try:
+                    rows.append(ray.get(ref))
+                except Exception:  # a dead replica: its records say so; gauges just stop
+                    continue
+            self.gauges.write(rows)
+        if not self._pending_gauges:
+            self._pending_gauges = [r.gauges.remote() for r in self.replicas]
+
+    def watch_generators(self, numbers: list[int]) -> None:
+        """Profile new generator workers (a replacement) under their own roles."""
+        if self.profiling is None:
+            return
+        roles: dict[str, dict[int, str]] = {}
+        for info in self.fleet.infos(numbers):
+            roles.setdefault(info["node"], {})[info["pid"]] = f"generator-{info['worker']}"
+        self.profiling.watch(roles)
+
+    def rewatch_replicas(self) -> None:
+        """A restarted replica has a new pid: point the profiler at it."""
+        if self.profiling is None:
+            return
+        infos = []
+        for k, replica in enumerate(self.replicas):
+            try:
+                infos.append(ray.get(replica.info.remote(), timeout=30))
+            except Exception as exc:
+                self.profiling.problems.append(f"replica {k} unreachable: {exc!r}"[:300])
+        moved = [i for i in infos if self.replica_pids.get(i["replica"]) != i["pid"]]
+        if moved:
+            self.profiling.watch({i["node"]: {i["pid"]: f"replica-{i['replica']}"} for i in moved})
+            self.profiling.record_flames(moved)
+            self.replica_pids.update({i["replica"]: i["pid"] for i in moved})
+
+
+def start_plan(
+    worker: Any, stage: Stage, plan: WorkerPlan, names: list[str], elapsed: float
+) -> Any:
+    """Start ``plan`` on ``worker``, ``elapsed`` seconds into the stage (for a replacement:
+    what is left of the time, or the arrivals not due yet); ``None`` if nothing is left."""
+    if stage.mode == "closed":
+        left = stage.duration_s - elapsed
+        if plan.users == 0 or left <= 0.5:
+            return None
+        return worker.run_closed.remote(
+            stage.name,
+            users=plan.users,
+            duration_s=left,
+            think_time_s=stage.think_time_s,
+            mix=list(stage.mix),
+            projects=active_projects(stage, names),
+            popularity=stage.popularity,
+            zipf_s=stage.zipf_s,
+            seed=plan.seed + int(elapsed * 1000),
+        )
+    arrivals = [(o.at_s - elapsed, o.op, o.project) for o in plan.ops if o.at_s > elapsed]
+    if not arrivals:
+        return None
+    return worker.run_open.remote(stage.name, arrivals=arrivals, seed=plan.seed)
+
+
+def run_stage(
+    live: Live, stage: Stage, index: int, *, seed_index: int | None = None, snapshot: bool = True
+) -> dict[str, Any]:
+    """Run ``stage`` (the ``index``-th of the profile) on every generator worker; its
+    plans are drawn from the run's seed plus ``seed_index`` (default ``index``: two
+    blocks given one ``seed_index`` issue the same load). ``snapshot``: take a memory
+    snapshot at its end."""
+    spec, names, fleet = live.spec, live.names, live.fleet
+    numbers = sorted(fleet.workers)
+    plans = plan_stage(
+        stage, names, spec.seed + (index if seed_index is None else seed_index), len(numbers)
+    )
+    started = time.perf_counter()
+    runs: dict[Any, tuple[int, WorkerPlan]] = {}
+    for k, plan in zip(numbers, plans, strict=True):
+        ref = start_plan(fleet.workers[k], stage, plan, names, 0.0)
+        if ref is not None:
+            runs[ref] = (k, plan)
+    live.progress.start_stage(stage, index)
+    costs: list[dict[str, Any]] = []
+    stopped = False
+    while runs:
+        ready, _ = ray.wait(list(runs), num_returns=len(runs), timeout=1.0)
+        if live.interrupts.count and not stopped:
+            fleet.stop()
+            stopped = True
+        live.drain()
+        for ref in ready:
+            k, plan = runs.pop(ref)
+            try:
+                costs.append(ray.get(ref))
+            except Exception as exc:  # the worker died: record its loss, carry its plan on
+                fleet.lose(k, exc, live.writer, live.progress)
+                if stopped:
+                    continue
+                (new,) = fleet.start(1)
+                live.watch_generators([new])
+                fleet.outages[-1]["replaced_by"] = new
+                elapsed = time.perf_counter() - started
+                ref = start_plan(fleet.workers[new], stage, plan, names, elapsed)
+                if ref is not None:
+                    runs[ref] = (new, plan)
+    live.drain()
+    if live.profiling is not None:
+        live.rewatch_replicas()
+        if snapshot:
+            live.profiling.snapshot(live.replicas, f"stage:{stage.name}:end")
+    return {
+        "stage": stage.name,
+        "cpu_seconds": sum(c["cpu_seconds"] for c in costs),
+        "issued": sum(c["issued"] for c in costs),
+        "wall_seconds": max((c["wall_seconds"] for c in costs), default=0.0),
+        "interrupted": stopped,
+    }
+
+
+def watch_everything(
+    profiling: ProfilingSession,
+    replicas: list[dict[str, Any]],
+    generators: list[dict[str, Any]],
+    embedded: bool,
+) -> None:
+    """Give each node's agent the roles of the run's processes, from Ray's records."""
+    driver_node = ray.get_runtime_context().get_node_id()
+    roles: dict[str, dict[int, str]] = {driver_node: {os.getpid(): "driver"}}
+    if embedded:
+        roles[driver_node].update(head_processes())
+    for info in replicas:
+        roles.setdefault(info["node"], {})[info["pid"]] = f"replica-{info['replica']}"
+    for info in generators:
+        roles.setdefault(info["node"], {})[info["pid"]] = f"generator-{info['worker']}"
+    profiling.watch(roles)
