@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # System libraries loadlens uses on Linux, installed once (idempotent).
 # - libopenblas0-pthread: a runtime-dispatching OpenBLAS that MLX's CPU backend can use
-#   instead of the slow reference BLAS bundled in the mlx wheel (see workloads/blas.py).
+#   instead of the slow reference BLAS bundled in the mlx wheel (see workloads/stack/blas.py).
 # Without root or apt, it says what to install and carries on: loadlens then reports the
 # slow BLAS as a finding and the `openblas` configuration is refused with a clear message.
 set -u

@@ -221,3 +221,17 @@ def test_the_shipped_calibration_is_a_weak_prior_and_says_so(tmp_path: Path) -> 
     again = compare_runs(a, b, cache_dir=tmp_path / "cache")
     assert not [w for w in again.warnings if "calibration of its own" in w]
     assert calibration.find(machine, "smoke", tmp_path / "cache")[1] == mine.source
+
+
+def test_mixed_share_scale_weighs_each_ops_shift_and_inverts_it() -> None:
+    from profiling.verdict.figures import MixedShareScale
+
+    fast = ShareScale.of(np.linspace(0.01, 0.03, 200), 0.02)
+    slow = ShareScale.of(np.linspace(0.5, 1.5, 200), 1.0)
+    assert fast is not None and slow is not None
+    mixed = MixedShareScale(((0.75, fast), (0.25, slow)))
+    assert mixed.shift(1.0) == 0.0
+    assert mixed.shift(1.1) == pytest.approx(0.75 * fast.shift(1.1) + 0.25 * slow.shift(1.1))
+    for ratio in (0.8, 1.05, 1.3):
+        assert mixed.ratio(mixed.shift(ratio)) == pytest.approx(ratio, rel=1e-6)
+    assert mixed.ratio(2.0) == math.inf  # no slowdown moves the share by more than one
