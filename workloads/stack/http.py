@@ -102,8 +102,7 @@ def load_routes(path: Path, projects: list[str]) -> dict[str, Routing]:
         api = table.get("api", "completions")
         if api not in APIS:
             raise ConfigError(
-                f"--stack-map {path}: api of {name!r} is {api!r}; expected one of "
-                f"{', '.join(APIS)}"
+                f"--stack-map {path}: api of {name!r} is {api!r}; expected one of {', '.join(APIS)}"
             )
         routes[name] = Routing(table["model"], dict(fields), api)
     return routes
