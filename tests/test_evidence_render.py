@@ -46,7 +46,7 @@ def rows(evidence: dict[str, Any], limit: int = 100) -> dict[str, str]:
         ("mean_cpu_percent", 89.234, ("mean CPU", "89.2%")),
         ("utilisation", 0.98237, ("utilisation", "98%")),
         ("saturated_share", 0.86, ("saturated share", "86%")),
-        ("target_load_share", 0.05, ("target load share", "5.0%")),
+        ("server_load_share", 0.05, ("server load share", "5.0%")),
         ("error_rate", 0.0042, ("error rate", "0.42%")),
         ("tail_share", 0.0, ("tail share", "0%")),
         ("load_p", 0.0001, ("load p-value", "<0.001")),
@@ -58,7 +58,7 @@ def rows(evidence: dict[str, Any], limit: int = 100) -> dict[str, str]:
         ("idle_sent_alone", True, ("idle sent alone", "yes")),
         ("net_of_caches", False, ("net of caches", "no")),
         ("frame", "spin (tests/planted.py)", ("frame", "spin (tests/planted.py)")),
-        ("target_exit_code", -9, ("target exit code", "-9")),
+        ("server_exit_code", -9, ("server exit code", "-9")),
     ],
 )
 def test_each_key_is_labelled_and_shown_in_its_unit(

@@ -618,7 +618,7 @@ def test_adapter_change_compares_first_tokens_and_what_the_server_streamed(tmp_p
     figures = top.evidence["by_op"]["analyze"]
     assert figures["p50_first_token_changed_s"] == pytest.approx(0.5)
     assert figures["p50_first_token_unchanged_s"] == pytest.approx(0.05)
-    assert top.evidence["target_load_share"] == pytest.approx(0.3)  # idle samples left out
+    assert top.evidence["server_load_share"] == pytest.approx(0.3)  # idle samples left out
     # Little's law over the 12.15 s span: 60 requests in flight 0.35 s (0.8 s when they
     # changed), streaming 0.3 s of it.
     batch = top.evidence["batching"]

@@ -1,4 +1,4 @@
-"""HTTP targets end to end: a real ``mlx_lm.server`` that loadlens starts, and a running
+"""HTTP stacks end to end: a real ``mlx_lm.server`` that loadlens starts, and a running
 OpenAI-style server that fails in every way a server can (tests/oddserver.py)."""
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def test_mlx_lm_server_with_three_adapters(tmp_path, cache_dir):
     assert len(mine) >= 3 and all(row["rss"] > 0 for row in mine)
     assert any(row["cpu_percent"] > 0 for row in mine) and any(row["uss"] for row in mine)
     assert all(row["threads"] > 1 and row["fds"] > 3 for row in mine)
-    collapsed = (run / "profiles" / "target.collapsed").read_text()
+    collapsed = (run / "profiles" / "server.collapsed").read_text()
     assert "mlx_lm" in collapsed and "server.py" in collapsed
     # The verdict: what adapter changes cost the server, with its evidence.
     analysis = json.loads((run / "analysis.json").read_text())
@@ -70,10 +70,10 @@ def test_mlx_lm_server_with_three_adapters(tmp_path, cache_dir):
     assert evidence["changed"] == summary["switches"] and evidence["requests"] == len(records)
     main = evidence["by_op"]["analyze"]
     assert main["p50_first_token_changed_s"] > main["p50_first_token_unchanged_s"]
-    assert 0 <= evidence["target_load_share"] <= 1 and evidence["target_busy_samples"] > 0
+    assert 0 <= evidence["server_load_share"] <= 1 and evidence["server_busy_samples"] > 0
     assert any("no MLX counters" in note for note in analysis["notes"])
     report = (run / "report.html").read_text()
-    assert "Not available for target mlx-lm" in report and "adapter changes cost" in report
+    assert "Not available for stack mlx-lm" in report and "adapter changes cost" in report
     assert (run / "server.log").read_text()
 
 

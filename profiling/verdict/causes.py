@@ -519,8 +519,8 @@ def adapter_change(run: RunData, att: Attribution, claims: ServiceClaims) -> lis
                 "changed": int(flags.sum()),
                 "requests": len(rows),
                 "batching": batch,
-                "target_load_share": load[0] if load else None,
-                "target_busy_samples": load[1] if load else None,
+                "server_load_share": load[0] if load else None,
+                "server_busy_samples": load[1] if load else None,
             },
             [RECORDS, f"{PROFILES}/target.collapsed"],
             "route each project to a server (or replica) of its own so adapters stay loaded, "
