@@ -1,4 +1,4 @@
-"""The data model every layer shares: errors, records, quantiles, run folders, stacks.
+"""The data model every layer shares: errors, names, records, quantiles, run folders, stacks.
 
 Nothing here imports workloads, profiling or cluster; they all import this.
 """
