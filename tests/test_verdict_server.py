@@ -10,12 +10,7 @@ from __future__ import annotations
 
 import heapq
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -246,30 +241,11 @@ def _profile(tmp_path: Path, name: str, rate: float, seconds: float, arrival: st
 @pytest.fixture(scope="module")
 def queue_server() -> Iterator[tuple[str, int]]:
     """tests/queueserver.py on a free port: its URL and pid; stopped by pid afterwards."""
-    from workloads.stack.mlx_server import free_port
+    from workloads.bench.verdicts import start_test_server
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     script = str(ROOT / "tests" / "queueserver.py")
-    server = subprocess.Popen(
-        [sys.executable, script, str(port), str(SECONDS_PER_TOKEN), str(PREFILL_S)]
-    )
-    try:
-        for _ in range(100):
-            if server.poll() is not None:
-                raise AssertionError("the queue server exited before it answered")
-            try:
-                urllib.request.urlopen(f"{url}/v1/models", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            raise AssertionError("the queue server never answered")
-        yield url, server.pid
-    finally:
-        if server.poll() is None:
-            os.kill(server.pid, signal.SIGTERM)
-        server.wait(timeout=10)
+    with start_test_server(script, str(SECONDS_PER_TOKEN), str(PREFILL_S)) as started:
+        yield started
 
 
 def _run(tmp_path: Path, cache_dir: Path, url: str, profile: str) -> dict[str, Any]:

@@ -233,7 +233,7 @@ PLANTED: dict[str, tuple[str, dict[str, Any], str | None, dict[str, Any]]] = {
 }
 """Case -> (expected top finding, config changes, test-only service (``openai:SCRIPT``: a
 test-only HTTP server started for the case on a free loopback port, see
-:func:`_test_server`), stage fields). The slow BLAS case is not first: indexes are
+:func:`start_test_server`), stage fields). The slow BLAS case is not first: indexes are
 embedded once, by content, and with the reference BLAS that first embedding alone would
 take many minutes."""
 SMALL_PROJECTS = ("json", "wsgiref", "html")
@@ -247,16 +247,17 @@ requests a second at most, against the case's 15 a second."""
 
 
 @contextlib.contextmanager
-def _test_server(script: str) -> Iterator[tuple[str, int]]:
-    """The repository's test server ``script`` on a free 127.0.0.1 port (its URL, its pid),
-    stopped by its pid afterwards."""
+def start_test_server(script: str, *args: str) -> Iterator[tuple[str, int]]:
+    """The repository's test server ``script`` (``script PORT ARGS...``) on a free 127.0.0.1
+    port, once it answers ``/v1/models``: its URL and pid; stopped by its pid afterwards.
+    Shared with the tests' queueing-server fixture."""
     import urllib.request
 
     from workloads.stack.mlx_server import free_port
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, script, str(port), *QUEUE_SERVER_ARGS])
+    server = subprocess.Popen([sys.executable, script, str(port), *args])
     try:
         for _ in range(100):
             if server.poll() is not None:
@@ -321,7 +322,9 @@ def planted_table(
         )
         with contextlib.ExitStack() as stack:
             if target and target.startswith("openai:"):
-                url, pid = stack.enter_context(_test_server(target.removeprefix("openai:")))
+                url, pid = stack.enter_context(
+                    start_test_server(target.removeprefix("openai:"), *QUEUE_SERVER_ARGS)
+                )
                 system = Stack("openai", url=url, pid=pid)
             else:
                 system = Stack("python", target) if target else Stack("builtin")

@@ -27,7 +27,14 @@ from profiling.capture.session import ProfilingSession
 from workloads.load.fleet import Fleet
 from workloads.load.progress import Progress
 from workloads.load.routing import assign
-from workloads.runs.live import Interrupts, Live, RunSpec, choose_projects, watch_everything
+from workloads.runs.live import (
+    Interrupts,
+    Live,
+    RunSpec,
+    choose_projects,
+    end_profiling,
+    watch_everything,
+)
 from workloads.service.service import STAGE_FRAMES
 from workloads.stack import worker_env
 from workloads.stack.blas import BLAS_THREADS, blas_env, resolve, survey
@@ -157,11 +164,7 @@ def open_builtin(
             profiling.snapshot(replicas, "end")
             _write_wall_profiles(replicas, run_dir / PROFILES)
     finally:
-        if profiling is not None:
-            if interrupts.count > 1:
-                profiling.abort("a second interrupt stopped the run at once")
-            else:
-                profiling.finish()
+        end_profiling(profiling, interrupts)
         if live is not None and live.gauges is not None:
             live.gauges.close()
         release(replicas, fleet)

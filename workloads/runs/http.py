@@ -27,7 +27,14 @@ from datamodel.runfolder import RecordWriter, write_json
 from profiling.capture.session import ProfilingSession
 from workloads.load.fleet import Fleet
 from workloads.load.progress import Progress
-from workloads.runs.live import Interrupts, Live, RunSpec, choose_projects, watch_everything
+from workloads.runs.live import (
+    Interrupts,
+    Live,
+    RunSpec,
+    choose_projects,
+    end_profiling,
+    watch_everything,
+)
 from workloads.service.index import ProjectVectorStoreManager
 from workloads.service.projects import Project
 from workloads.service.service import ServiceConfig
@@ -180,11 +187,7 @@ def open_http(
         yield live
         run_info["generators"] = {"issued_by_worker": fleet.issued, "outages": fleet.outages}
     finally:
-        if profiling is not None:
-            if interrupts.count > 1:
-                profiling.abort("a second interrupt stopped the run at once")
-            else:
-                profiling.finish()
+        end_profiling(profiling, interrupts)
         if fleet is not None:
             fleet.close()
         if server is not None:

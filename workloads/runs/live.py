@@ -305,3 +305,14 @@ def watch_everything(
     for info in generators:
         roles.setdefault(info["node"], {})[info["pid"]] = f"generator-{info['worker']}"
     profiling.watch(roles)
+
+
+def end_profiling(profiling: ProfilingSession | None, interrupts: Interrupts) -> None:
+    """Stop the run's profiler: collect what it holds, or, after a second interrupt, drop
+    it at once with a note."""
+    if profiling is None:
+        return
+    if interrupts.count > 1:
+        profiling.abort("a second interrupt stopped the run at once")
+    else:
+        profiling.finish()
