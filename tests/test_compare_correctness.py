@@ -217,10 +217,29 @@ def test_the_shipped_calibration_is_a_weak_prior_and_says_so(tmp_path: Path) -> 
     own = calibration.build(machine, "smoke", runs, [200.0, 205.0])
     calibration.save(own, machine, tmp_path / "cache")
     mine = calibration.find_calibration(machine, "smoke", tmp_path / "cache")
-    assert mine.own and mine.calibration.df == own.df
+    assert mine.own and "pooled with the shipped default" in mine.source
+    assert mine.calibration.df["memory"] == own.df["memory"] + calibration.DEFAULT_PRIOR_DF
     again = compare_runs(a, b, cache_dir=tmp_path / "cache")
     assert not [w for w in again.warnings if "calibration of its own" in w]
     assert calibration.find(machine, "smoke", tmp_path / "cache")[1] == mine.source
+
+
+def test_own_calibration_of_few_runs_is_pooled_with_the_shipped_prior() -> None:
+    shipped = calibration.read_calibration(calibration.DEFAULT_FILE)
+    assert shipped is not None
+    few = calibration.Calibration(
+        "m", "p", 4, {"memory": 0.002, "retrieve:p95": 0.0, "odd": 0.5}, {"memory": 3.0}, {}, {}
+    )
+    pooled = calibration.with_prior(few, shipped)
+    # Four runs that agreed on memory do not make memory drift-free: half the weight is the
+    # prior's, so the sd is at least sqrt(1/2) of the shipped one.
+    assert pooled.sigma["memory"] >= math.sqrt(0.5) * shipped.sigma["memory"]
+    assert pooled.df["memory"] == 3.0 + calibration.DEFAULT_PRIOR_DF
+    # An op the shipped file lacks borrows its kind's drift; a key with no kind keeps its own.
+    assert pooled.sigma["retrieve:p95"] > 0.0
+    assert pooled.sigma["odd"] == 0.5
+    many = calibration.Calibration("m", "p", 100, {"memory": 0.002}, {"memory": 3000.0}, {}, {})
+    assert calibration.with_prior(many, shipped).sigma["memory"] < 0.004  # own data outweighs
 
 
 def test_mixed_share_scale_weighs_each_ops_shift_and_inverts_it() -> None:

@@ -207,21 +207,55 @@ def weak(calibration: Calibration, most_df: float = DEFAULT_PRIOR_DF) -> Calibra
     return replace(calibration, df=df)
 
 
+def with_prior(
+    own: Calibration, prior: Calibration, prior_df: float = DEFAULT_PRIOR_DF
+) -> Calibration:
+    """``own`` with ``prior``'s drift pooled in as ``prior_df`` more degrees of freedom.
+
+    A calibration of a few runs can miss what drift looks like here: memory peaks that jump
+    between two levels in one run of six, or a latency quantile that happened to agree in
+    four runs, give a standard deviation near zero, and one run a side is then "significant"
+    for drifting as identical runs do (measured: 5 of 15 one-run A/A pairs flagged on the
+    memory row, each with run-to-run sd 0.002-0.003 from the four other runs). Pooling the
+    variance with the shipped default as a weak prior keeps such a calibration from
+    claiming certainty, while a calibration of many runs outweighs it (27 own degrees of
+    freedom against 3). A key the prior lacks falls back to its kind (``analyze:p95`` to
+    ``p95``); a key neither has keeps ``own``'s figure.
+    """
+    sigma, df = dict(own.sigma), dict(own.df)
+    for key, s_own in own.sigma.items():
+        s_prior = prior.sigma.get(key, prior.sigma.get(key.rpartition(":")[2]))
+        if s_prior is None:
+            continue
+        nu = max(own.df.get(key, 0.0), 0.0)
+        sigma[key] = math.sqrt((nu * s_own**2 + prior_df * s_prior**2) / (nu + prior_df))
+        df[key] = nu + prior_df
+    return replace(own, sigma=sigma, df=df)
+
+
 def find_calibration(machine: Mapping[str, Any], profile: str | None, cache_dir: Path) -> Found:
     """The calibration that fits best, where it came from, and whether it is this machine's.
 
     This machine's file for ``profile``; else this machine's file for another profile (the
-    one with the largest drift, to stay cautious); else the shipped default, as a weak
-    prior (:data:`DEFAULT_PRIOR_DF`).
+    one with the largest drift, to stay cautious); either pooled with the shipped default
+    as a weak prior (:func:`with_prior`). Else the shipped default alone, as a weak prior
+    (:data:`DEFAULT_PRIOR_DF`).
     """
     folder = calibration_root(cache_dir) / machine_key(machine)
+    default = read_calibration(DEFAULT_FILE)
+    pooled = (
+        f", pooled with the shipped default as {DEFAULT_PRIOR_DF:g} degrees of freedom"
+        if default
+        else ""
+    )
     if profile and (exact := read_calibration(folder / f"{profile}.json")):
-        return Found(exact, f"A/A calibration of this machine, profile {profile}", True)
+        own = with_prior(exact, default) if default else exact
+        return Found(own, f"A/A calibration of this machine, profile {profile}{pooled}", True)
     others = [c for p in sorted(folder.glob("*.json")) if (c := read_calibration(p))]
     if others:
         worst = max(others, key=lambda c: max(c.sigma.values(), default=0.0))
-        return Found(worst, f"A/A calibration of this machine, profile {worst.profile}", True)
-    default = read_calibration(DEFAULT_FILE)
+        own = with_prior(worst, default) if default else worst
+        return Found(own, f"A/A calibration of this machine, profile {worst.profile}{pooled}", True)
     if default is None:  # pragma: no cover - the file ships with the package
         return Found(Calibration("unknown", "none", 0, {}, {}, {}, {}), "no calibration", False)
     return Found(

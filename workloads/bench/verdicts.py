@@ -57,14 +57,16 @@ def _peak_mb(run: RunData) -> float:
 
 
 def _priors(runs: Sequence[RunData], source: str) -> dict[str, Prior]:
-    """Drift priors calibrated on ``runs``."""
+    """Drift priors calibrated on ``runs``, pooled with the shipped default as comparisons
+    pool this machine's own calibration (:func:`calibration.find_calibration`)."""
     cal = calibration.build(
         runs[0].run.get("machine") or {},
         "aa",
         [RunFigures.of(r) for r in runs],
         [_peak_mb(r) for r in runs],
     )
-    return cal.priors(source)
+    default = calibration.read_calibration(calibration.DEFAULT_FILE)
+    return (calibration.with_prior(cal, default) if default else cal).priors(source)
 
 
 def _flagged(c: Comparison) -> bool:
