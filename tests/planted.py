@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from workloads.service.service import OpResult, Service
+from workloads.service.service import OpResult, Service, StageTimings
 
 HOT_LOOP_S = 0.3
 """Pure-Python work each planted analyze does outside every named stage: about two thirds
@@ -28,6 +28,10 @@ SLOW_READ_S = 0.025
 """Extra seconds each planted read of an adapter or an index from disk takes."""
 REMOTE_WAIT_S = 0.08
 """Seconds each planted search waits for a remote store's reply (several times its work)."""
+FIXED_SERVICE_S = 0.1
+"""Seconds every analyze and search of :class:`FixedTimeService` takes, one at a time: one
+replica of it serves at most 1 / 0.1 = 10 operations a second, its capacity by
+construction."""
 LOCK_HOLD_S = 0.25
 """Seconds a planted background refresher holds the lock that every analyze needs: about
 as long as the analyze itself (at 0.1 s the wait was 15-18% of latency, within reach of
@@ -133,3 +137,25 @@ class ContendedLockService(Service):
         result = super().analyze(name, query)
         self._jobs.put(None)
         return result
+
+
+class FixedTimeService(Service):
+    """A service whose capacity is known: every analyze and search holds the replica for
+    :data:`FIXED_SERVICE_S` (one at a time, by a lock) and does nothing else. Under
+    evenly spaced arrivals nothing queues below 1 / FIXED_SERVICE_S operations a second
+    and the backlog grows without end above it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.one_at_a_time = threading.Lock()
+
+    def _hold(self, op: str, name: str) -> OpResult:
+        with self.one_at_a_time:
+            time.sleep(FIXED_SERVICE_S)
+        return OpResult(op, name, StageTimings())
+
+    def analyze(self, name: str, query: str) -> OpResult:
+        return self._hold("analyze", name)
+
+    def search(self, name: str, query: str, k: int | None = None) -> OpResult:
+        return self._hold("search", name)

@@ -245,3 +245,62 @@ def test_clean_run_names_no_defect(ray_session, tmp_path, cache_dir, tiny_trees)
 
 CLEAN_SHARE = 0.1
 """No cause may claim this share of a clean run's latency."""
+
+
+def test_capacity_search_finds_a_known_capacity_and_why_it_breaks(
+    ray_session, tmp_path, cache_dir, tiny_trees
+):
+    """A stack whose capacity is 1 / FIXED_SERVICE_S by construction: the search brackets
+    it, stops an over-capacity level early, keeps goodput per level, and names the wait in
+    the service as what gives way."""
+    from profiling.verdict.capacity import parse_slo
+    from tests.planted import FIXED_SERVICE_S
+    from workloads.runs.capacity import CapacitySpec, execute_capacity
+
+    head = "projects = 3\nreplicas = 1\n"
+    profile = parse_profile(
+        tomllib.loads(
+            head
+            + stage(
+                name="s",
+                duration_s=5,
+                mode="open",
+                rate=5.0,
+                arrival="constant",
+                mix={"analyze": 1.0},
+            )
+        ),
+        source="capacity",
+        name="capacity",
+    )
+    spec = RunSpec(
+        profile=profile,
+        config=load_config("optimized"),
+        results_dir=tmp_path,
+        extra_projects=tuple(tiny(tiny_trees)),
+        cache_dir=cache_dir,
+        quiet=True,
+        stack=Stack("python", "tests.planted:FixedTimeService"),
+    )
+    slo = parse_slo("analyze:p95<=1", ("analyze",))
+    outcome = execute_capacity(spec, CapacitySpec("rate", (slo,), level_s=5.0))
+    assert outcome.status == "completed"
+    found = json.loads((outcome.run_dir / "capacity.json").read_text())
+    kinds = [row["kind"] for row in found["levels"]]
+    assert kinds[:2] == ["one user", "saturation"] and kinds.count("level") >= 3, kinds
+    answer = found["capacity"]
+    truth = 1.0 / FIXED_SERVICE_S
+    assert answer["unit"] == "ops/s" and not answer["censored"], answer
+    # Ray's per-call overhead makes the real capacity a few percent under 1 / service time.
+    assert answer["low"] <= truth * 1.02 and answer["high"] >= truth * 0.95, answer
+    assert answer["low"] <= answer["value"] <= answer["high"]
+    saturated = found["saturated_ops_s"]
+    assert saturated["low"] <= saturated["value"] <= saturated["high"], saturated
+    assert 0.85 * truth <= saturated["value"] <= 1.05 * truth, saturated
+    passing = [r for r in found["levels"] if r["kind"] == "level" and r["value"] < 0.8 * truth]
+    assert passing and all(r["goodput_ops_s"] > 0.9 * r["value"] for r in passing), passing
+    breaks = found["why"]["first_fail"]
+    assert breaks["causes"][0]["kind"] == "waiting", breaks
+    assert "FixedTimeService._hold" in breaks["causes"][0]["title"]
+    assert found["why"]["last_pass"]["value"] < breaks["value"]
+    assert "holds" in answer["sentence"]

@@ -12,18 +12,20 @@ import argparse
 import dataclasses
 import os
 import sys
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from datamodel.errors import ConfigError, LoadlensError
 from datamodel.names import check_folder
-from workloads.load.spec import list_profiles, load_profile
+from workloads.load.spec import OPS, list_profiles, load_profile
 from workloads.service.projects import parse_project_arg
 from workloads.stack import BUILTIN, check_stack, parse_stack
 from workloads.stack.config import list_configs, load_config
 
 if TYPE_CHECKING:
     from workloads.runs.ab import ABOutcome
+    from workloads.runs.live import RunOutcome
     from workloads.runs.runner import RunSpec
 
 DEFAULT_RESULTS = Path("results")
@@ -189,11 +191,71 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--pyspy-rate", type=int, default=20, help="py-spy samples per second")
     p.add_argument(
+        "--capacity",
+        nargs="?",
+        const="rate",
+        default=None,
+        metavar="AXIS",
+        help="search the highest load that meets every SLO: 'rate' (open-loop arrivals a "
+        "second, the default) or 'users' (concurrent users); writes capacity.json",
+    )
+    p.add_argument(
+        "--slo",
+        action="append",
+        default=[],
+        metavar="OP:METRIC<=VALUE",
+        help="an SLO of the capacity search (repeatable), e.g. 'analyze:p95<=2', "
+        "'all:p99<=500ms', 'errors:rate<=0.01', 'analyze:ttft_p95<=0.5'; the targets "
+        "file's latency targets count too",
+    )
+    p.add_argument(
+        "--precision",
+        type=float,
+        default=0.10,
+        help="capacity search: stop when the interval is within this share of the value",
+    )
+    p.add_argument(
+        "--level-s", type=float, default=None, help="capacity search: seconds of one level"
+    )
+    p.add_argument(
         "--no-profile",
         action="store_true",
         help="no timelines, flame graphs or memory snapshots (records only)",
     )
     return p
+
+
+def _capacity(spec: RunSpec, args: argparse.Namespace, ops: Collection[str]) -> RunOutcome:
+    """``--capacity``: the SLOs from ``--slo`` and the targets file, then the search."""
+    from profiling.verdict.capacity import parse_slo, slos_from_targets
+    from profiling.verdict.targets import load_targets
+    from workloads.runs.capacity import LEVEL_S, CapacitySpec, execute_capacity
+    from workloads.runs.runner import targets_name
+
+    if args.baseline or args.baseline_stack:
+        raise ConfigError(
+            "--capacity with --baseline is not built yet: run the search once per side and "
+            "compare their capacity.json figures"
+        )
+    known = tuple(dict.fromkeys((*sorted(ops), *OPS)))
+    slos = [parse_slo(text, known) for text in args.slo]
+    name = targets_name(spec)
+    taken = {s.text for s in slos}
+    for slo in slos_from_targets(load_targets(name), name):
+        if slo.op not in ops:
+            print(
+                f"capacity: the targets' {slo.text} is left out: the profile's mix has no {slo.op}",
+                file=sys.stderr,
+            )
+        elif slo.text not in taken:
+            slos.append(slo)
+    search = CapacitySpec(
+        axis=args.capacity,
+        slos=tuple(slos),
+        precision=args.precision,
+        level_s=args.level_s or LEVEL_S,
+    )
+    return execute_capacity(spec, search)
 
 
 def _exit_now() -> None:
@@ -260,6 +322,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"regressions: {', '.join(ab.regressions)}", file=sys.stderr)
                 return 1
             return 0 if ab.status == "completed" else 1
+        if args.capacity is not None:
+            outcome = _capacity(spec, args, profile.ops)
+            codes = {"interrupted": 130, "completed": 0}
+            return codes.get(outcome.status, 1)
         outcome = execute(spec)
     except LoadlensError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -62,8 +62,10 @@ class Fleet:
         """pid and node of workers ``numbers`` (for the profiler's roles)."""
         return ray.get([self.workers[k].info.remote() for k in numbers])
 
-    def drain(self, writer: RecordWriter, progress: Progress) -> None:
-        """Move every worker's finished records to disk; a worker that fails is lost."""
+    def drain(self, writer: RecordWriter, progress: Progress) -> list[dict[str, Any]]:
+        """Move every worker's finished records to disk; a worker that fails is lost.
+        Returns the records moved."""
+        moved: list[dict[str, Any]] = []
         refs = {k: w.drain.remote() for k, w in self.workers.items()}
         for k, ref in refs.items():
             try:
@@ -75,6 +77,8 @@ class Fleet:
             progress.add(batch["records"], batch["in_flight"])
             self.issued[k] = batch["issued"]
             self.pending[k] = batch["pending"]
+            moved.extend(batch["records"])
+        return moved
 
     def lose(self, k: int, why: BaseException, writer: RecordWriter, progress: Progress) -> None:
         """Record worker ``k``'s outage; its operations in flight become error records."""
@@ -118,3 +122,13 @@ class Fleet:
         for w in list(self.workers.values()):
             with contextlib.suppress(Exception):  # a lost one is found by the next drain
                 ray.get(w.stop.remote(), timeout=DRAIN_TIMEOUT_S)
+
+    def resume(self) -> None:
+        """Let every live worker issue again after :meth:`stop` (the next stage)."""
+        for w in list(self.workers.values()):
+            with contextlib.suppress(Exception):  # a lost one is found by the next drain
+                ray.get(w.resume.remote(), timeout=DRAIN_TIMEOUT_S)
+
+    def in_flight(self) -> list[dict[str, Any]]:
+        """The operations in flight at the last drain (each with its ``planned`` time)."""
+        return [r for rows in self.pending.values() for r in rows]

@@ -89,6 +89,10 @@ class GeneratorWorker:
         """Stop issuing; operations in flight still finish and are recorded."""
         self._stop.set()
 
+    async def resume(self) -> None:
+        """Issue again after :meth:`stop` (a capacity search's next level)."""
+        self._stop.clear()
+
     async def drain(self) -> dict[str, Any]:
         """Hand over the records finished since the last drain, plus live counters and the
         operations still in flight (the driver records them as lost if this worker dies)."""

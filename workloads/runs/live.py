@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -154,11 +155,15 @@ class Live:
     profiling: ProfilingSession | None = None
     replica_pids: dict[int, int] = field(default_factory=dict)
     gauges: RecordWriter | None = None
+    tap: Callable[[list[dict[str, Any]]], None] | None = None
+    """Called with each batch of finished records (a capacity search reads its levels)."""
     _pending_gauges: list[Any] = field(default_factory=list)
 
     def drain(self) -> None:
         """Move finished records (and profiling samples) to disk and the display."""
-        self.fleet.drain(self.writer, self.progress)
+        records = self.fleet.drain(self.writer, self.progress)
+        if self.tap is not None and records:
+            self.tap(records)
         if self.profiling is not None:
             self.profiling.drain()
         self.poll_gauges()
@@ -234,12 +239,20 @@ def start_plan(
 
 
 def run_stage(
-    live: Live, stage: Stage, index: int, *, seed_index: int | None = None, snapshot: bool = True
+    live: Live,
+    stage: Stage,
+    index: int,
+    *,
+    seed_index: int | None = None,
+    snapshot: bool = True,
+    watch: Callable[[float], str | None] | None = None,
 ) -> dict[str, Any]:
     """Run ``stage`` (the ``index``-th of the profile) on every generator worker; its
     plans are drawn from the run's seed plus ``seed_index`` (default ``index``: two
     blocks given one ``seed_index`` issue the same load). ``snapshot``: take a memory
-    snapshot at its end."""
+    snapshot at its end. ``watch`` is called about once a second with the seconds since
+    the start; a reason it returns stops the stage early (``stopped_early`` says why;
+    the workers stay stopped until ``fleet.resume()``)."""
     spec, names, fleet = live.spec, live.names, live.fleet
     numbers = sorted(fleet.workers)
     plans = plan_stage(
@@ -254,19 +267,24 @@ def run_stage(
     live.progress.start_stage(stage, index)
     costs: list[dict[str, Any]] = []
     stopped = False
+    early: str | None = None
     while runs:
         ready, _ = ray.wait(list(runs), num_returns=len(runs), timeout=1.0)
         if live.interrupts.count and not stopped:
             fleet.stop()
             stopped = True
         live.drain()
+        if watch is not None and early is None and not stopped:
+            early = watch(time.perf_counter() - started)
+            if early is not None:
+                fleet.stop()
         for ref in ready:
             k, plan = runs.pop(ref)
             try:
                 costs.append(ray.get(ref))
             except Exception as exc:  # the worker died: record its loss, carry its plan on
                 fleet.lose(k, exc, live.writer, live.progress)
-                if stopped:
+                if stopped or early is not None:
                     continue
                 (new,) = fleet.start(1)
                 live.watch_generators([new])
@@ -286,6 +304,7 @@ def run_stage(
         "issued": sum(c["issued"] for c in costs),
         "wall_seconds": max((c["wall_seconds"] for c in costs), default=0.0),
         "interrupted": stopped,
+        "stopped_early": early,
     }
 
 
