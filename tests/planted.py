@@ -56,7 +56,7 @@ class SlowStorageService(Service):
         super().__init__(*args, **kwargs)
         for manager in (self.adapters, self.indexes):
             read = manager._read
-            manager._read = _slowed(read)  # type: ignore[method-assign]
+            manager._read = _slowed(read)  # type: ignore[method-assign,assignment]
 
 
 def _slowed(read: Callable[[str], Any]) -> Callable[[str], Any]:

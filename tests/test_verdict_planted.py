@@ -304,3 +304,5 @@ def test_capacity_search_finds_a_known_capacity_and_why_it_breaks(
     assert "FixedTimeService._hold" in breaks["causes"][0]["title"]
     assert found["why"]["last_pass"]["value"] < breaks["value"]
     assert "holds" in answer["sentence"]
+    report = (outcome.run_dir / "report.html").read_text()
+    assert '<section id="capacity">' in report and answer["sentence"].split(" (")[0] in report

@@ -28,6 +28,7 @@ from datamodel.quantiles import quantile_sorted
 from datamodel.records import number
 from datamodel.runfolder import RunData
 from profiling.render import charts
+from profiling.render.capacity_html import CAPACITY_JSON, capacity_section
 from profiling.render.charts import Chart, Series, format_value
 from profiling.render.evidence import Row
 from profiling.render.sections import (
@@ -423,12 +424,16 @@ def _flamegraphs(run: RunData) -> Section:
 
 
 def build_report(
-    run: RunData, analysis: dict[str, Any] | None, comparison: dict[str, Any] | None = None
+    run: RunData,
+    analysis: dict[str, Any] | None,
+    comparison: dict[str, Any] | None = None,
+    capacity: dict[str, Any] | None = None,
 ) -> ReportData:
     """Every section of the report of ``run``, computed; missing data makes a short section."""
     t0 = _origin(run)
     sections = [
         _header(run, analysis),
+        *filter(None, [capacity_section(capacity)]),
         targets_section(analysis),
         budget_section(analysis),
         findings_section(analysis),
@@ -615,7 +620,8 @@ def write_report(run_dir: str | Path, comparison: dict[str, Any] | None = None) 
     if comparison is None:
         comparison = _load_optional(folder / COMPARISON_JSON)
     analysis = _load_optional(folder / ANALYSIS_JSON)
-    html = render_html(build_report(RunData.load(folder), analysis, comparison))
+    capacity = _load_optional(folder / CAPACITY_JSON)
+    html = render_html(build_report(RunData.load(folder), analysis, comparison, capacity))
     path = folder / REPORT_HTML
     fd, tmp = tempfile.mkstemp(prefix=f".{REPORT_HTML}.", dir=folder)
     try:

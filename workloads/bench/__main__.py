@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from workloads.bench import generator, ingest, interleaved, profiling, service, soak, verdicts
+from workloads.bench import (
+    capacity,
+    generator,
+    ingest,
+    interleaved,
+    profiling,
+    service,
+    soak,
+    verdicts,
+)
 
-MODULES = (service, generator, profiling, verdicts, ingest, soak)
+MODULES = (service, generator, profiling, verdicts, ingest, soak, capacity)
 """Each adds its subcommand (and its handler) to the parser."""
 _ = interleaved  # part of ``verdicts --interleaved``
 

@@ -621,9 +621,10 @@ def execute_capacity(spec: RunSpec, search: CapacitySpec) -> RunOutcome:
         disconnect()
         records, summary = close_folder(run_dir, run_info, writer, status)
     progress.final(summary, run_dir, status)
+    payload = result(found, run_dir, status) if found is not None else None
+    if payload is not None:
+        write_json(run_dir / "capacity.json", payload)  # before the report, which shows it
     failed = judge(run_dir, spec, progress)
-    if found is not None:
-        payload = result(found, run_dir, status)
-        write_json(run_dir / "capacity.json", payload)
+    if payload is not None:
         print(table(payload), flush=True)
     return RunOutcome(run_dir, status, records, summary, failed)
