@@ -125,6 +125,17 @@ def check_profiling(run: Path, records: list[dict]) -> None:
         (["--target", "openai", "--target-url", "http://127.0.0.1:9"], "nothing answers"),
         (["--stack", "builtin", "--target", "builtin"], "are the same flag; give only --stack"),
         (["--profile", "smoke", "--results-dir", "{a_file}"], "is a file, not a folder"),
+        (["--profile", "smoke", "--capacity", "--slo", "analyse:p95<=2"], "unknown op 'analyse'"),
+        (["--profile", "smoke", "--capacity", "--slo", "analyze:p95<=-1"], "expected OP:METRIC"),
+        (["--profile", "smoke", "--capacity", "bogus", "--slo", "all:p95<=2"], "unknown axis"),
+        (
+            ["--profile", "smoke", "--capacity", "--slo", "all:p95<=2", "--precision", "1.5"],
+            "--precision must be within (0, 1)",
+        ),
+        (
+            ["--profile", "smoke", "--capacity", "--slo", "all:p95<=2", "--baseline", "baseline"],
+            "--capacity with --baseline is not built yet",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_a_clear_message(tmp_path, cache_dir, args, message):

@@ -247,6 +247,23 @@ CLEAN_SHARE = 0.1
 """No cause may claim this share of a clean run's latency."""
 
 
+def capacity_spec(tmp_path: Path, cache_dir: Path, tiny_trees: dict[str, Path]) -> RunSpec:
+    """One replica of the known-capacity service, analyze only, evenly spaced arrivals."""
+    head = "projects = 3\nreplicas = 1\n"
+    text = head + stage(
+        name="s", duration_s=5, mode="open", rate=5.0, arrival="constant", mix={"analyze": 1.0}
+    )
+    return RunSpec(
+        profile=parse_profile(tomllib.loads(text), source="capacity", name="capacity"),
+        config=load_config("optimized"),
+        results_dir=tmp_path,
+        extra_projects=tuple(tiny(tiny_trees)),
+        cache_dir=cache_dir,
+        quiet=True,
+        stack=Stack("python", "tests.planted:FixedTimeService"),
+    )
+
+
 def test_capacity_search_finds_a_known_capacity_and_why_it_breaks(
     ray_session, tmp_path, cache_dir, tiny_trees
 ):
@@ -257,31 +274,7 @@ def test_capacity_search_finds_a_known_capacity_and_why_it_breaks(
     from tests.planted import FIXED_SERVICE_S
     from workloads.runs.capacity import CapacitySpec, execute_capacity
 
-    head = "projects = 3\nreplicas = 1\n"
-    profile = parse_profile(
-        tomllib.loads(
-            head
-            + stage(
-                name="s",
-                duration_s=5,
-                mode="open",
-                rate=5.0,
-                arrival="constant",
-                mix={"analyze": 1.0},
-            )
-        ),
-        source="capacity",
-        name="capacity",
-    )
-    spec = RunSpec(
-        profile=profile,
-        config=load_config("optimized"),
-        results_dir=tmp_path,
-        extra_projects=tuple(tiny(tiny_trees)),
-        cache_dir=cache_dir,
-        quiet=True,
-        stack=Stack("python", "tests.planted:FixedTimeService"),
-    )
+    spec = capacity_spec(tmp_path, cache_dir, tiny_trees)
     slo = parse_slo("analyze:p95<=1", ("analyze",))
     outcome = execute_capacity(spec, CapacitySpec("rate", (slo,), level_s=5.0))
     assert outcome.status == "completed"
@@ -306,3 +299,24 @@ def test_capacity_search_finds_a_known_capacity_and_why_it_breaks(
     assert "holds" in answer["sentence"]
     report = (outcome.run_dir / "report.html").read_text()
     assert '<section id="capacity">' in report and answer["sentence"].split(" (")[0] in report
+
+
+def test_capacity_on_the_users_axis_finds_the_users_a_latency_slo_allows(
+    ray_session, tmp_path, cache_dir, tiny_trees
+):
+    """Closed loop on the known-capacity service: u users wait u x 0.1 s for each op, so
+    95% of ops within 0.45 s holds 4 users and not 5."""
+    from profiling.verdict.capacity import parse_slo
+    from workloads.runs.capacity import CapacitySpec, execute_capacity
+
+    spec = capacity_spec(tmp_path, cache_dir, tiny_trees)
+    slo = parse_slo("analyze:p95<=0.45", ("analyze",))
+    outcome = execute_capacity(spec, CapacitySpec("users", (slo,), level_s=4.0))
+    assert outcome.status == "completed"
+    found = json.loads((outcome.run_dir / "capacity.json").read_text())
+    answer = found["capacity"]
+    assert found["axis"] == "users" and answer["unit"] == "users"
+    assert 4.0 <= answer["value"] < 5.0 and answer["low"] <= 4.0 and answer["high"] <= 6.0, answer
+    by_users = {r["value"]: r for r in found["levels"] if r["kind"] == "level"}
+    assert by_users[4.0]["p95_s"] < 0.45 < by_users[5.0]["p95_s"], sorted(by_users)
+    assert answer["limiting_slo"] == "analyze:p95<=0.45"

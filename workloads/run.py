@@ -303,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
             pyspy_rate_hz=args.pyspy_rate,
             stack=stack,
         )
+        if args.capacity is not None:
+            outcome = _capacity(spec, args, profile.ops)
+            codes = {"interrupted": 130, "completed": 0}
+            return codes.get(outcome.status, 1)
         if args.baseline or args.baseline_stack:
             if args.rounds is not None and args.rounds < 1:
                 raise ConfigError("--rounds must be >= 1")
@@ -322,10 +326,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"regressions: {', '.join(ab.regressions)}", file=sys.stderr)
                 return 1
             return 0 if ab.status == "completed" else 1
-        if args.capacity is not None:
-            outcome = _capacity(spec, args, profile.ops)
-            codes = {"interrupted": 130, "completed": 0}
-            return codes.get(outcome.status, 1)
         outcome = execute(spec)
     except LoadlensError as exc:
         print(f"error: {exc}", file=sys.stderr)
