@@ -171,3 +171,25 @@ def test_finish_rate_has_a_t_interval_over_one_second_blocks() -> None:
     got = cap.finish_rate(ends, 100.0, 10.0)
     assert got.value == pytest.approx(10.0) and got.low <= 10.0 <= got.high
     assert cap.finish_rate([], 0.0, 1.0).high == float("inf")
+
+
+def _found(value: float, low: float, high: float | None, axis: str = "rate") -> dict:
+    return {
+        "axis": axis,
+        "slos": [{"text": "analyze:p95<=2"}],
+        "capacity": {"value": value, "low": low, "high": high, "unit": "ops/s", "sentence": "s"},
+    }
+
+
+def test_capacity_ratio_has_an_interval_wider_than_either_side() -> None:
+    got = cap.compare_capacities(_found(5.0, 4.5, 5.5), _found(10.0, 9.0, 11.0))
+    assert got["ratio"] == pytest.approx(2.0) and got["significant"]
+    # Wider, in logs, than either side's own interval; narrower than their extremes.
+    assert got["high"] / got["low"] > 5.5 / 4.5
+    assert 9.0 / 5.5 < got["low"] < 2.0 < got["high"] < 11.0 / 4.5
+    same = cap.compare_capacities(_found(5.0, 4.5, 5.5), _found(5.2, 4.7, 5.7))
+    assert not same["significant"] and "no difference shown" in same["sentence"]
+    censored = cap.compare_capacities(_found(5.0, 4.5, 5.5), _found(8.0, 7.0, None))
+    assert censored["ratio"] is None and "censored" in censored["sentence"]
+    with pytest.raises(ConfigError, match="different axes"):
+        cap.compare_capacities(_found(5.0, 4.5, 5.5), _found(5.0, 4.5, 5.5, axis="users"))

@@ -133,8 +133,8 @@ def check_profiling(run: Path, records: list[dict]) -> None:
             "--precision must be within (0, 1)",
         ),
         (
-            ["--profile", "smoke", "--capacity", "--slo", "all:p95<=2", "--baseline", "baseline"],
-            "--capacity with --baseline is not built yet",
+            ["--profile", "smoke", "--capacity", "--slo", "all:p95<=2", "--baseline", "nope"],
+            "unknown config 'nope'",
         ),
     ],
 )

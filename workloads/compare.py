@@ -143,11 +143,27 @@ def _compare(args: argparse.Namespace) -> Comparison:
         priors=_priors(args.calibration),
     )
     write_json(out / COMPARISON_JSON, comparison.as_dict())
+    _capacities(side_a, side_b, out)
     if out == side_b[0].path and (out / "run.json").is_file():
         from profiling.render.html import write_report
 
         write_report(out)  # run B's report now carries the comparison
     return comparison
+
+
+def _capacities(side_a: Sequence[RunData], side_b: Sequence[RunData], out: Path) -> None:
+    """Two capacity searches (one run a side, each with ``capacity.json``): their ratio,
+    printed and written to ``capacity_comparison.json``."""
+    from profiling.verdict.capacity import compare_capacities
+
+    if len(side_a) != 1 or len(side_b) != 1:
+        return
+    paths = [side[0].path / "capacity.json" for side in (side_a, side_b)]
+    if not all(p.is_file() for p in paths):
+        return
+    ratio = compare_capacities(*(json.loads(p.read_text()) for p in paths))
+    write_json(out / "capacity_comparison.json", ratio)
+    print(f"capacity: {ratio['sentence']}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

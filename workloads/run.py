@@ -232,11 +232,6 @@ def _capacity(spec: RunSpec, args: argparse.Namespace, ops: Collection[str]) -> 
     from workloads.runs.capacity import LEVEL_S, CapacitySpec, execute_capacity
     from workloads.runs.runner import targets_name
 
-    if args.baseline or args.baseline_stack:
-        raise ConfigError(
-            "--capacity with --baseline is not built yet: run the search once per side and "
-            "compare their capacity.json figures"
-        )
     known = tuple(dict.fromkeys((*sorted(ops), *OPS)))
     slos = [parse_slo(text, known) for text in args.slo]
     name = targets_name(spec)
@@ -255,7 +250,34 @@ def _capacity(spec: RunSpec, args: argparse.Namespace, ops: Collection[str]) -> 
         precision=args.precision,
         level_s=args.level_s or LEVEL_S,
     )
-    return execute_capacity(spec, search)
+    if not (args.baseline or args.baseline_stack):
+        return execute_capacity(spec, search)
+    base_stack = parse_stack(args.baseline_stack) if args.baseline_stack else spec.stack
+    check_stack(base_stack, ops)
+    base_spec = dataclasses.replace(
+        spec, config=load_config(args.baseline or args.config), stack=base_stack
+    )
+    base = execute_capacity(base_spec, search)
+    if base.status != "completed":
+        return base
+    outcome = execute_capacity(spec, search)
+    if outcome.status == "completed":
+        _compare_capacities(base.run_dir, outcome.run_dir)
+    return outcome
+
+
+def _compare_capacities(base_dir: Path, run_dir: Path) -> None:
+    """Write and print the ratio of the two searches' capacities."""
+    import json
+
+    from datamodel.runfolder import write_json
+    from profiling.verdict.capacity import compare_capacities
+
+    found = [json.loads((d / "capacity.json").read_text()) for d in (base_dir, run_dir)]
+    ratio = compare_capacities(*found)
+    ratio.update(a_run=str(base_dir), b_run=str(run_dir))
+    write_json(run_dir / "capacity_comparison.json", ratio)
+    print(f"capacity, baseline (A) {base_dir.name} vs {run_dir.name} (B): {ratio['sentence']}")
 
 
 def _exit_now() -> None:

@@ -502,3 +502,47 @@ def relative_half_width(capacity: Capacity) -> float:
         return math.inf
     assert capacity.value is not None
     return (capacity.high - capacity.low) / 2.0 / capacity.value
+
+
+def compare_capacities(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    """B's capacity over A's (two ``capacity.json`` contents), with an interval.
+
+    Each side's interval is read as a 95% interval of its log capacity (half its width in
+    logs over 1.96 as its standard error) and the two combine as independent: a ratio's
+    interval is wider than either side's. A side whose answer is censored (every level
+    passed, or none did) gives a bound, not a ratio. Raises :class:`ConfigError` when the
+    two searches used different axes or SLOs (their capacities would not be comparable)."""
+    if a.get("axis") != b.get("axis"):
+        raise ConfigError(
+            f"capacities on different axes cannot be compared: {a.get('axis')} and {b.get('axis')}"
+        )
+    slos_a = sorted(s["text"] for s in a.get("slos", []))
+    slos_b = sorted(s["text"] for s in b.get("slos", []))
+    if slos_a != slos_b:
+        raise ConfigError(
+            f"capacities under different SLOs cannot be compared: {slos_a} and {slos_b}"
+        )
+    ca, cb = a["capacity"], b["capacity"]
+    unit = ca.get("unit", "")
+    out: dict[str, Any] = {"axis": a.get("axis"), "unit": unit, "a": ca, "b": cb}
+    values = (ca.get("value"), cb.get("value"))
+    bounds = (ca.get("low"), ca.get("high"), cb.get("low"), cb.get("high"))
+    if any(v is None or v <= 0 for v in (*values, *bounds)):
+        out.update(ratio=None, low=None, high=None)
+        out["sentence"] = (
+            "no ratio: a side's capacity is censored or unknown "
+            f"(A: {ca.get('sentence')}; B: {cb.get('sentence')})"
+        )
+        return out
+    z = float(stats.norm.ppf(0.975))
+    se = [(math.log(hi) - math.log(lo)) / (2 * z) for lo, hi in (bounds[:2], bounds[2:])]
+    log_ratio = math.log(values[1]) - math.log(values[0])
+    half = z * math.hypot(*se)
+    ratio, low, high = (math.exp(log_ratio + d) for d in (0.0, -half, half))
+    out.update(ratio=ratio, low=low, high=high, significant=not low <= 1.0 <= high)
+    out["sentence"] = (
+        f"B holds {ratio:.2f}x [{low:.2f}, {high:.2f}] the {a.get('axis')} of A "
+        f"({values[1]:.3g} vs {values[0]:.3g} {unit})"
+        + ("" if out["significant"] else "; the interval holds 1: no difference shown")
+    )
+    return out
