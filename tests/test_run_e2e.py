@@ -126,7 +126,7 @@ def check_profiling(run: Path, records: list[dict]) -> None:
         (["--stack", "builtin", "--target", "builtin"], "are the same flag; give only --stack"),
         (["--profile", "smoke", "--results-dir", "{a_file}"], "is a file, not a folder"),
         (["--profile", "smoke", "--capacity", "--slo", "analyse:p95<=2"], "unknown op 'analyse'"),
-        (["--profile", "smoke", "--capacity", "--slo", "analyze:p95<=-1"], "expected OP:METRIC"),
+        (["--profile", "smoke", "--capacity", "--slo", "analyze:p95<=-1"], "must be > 0"),
         (["--profile", "smoke", "--capacity", "bogus", "--slo", "all:p95<=2"], "unknown axis"),
         (
             ["--profile", "smoke", "--capacity", "--slo", "all:p95<=2", "--precision", "1.5"],
