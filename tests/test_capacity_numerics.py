@@ -193,3 +193,15 @@ def test_capacity_ratio_has_an_interval_wider_than_either_side() -> None:
     assert censored["ratio"] is None and "censored" in censored["sentence"]
     with pytest.raises(ConfigError, match="different axes"):
         cap.compare_capacities(_found(5.0, 4.5, 5.5), _found(5.0, 4.5, 5.5, axis="users"))
+
+
+def test_demand_plan_divides_by_the_capacity_and_its_low_end() -> None:
+    assert cap.parse_demand("20 projects x 0.3 ops/s") == (20, 0.3)
+    with pytest.raises(ConfigError, match="N projects x R ops/s"):
+        cap.parse_demand("lots")
+    found = cap.Capacity(2.5, 2.0, 3.0, "x")
+    got = cap.plan(found, (20, 0.3), replicas=2)
+    assert got["machines"] == 3 and got["machines_at_low"] == 3 and got["replicas"] == 6
+    got = cap.plan(cap.Capacity(2.5, 1.9, 3.0, "x"), (20, 0.3), replicas=2)
+    assert got["machines_at_low"] == 4 and "4 at the interval's low end" in got["sentence"]
+    assert "no plan" in cap.plan(cap.Capacity(0.0, 0.0, 1.0, "x", "below"), (1, 1.0), 1)["sentence"]

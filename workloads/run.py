@@ -218,6 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--level-s", type=float, default=None, help="capacity search: seconds of one level"
     )
     p.add_argument(
+        "--demand",
+        default=None,
+        metavar="'N projects x R ops/s'",
+        help="capacity search (rate): how many machines like this one serve this demand",
+    )
+    p.add_argument(
         "--no-profile",
         action="store_true",
         help="no timelines, flame graphs or memory snapshots (records only)",
@@ -227,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _capacity(spec: RunSpec, args: argparse.Namespace, ops: Collection[str]) -> RunOutcome:
     """``--capacity``: the SLOs from ``--slo`` and the targets file, then the search."""
-    from profiling.verdict.capacity import parse_slo, slos_from_targets
+    from profiling.verdict.capacity import parse_demand, parse_slo, slos_from_targets
     from profiling.verdict.targets import load_targets
     from workloads.runs.capacity import LEVEL_S, CapacitySpec, execute_capacity
     from workloads.runs.runner import targets_name
@@ -249,6 +255,7 @@ def _capacity(spec: RunSpec, args: argparse.Namespace, ops: Collection[str]) -> 
         slos=tuple(slos),
         precision=args.precision,
         level_s=args.level_s or LEVEL_S,
+        demand=parse_demand(args.demand) if args.demand else None,
     )
     if not (args.baseline or args.baseline_stack):
         return execute_capacity(spec, search)

@@ -546,3 +546,50 @@ def compare_capacities(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, 
         + ("" if out["significant"] else "; the interval holds 1: no difference shown")
     )
     return out
+
+
+DEMAND = re.compile(
+    r"^\s*(\d+)\s*projects?\s*[x*×]\s*([0-9.]+)\s*(?:ops?/s|/s)?\s*$", re.IGNORECASE
+)
+
+
+def parse_demand(text: str) -> tuple[int, float]:
+    """``"20 projects x 0.3 ops/s"`` as ``(20, 0.3)``; :class:`ConfigError` otherwise."""
+    match = DEMAND.match(text)
+    if not match or not float(match.group(2)) > 0 or int(match.group(1)) < 1:
+        raise ConfigError(
+            f"--demand {text!r}: expected 'N projects x R ops/s' with N >= 1 and R > 0, "
+            "e.g. '20 projects x 0.3 ops/s'"
+        )
+    return int(match.group(1)), float(match.group(2))
+
+
+def plan(capacity: Capacity, demand: tuple[int, float], replicas: int) -> dict[str, Any]:
+    """How many machines like the one searched (each with ``replicas`` replicas) serve
+    ``demand``, from the capacity's value and its lower bound, with the assumptions."""
+    projects, per_project = demand
+    total = projects * per_project
+    out: dict[str, Any] = {
+        "demand_ops_s": total,
+        "projects": projects,
+        "per_project_ops_s": per_project,
+        "assumptions": [
+            "the demand has the searched profile's mix and popularity",
+            "capacity grows in proportion to machines (no shared bottleneck between them)",
+            "the projects spread so that no machine gets more than its share",
+            "the SLOs are the search's",
+        ],
+    }
+    if capacity.value is None or capacity.value <= 0 or capacity.censored == "below":
+        out["sentence"] = "no plan: the search found no load that meets the SLOs"
+        return out
+    likely = math.ceil(total / capacity.value)
+    safe = math.ceil(total / capacity.low) if capacity.low else None
+    out.update(machines=likely, machines_at_low=safe, replicas=likely * replicas)
+    bound = f"; {safe} at the interval's low end" if safe and safe != likely else ""
+    more = " at least" if capacity.censored == "above" else ""
+    out["sentence"] = (
+        f"{projects} projects x {per_project:g} ops/s = {total:.3g} ops/s needs{more} "
+        f"{likely} machine(s) like this one ({likely * replicas} replicas){bound}"
+    )
+    return out

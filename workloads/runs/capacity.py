@@ -78,6 +78,8 @@ class CapacitySpec:
     max_levels: int = MAX_LEVELS
     saturation_users: int | None = None
     """Users of the saturation probe; ``None``: 4 per replica, at least 4."""
+    demand: tuple[int, float] | None = None
+    """``(projects, ops/s each)`` to plan machines for (``--demand``)."""
 
     def __post_init__(self) -> None:
         if self.axis not in AXES:
@@ -560,6 +562,11 @@ def result(search: Search, run_dir: Any, status: str) -> dict[str, Any]:
         "levels": rows,
         "settle_probes": sum(1 for lv in search.levels if lv.kind == "settle"),
         "why": why(run_dir, search),
+        "plan": (
+            cap.plan(found, search.search.demand, search.spec.profile.replicas)
+            if search.search.demand and search.search.axis == "rate"
+            else None
+        ),
     }
 
 
@@ -587,6 +594,8 @@ def table(payload: dict[str, Any]) -> str:
     lines.append(f"answer: {payload['capacity']['sentence']}")
     if payload["ended"]:
         lines.append(f"search ended: {payload['ended']}")
+    if payload.get("plan"):
+        lines.append(f"plan: {payload['plan']['sentence']}")
     grew = payload.get("why", {}).get("grew")
     if grew:
         lines.append("what gives way: " + "; ".join(grew))
