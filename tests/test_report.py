@@ -39,6 +39,7 @@ SECTIONS = (
     "findings",
     "context",
     "latency",
+    "projects",
     "processes",
     "system",
     "adapters",

@@ -31,6 +31,7 @@ from profiling.render import charts
 from profiling.render.capacity_html import CAPACITY_JSON, capacity_section
 from profiling.render.charts import Chart, Series, format_value
 from profiling.render.evidence import Row
+from profiling.render.projects_html import projects_section
 from profiling.render.sections import (
     Cell,
     ReportData,
@@ -439,6 +440,7 @@ def build_report(
         findings_section(analysis),
         context_section(analysis),
         _latency(run, t0),
+        projects_section(run, analysis, capacity),
         _processes(run, t0),
         _system(run, t0),
         _adapters(run, t0),
