@@ -160,6 +160,12 @@ def test_a_search_bounded_by_throughput_answers_the_throughput_within_its_bracke
     assert got.limiting_slo == cap.THROUGHPUT and got.value == pytest.approx(9.8)
     assert got.low is not None and got.low <= 8.0 and got.high == pytest.approx(10.2)
     assert "limited by throughput" in cap.describe(got, "ops/s")
+    # A measured level that failed only because its backlog grew is the throughput too,
+    # not the SLO whose interpolation happens to cross first.
+    over = _level(11.0, 1.0, rng)
+    over.over = True
+    got = cap.estimate([*levels, over], [slo])
+    assert got.limiting_slo == cap.THROUGHPUT and 8.0 <= got.value < 11.0
     # A level that misses its SLO below the ceiling is the limit, not the throughput.
     worse = [*levels, _level(9.0, 0.5, rng)]
     got = cap.estimate(worse, [slo], ceiling=10.2, saturated=9.8)

@@ -377,8 +377,21 @@ def estimate(
             and below[-1] < saturated <= ceiling
         ):
             value, limiting, high = float(saturated), THROUGHPUT, float(ceiling)
+        elif all(lv.over for lv in levels if lv.value == above[0]) and _kept_all(
+            [lv for lv in levels if below.size and lv.value == below[-1]]
+        ):
+            # The next level failed only because its backlog grew (every SLO held below):
+            # the limit is what the system can serve, not the SLO that happens to cross first.
+            limiting = THROUGHPUT
         return Capacity(value, min(low, value), high, limiting, "", per_slo)
     return Capacity(value, low, None, limiting, "above", per_slo)
+
+
+def _kept_all(levels: Sequence[LevelData]) -> bool:
+    """Whether ``levels`` exist and every operation of them kept every SLO."""
+    return bool(levels) and all(
+        bool(np.all(kept == 1.0)) for level in levels for kept in level.kept.values()
+    )
 
 
 def _resample(level: LevelData, rng: np.random.Generator) -> LevelData:
@@ -489,7 +502,7 @@ def describe(capacity: Capacity, unit: str) -> str:
             f"(lower bound {capacity.low:.3g})"
         )
     limit = (
-        "limited by throughput: the SLOs held at every level it can serve"
+        "limited by throughput: every SLO held up to where the backlog grows"
         if capacity.limiting_slo == THROUGHPUT
         else f"limited by {capacity.limiting_slo}"
     )
