@@ -16,19 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
-import sys
 import sysconfig
-import tempfile
 import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from workloads.runs.results import machine_info
-
-SMALL_PROJECTS = ("json", "wsgiref", "html")
+from workloads.bench.session import bench_session
+from workloads.bench.verdicts import SMALL_PROJECTS
 
 
 def _spec(results: Path, seed: int, level_s: float) -> Any:
@@ -74,21 +70,13 @@ def _truth(results: Path, seconds: float) -> float:
 
 def bench_capacity(args: argparse.Namespace) -> None:
     """Run the searches and print the table."""
-    import ray
-
     from profiling.verdict.capacity import parse_slo
     from tests.planted import FIXED_SERVICE_S
     from workloads.runs.capacity import CapacitySpec, execute_capacity
 
-    print(f"command: {' '.join([Path(sys.executable).name, *sys.orig_argv[1:]])}")
-    print(f"machine: {json.dumps(machine_info())}")
-    results = Path(args.results_dir or tempfile.mkdtemp(prefix="loadlens-bench-capacity-"))
-    print(f"results: {results}", flush=True)
-    temp = Path(tempfile.mkdtemp(prefix="ll-ray-", dir="/tmp"))
-    ray.init(address="local", include_dashboard=False, _temp_dir=str(temp), log_to_driver=False)
     truth = 1.0 / FIXED_SERVICE_S
     rows: list[dict[str, Any]] = []
-    try:
+    with bench_session(args.results_dir, "capacity") as (results, _):
         slo = parse_slo(args.slo, ("analyze",))
         search = CapacitySpec("rate", (slo,), precision=args.precision, level_s=args.level_s)
         for seed in range(args.searches):
@@ -105,9 +93,6 @@ def bench_capacity(args: argparse.Namespace) -> None:
                 flush=True,
             )
         sustained = _truth(results, args.truth_s)
-    finally:
-        ray.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
     hits = sum(_holds(r, truth) for r in rows)
     real = sum(_holds(r, sustained) for r in rows)
     widths = [

@@ -23,13 +23,11 @@ import itertools
 import json
 import os
 import random
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import sysconfig
-import tempfile
 import time
 import tomllib
 from collections.abc import Callable, Iterator, Sequence
@@ -44,7 +42,6 @@ from profiling.verdict import calibration
 from profiling.verdict.compare import Comparison, compare_runs
 from profiling.verdict.figures import RunFigures
 from profiling.verdict.statistics import Prior
-from workloads.runs.results import machine_info
 
 TAIL_SHARE = 0.03
 TAIL_FACTOR = 3.0
@@ -391,16 +388,9 @@ def print_planted(rows: list[dict[str, Any]], repeats: int) -> None:
 
 def bench_verdicts(args: argparse.Namespace) -> None:
     """The calibration benchmark (see the module docstring)."""
-    import ray
+    from workloads.bench.session import bench_session
 
-    machine = machine_info()
-    print(f"command: {' '.join([Path(sys.executable).name, *sys.orig_argv[1:]])}")
-    print(f"machine: {json.dumps(machine)}")
-    results = Path(args.results_dir or tempfile.mkdtemp(prefix="loadlens-bench-verdicts-"))
-    print(f"results: {results}", flush=True)
-    temp = Path(tempfile.mkdtemp(prefix="ll-ray-", dir="/tmp"))
-    ray.init(address="local", include_dashboard=False, _temp_dir=str(temp), log_to_driver=False)
-    try:
+    with bench_session(args.results_dir, "verdicts") as (results, machine):
         if args.interleaved:
             from workloads.bench import interleaved as bench_interleaved
 
@@ -466,9 +456,6 @@ def bench_verdicts(args: argparse.Namespace) -> None:
                 planted_table(results, args.planted_repeats, args.planted_case),
                 args.planted_repeats,
             )
-    finally:
-        ray.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def add_parser(sub: Any) -> None:
