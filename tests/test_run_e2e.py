@@ -133,6 +133,14 @@ def check_profiling(run: Path, records: list[dict]) -> None:
             "--precision must be within (0, 1)",
         ),
         (
+            ["--capacity", "projects", "--slo", "all:p95<=2", "--project-rate", "0"],
+            "--project-rate must be > 0 ops/s",
+        ),
+        (
+            ["--profile", "smoke", "--capacity", "--slo", "all:p95<=2", "--project-rate", "1"],
+            "--project-rate is for --capacity projects",
+        ),
+        (
             ["--profile", "smoke", "--capacity", "--slo", "all:p95<=2", "--baseline", "nope"],
             "unknown config 'nope'",
         ),

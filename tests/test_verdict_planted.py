@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 import tempfile
 import tomllib
@@ -320,3 +321,36 @@ def test_capacity_on_the_users_axis_finds_the_users_a_latency_slo_allows(
     by_users = {r["value"]: r for r in found["levels"] if r["kind"] == "level"}
     assert by_users[4.0]["p95_s"] < 0.45 < by_users[5.0]["p95_s"], sorted(by_users)
     assert answer["limiting_slo"] == "analyze:p95<=0.45"
+
+
+def test_capacity_on_the_projects_axis_finds_how_many_projects_a_rate_each_holds(
+    ray_session, tmp_path, cache_dir, tiny_trees
+):
+    """Each active project sends 4 ops/s to a service that serves 10 ops/s: two projects
+    (8 ops/s) hold, three (12 ops/s) cannot, and the run has only three to try."""
+    from datamodel.runfolder import RunData
+    from profiling.verdict.capacity import parse_slo
+    from workloads.runs.capacity import CapacitySpec, execute_capacity, table
+
+    spec = capacity_spec(tmp_path, cache_dir, tiny_trees)
+    slo = parse_slo("analyze:p95<=1", ("analyze",))
+    search = CapacitySpec("projects", (slo,), level_s=5.0, project_rate=4.0, demand=(7, 4.0))
+    outcome = execute_capacity(spec, search)
+    assert outcome.status == "completed"
+    found = json.loads((outcome.run_dir / "capacity.json").read_text())
+    answer = found["capacity"]
+    assert found["axis"] == "projects" and answer["unit"] == "projects"
+    assert found["project_rate_ops_s"] == 4.0 and found["project_rate_from"] == "--project-rate"
+    # The truth is 10 / 4 = 2.5 projects; only whole projects are measured.
+    assert 2.0 <= answer["value"] < 3.0 and answer["low"] <= 2.5 <= answer["high"] <= 3.0, answer
+    levels = {r["value"]: r for r in found["levels"] if r["kind"] == "level"}
+    # 40 operations of 5 s cannot show 95% kept with confidence: unresolved, yet every one kept.
+    assert levels[2.0]["verdict"] != "fail" and levels[2.0]["p95_s"] < 1.0, levels[2.0]
+    assert levels[3.0]["verdict"] == "fail", levels[3.0]
+    assert levels[3.0]["arrivals_ops_s"] == 12.0 and levels[3.0]["stopped_early"], levels[3.0]
+    records = RunData.load(outcome.run_dir).records
+    touched = {str(r["project"]) for r in records if r.get("stage") == levels[2.0]["stage"]}
+    assert len(touched) == 2, touched
+    # 7 projects at 4 ops/s each, the capacity's projects a machine.
+    assert found["plan"]["machines"] == math.ceil(7 / answer["value"]) >= 3, found["plan"]
+    assert "each active project: 4 ops/s" in table(found)

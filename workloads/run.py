@@ -197,7 +197,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="AXIS",
         help="search the highest load that meets every SLO: 'rate' (open-loop arrivals a "
-        "second, the default) or 'users' (concurrent users); writes capacity.json",
+        "second, the default), 'users' (concurrent users) or 'projects' (active projects at "
+        "--project-rate each); writes capacity.json",
+    )
+    p.add_argument(
+        "--project-rate",
+        type=float,
+        default=None,
+        metavar="R",
+        help="capacity search (projects): ops/s of each active project (default: the "
+        "--demand's, else the profile's last stage's load over its projects)",
     )
     p.add_argument(
         "--slo",
@@ -221,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--demand",
         default=None,
         metavar="'N projects x R ops/s'",
-        help="capacity search (rate): how many machines like this one serve this demand",
+        help="capacity search (rate, projects): how many machines like this one serve this demand",
     )
     p.add_argument(
         "--no-profile",
@@ -256,6 +265,7 @@ def _capacity(spec: RunSpec, args: argparse.Namespace, ops: Collection[str]) -> 
         precision=args.precision,
         level_s=args.level_s or LEVEL_S,
         demand=parse_demand(args.demand) if args.demand else None,
+        project_rate=args.project_rate,
     )
     if not (args.baseline or args.baseline_stack):
         return execute_capacity(spec, search)

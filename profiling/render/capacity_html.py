@@ -92,6 +92,13 @@ def capacity_section(found: dict[str, Any] | None) -> Section | None:
                 f"{saturated['value']:.3g} ops/s [{saturated['low']:.3g}, {saturated['high']:.3g}]",
             )
         )
+    if found.get("project_rate_ops_s"):
+        facts.append(
+            (
+                "each project",
+                f"{found['project_rate_ops_s']:.3g} ops/s (from {found.get('project_rate_from')})",
+            )
+        )
     if found.get("knee") is not None:
         facts.append(("knee", f"{found['knee']:.3g} {unit}"))
     notes = []

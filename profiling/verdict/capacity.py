@@ -577,11 +577,15 @@ def parse_demand(text: str) -> tuple[int, float]:
     return int(match.group(1)), float(match.group(2))
 
 
-def plan(capacity: Capacity, demand: tuple[int, float], replicas: int) -> dict[str, Any]:
+def plan(
+    capacity: Capacity, demand: tuple[int, float], replicas: int, axis: str = "rate"
+) -> dict[str, Any]:
     """How many machines like the one searched (each with ``replicas`` replicas) serve
-    ``demand``, from the capacity's value and its lower bound, with the assumptions."""
+    ``demand``, from the capacity's value and its lower bound, with the assumptions. On
+    the ``projects`` axis the capacity is in projects at the demand's per-project rate."""
     projects, per_project = demand
     total = projects * per_project
+    need = float(projects) if axis == "projects" else total
     out: dict[str, Any] = {
         "demand_ops_s": total,
         "projects": projects,
@@ -596,8 +600,8 @@ def plan(capacity: Capacity, demand: tuple[int, float], replicas: int) -> dict[s
     if capacity.value is None or capacity.value <= 0 or capacity.censored == "below":
         out["sentence"] = "no plan: the search found no load that meets the SLOs"
         return out
-    likely = math.ceil(total / capacity.value)
-    safe = math.ceil(total / capacity.low) if capacity.low else None
+    likely = math.ceil(need / capacity.value)
+    safe = math.ceil(need / capacity.low) if capacity.low else None
     out.update(machines=likely, machines_at_low=safe, replicas=likely * replicas)
     bound = f"; {safe} at the interval's low end" if safe and safe != likely else ""
     more = " at least" if capacity.censored == "above" else ""

@@ -7,7 +7,8 @@ another, each a stage named ``capacity-NN`` of the run folder's records:
 1. one user, closed loop: the one-user rate, and whether the SLOs can be met at all (if
    one user misses them with confidence the search says so and stops);
 2. many users, closed loop: the saturated throughput, which bounds the search;
-3. levels on the search's axis (open-loop arrivals a second, or concurrent users), chosen
+3. levels on the search's axis (open-loop arrivals a second; concurrent users; or active
+   projects, each at the same open-loop rate, picked uniformly), chosen
    by bracketing and then at the estimated crossing (:mod:`profiling.verdict.capacity`)
    until the capacity's interval is within ``precision`` of its value or the levels run
    out. A level that cannot be told from the SLO is measured again. An open-loop level
@@ -39,10 +40,10 @@ from workloads.load.spec import Stage
 from workloads.runs.live import Interrupts, Live, RunOutcome, RunSpec, run_stage
 from workloads.runs.runner import close_folder, judge, open_folder, open_side
 
-Axis = Literal["rate", "users"]
+Axis = Literal["rate", "users", "projects"]
 Kind = Literal["one user", "saturation", "level", "settle"]
-AXES: tuple[Axis, ...] = ("rate", "users")
-UNITS = {"rate": "ops/s", "users": "users"}
+AXES: tuple[Axis, ...] = ("rate", "users", "projects")
+UNITS = {"rate": "ops/s", "users": "users", "projects": "projects"}
 LEVEL_S = 10.0
 """Default seconds of one level."""
 MAX_LEVELS = 12
@@ -80,6 +81,9 @@ class CapacitySpec:
     """Users of the saturation probe; ``None``: 4 per replica, at least 4."""
     demand: tuple[int, float] | None = None
     """``(projects, ops/s each)`` to plan machines for (``--demand``)."""
+    project_rate: float | None = None
+    """Projects axis: arrivals a second of each active project; ``None``: the demand's,
+    else the profile's last stage's load spread over its projects."""
 
     def __post_init__(self) -> None:
         if self.axis not in AXES:
@@ -95,6 +99,12 @@ class CapacitySpec:
             raise ConfigError(f"--level-s must be >= 1 second, got {self.level_s}")
         if self.max_levels < 2:
             raise ConfigError(f"the search needs at least 2 levels, got {self.max_levels}")
+        if self.project_rate is not None and not self.project_rate > 0.0:
+            raise ConfigError(f"--project-rate must be > 0 ops/s, got {self.project_rate}")
+        if self.project_rate is not None and self.axis != "projects":
+            raise ConfigError(
+                f"--project-rate is for --capacity projects, not --capacity {self.axis}"
+            )
 
 
 @dataclass
@@ -128,6 +138,9 @@ class Search:
         self.ended = ""
         self.saturated: cap.Rate | None = None
         """Throughput at saturation, with its interval: no arrival rate above it is served."""
+        self.per_project: float | None = search.project_rate
+        """Projects axis: each active project's arrivals a second."""
+        self.per_project_from = "--project-rate" if search.project_rate else ""
         live.tap = self._take
 
     def _take(self, records: list[dict[str, Any]]) -> None:
@@ -141,6 +154,18 @@ class Search:
     def stage_for(self, kind: str, value: float, seconds: float, number: int) -> Stage:
         name = f"capacity-{number:02d}" if kind != "settle" else f"capacity-settle-{number:02d}"
         closed = kind in ("one user", "saturation", "settle") or self.search.axis == "users"
+        if not closed and self.search.axis == "projects":
+            # ``value`` projects, each at the same rate: uniform over the first ``value``.
+            per = self.per_project or 0.0
+            return dataclasses.replace(
+                self.template,
+                name=name,
+                mode="open",
+                rate=per * value,
+                projects=int(value),
+                popularity="uniform",
+                duration_s=seconds,
+            )
         if closed:
             return dataclasses.replace(
                 self.template,
@@ -239,6 +264,9 @@ class Search:
         than its arrivals exceed the saturated throughput's lower bound."""
         if level.backlog is None:
             return 0.0
+        if self.search.axis == "projects":
+            # Fewer projects may serve more than saturation over all of them did: no cap.
+            return max(level.backlog.high, 0.0) / (self.per_project or 1.0)
         if self.saturated is None:
             return max(level.backlog.high, 0.0)
         return max(min(level.backlog.high, level.value - self.saturated.low), 0.0)
@@ -321,6 +349,8 @@ class Search:
             return
         if self.search.axis == "users":
             self._search_users(users, one_p50)
+        elif self.search.axis == "projects":
+            self._search_projects(one_p50)
         else:
             self._search_rate(self.saturated.value, one_p50)
         self._break(one_p50)
@@ -376,6 +406,42 @@ class Search:
                 return
             value = nxt
 
+    def _project_rate(self, one_p50: float | None) -> float:
+        """Each active project's arrivals a second: ``--project-rate``, else the demand's,
+        else the profile's last stage's load spread over the projects it touches (a closed
+        stage's users each at one op per think time plus one user's median latency)."""
+        if self.per_project:
+            return self.per_project
+        if self.search.demand:
+            self.per_project_from = "--demand"
+            return self.search.demand[1]
+        stage = self.template
+        touched = stage.projects or self.spec.profile.projects
+        self.per_project_from = f"stage {stage.name!r} of the profile, over {touched} projects"
+        if stage.mode == "open":
+            return stage.rate / touched
+        cycle = stage.think_time_s + (one_p50 or 0.0)
+        return stage.users / cycle / touched if cycle > 0 else 0.0
+
+    def _search_projects(self, one_p50: float | None) -> None:
+        self.per_project = self._project_rate(one_p50)
+        most = float(self.spec.profile.projects)
+        if not self.per_project > 0.0:
+            self.ended = "no per-project rate: give --project-rate R (ops/s of each project)"
+            return
+        sat = self.saturated.value if self.saturated else 0.0
+        value = min(most, _whole(0.5 * sat / self.per_project))
+        while not self.live.interrupts.count and not self._spent():
+            self._step(value, one_p50)
+            nxt = self._next(value, most, floor=1.0, whole=True)
+            if nxt is None:
+                if self.ended.startswith("every level"):
+                    self.ended += (
+                        f" (the run has {most:.0f} projects: --projects N searches further)"
+                    )
+                return
+            value = nxt
+
     def _next(
         self, value: float, ceiling: float, floor: float, whole: bool = False
     ) -> float | None:
@@ -407,7 +473,8 @@ class Search:
         hi = min(above) if above else max(measured) * 1.4
         if whole:
             if hi - lo <= 1:
-                self.ended = f"{lo:.0f} users pass and {hi:.0f} fail: resolved to one user"
+                unit = UNITS[self.search.axis]
+                self.ended = f"{lo:.0f} {unit} pass and {hi:.0f} fail: resolved to one step"
                 return None
             guess = _whole(found.value if found.value else (lo + hi) / 2)
             if guess in measured or not lo < guess < hi:
@@ -462,6 +529,15 @@ def _quantile(values: list[float], q: float) -> float | None:
     return values[min(len(values) - 1, max(0, math.ceil(q * len(values)) - 1))]
 
 
+def _arrivals(search: Search, level: Level) -> float | None:
+    """An open-loop level's arrivals a second (``None``: closed loop)."""
+    if not level.on_axis or search.search.axis == "users":
+        return None
+    if search.search.axis == "projects":
+        return level.value * (search.per_project or 0.0)
+    return level.value
+
+
 def level_row(search: Search, level: Level) -> dict[str, Any]:
     """One level as ``capacity.json`` holds it."""
     attainments = cap.judge_level(search.data(level), search.search.slos)
@@ -472,6 +548,7 @@ def level_row(search: Search, level: Level) -> dict[str, Any]:
         "value": level.value,
         "unit": search._unit(level.kind),
         "stage": level.stage,
+        "arrivals_ops_s": _arrivals(search, level),
         "seconds": level.seconds,
         "operations": len(level.records),
         "errors": sum(1 for r in level.records if not r.get("ok")),
@@ -554,6 +631,8 @@ def result(search: Search, run_dir: Any, status: str) -> dict[str, Any]:
             (r["throughput_ops_s"] for r in rows if r["kind"] == "one user"), None
         ),
         "saturated_ops_s": dataclasses.asdict(search.saturated) if search.saturated else None,
+        "project_rate_ops_s": search.per_project if search.search.axis == "projects" else None,
+        "project_rate_from": search.per_project_from or None,
         "capacity": {**found.as_dict(), "unit": unit, "sentence": cap.describe(found, unit)},
         "knee": cap.knee(
             [r["value"] for r in axis_rows], [r["throughput_ops_s"] for r in axis_rows]
@@ -562,12 +641,19 @@ def result(search: Search, run_dir: Any, status: str) -> dict[str, Any]:
         "levels": rows,
         "settle_probes": sum(1 for lv in search.levels if lv.kind == "settle"),
         "why": why(run_dir, search),
-        "plan": (
-            cap.plan(found, search.search.demand, search.spec.profile.replicas)
-            if search.search.demand and search.search.axis == "rate"
-            else None
-        ),
+        "plan": _plan(search, found),
     }
+
+
+def _plan(search: Search, found: cap.Capacity) -> dict[str, Any] | None:
+    """``--demand``'s machines, on the rate axis or on the projects axis searched at the
+    demand's own per-project rate."""
+    demand, axis = search.search.demand, search.search.axis
+    if demand is None or axis == "users":
+        return None
+    if axis == "projects" and search.per_project != demand[1]:
+        return None
+    return cap.plan(found, demand, search.spec.profile.replicas, axis)
 
 
 def table(payload: dict[str, Any]) -> str:
@@ -591,6 +677,11 @@ def table(payload: dict[str, Any]) -> str:
         "kept: the lowest share of operations that kept an SLO; unresolved: too few "
         "operations to tell that share from the SLO's with 95% confidence"
     )
+    if payload.get("project_rate_ops_s"):
+        lines.append(
+            f"each active project: {payload['project_rate_ops_s']:.3g} ops/s, picked "
+            f"uniformly (from {payload['project_rate_from']})"
+        )
     lines.append(f"answer: {payload['capacity']['sentence']}")
     if payload["ended"]:
         lines.append(f"search ended: {payload['ended']}")
