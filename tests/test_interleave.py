@@ -142,3 +142,24 @@ def test_an_interleaved_no_change_says_how_many_pairs_would_see_the_factor() -> 
     (warning,) = [w for w in comparison.warnings if "could have missed" in w]
     assert "with 6 block pairs" in warning and "block pairs of 10 s a side" in warning
     assert "would show first in" in warning and "minutes of load" in warning
+
+
+def test_goodput_is_a_row_of_its_own_against_the_latency_targets() -> None:
+    """Every op 50% slower pushes many past a 0.2 s p95 target: goodput, tested on the
+    block pairs, falls; each side's goodput table says against what it counted."""
+    from profiling.verdict.targets import Target
+
+    targets = [Target("analyze p95", "p95_s:analyze", "<", 0.2, "s")]
+    drifts = [1.0] * 12
+    a = side("gp", "baseline", 12, 3, drifts)
+    b = side("gp", "candidate", 12, 4, drifts, 1.5)
+    comparison = compare_runs([a], [b], priors={}, targets=targets)
+    row = next(r for r in comparison.rows if r.metric == "goodput_ops_s")
+    assert row.verdict == "regression" and row.b < row.a, row
+    assert comparison.goodput["a"]["slos"] == ["analyze:p95<=0.2"]
+    # search is not bounded by the target: all of it counts on both sides.
+    assert comparison.goodput["b"]["by_op"]["search"]["share"] == 1.0
+    assert comparison.goodput["b"]["by_op"]["analyze"]["share"] < 0.8
+    untargeted = compare_runs([a], [b], priors={})
+    assert not any(r.metric == "goodput_ops_s" for r in untargeted.rows)
+    assert untargeted.goodput["a"]["share"] == 1.0  # no latency SLO: every completed op

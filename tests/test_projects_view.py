@@ -48,3 +48,7 @@ def test_goodput_slos_come_from_the_capacity_search_else_the_latency_targets() -
     }
     assert [s.text for s in run_slos(analysis, None)] == ["analyze:p95<=1.5"]
     assert run_slos(None, None) == []
+
+    # An analysis that counted goodput says against what; the report takes its word.
+    counted = {"goodput": {"slos": ["search:p99<=0.3"], "against": "targets: x"}, **analysis}
+    assert [s.text for s in run_slos(counted, capacity)] == ["search:p99<=0.3"]

@@ -53,6 +53,12 @@ def test_smoke_run_records_every_operation(tmp_path, cache_dir):
     assert summary["records"] == len(records)
     assert sum(s["count"] for s in summary["by_op"].values()) == len(records)
     assert summary["by_op"]["analyze"]["p99"] <= summary["by_op"]["analyze"]["max"]
+    # The smoke targets bound one op's latency (switch_p99_s): the other ops all count.
+    good = summary["goodput"]
+    assert good["slos"] == ["switch:p99<=3"] and good["against"] == "targets: smoke"
+    late = sum(1 for r in records if r["op"] == "switch" and r["duration"] > 3)
+    assert good["good"] == good["ok"] - late == len(records) - late and good["ops_s"] > 0
+    assert good["by_op"]["analyze"]["share"] == 1.0
     assert "run completed" in proc.stderr and "dashboard: http://127.0.0.1:" in proc.stderr
     check_profiling(run, records)
 

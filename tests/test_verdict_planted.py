@@ -354,3 +354,10 @@ def test_capacity_on_the_projects_axis_finds_how_many_projects_a_rate_each_holds
     # 7 projects at 4 ops/s each, the capacity's projects a machine.
     assert found["plan"]["machines"] == math.ceil(7 / answer["value"]) >= 3, found["plan"]
     assert "each active project: 4 ops/s" in table(found)
+    # Goodput of the whole run counts against the search's SLOs, in the summary and the
+    # analysis: the completed analyze ops within 1 s.
+    good = json.loads((outcome.run_dir / "summary.json").read_text())["goodput"]
+    within = sum(1 for r in records if r["ok"] and r["op"] == "analyze" and r["duration"] <= 1)
+    assert good["slos"] == ["analyze:p95<=1"] and good["good"] == within > 0, good
+    analysis = json.loads((outcome.run_dir / "analysis.json").read_text())
+    assert analysis["goodput"]["good"] == good["good"]

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from profiling.verdict.compare import CompareRow, Comparison
+from profiling.verdict.goodput import describe as describe_goodput
 
 _PASSED = {True: "pass", False: "FAIL", None: "n/a"}
 
@@ -124,6 +125,9 @@ def render_terminal(comparison: Comparison) -> str:
     if c.targets:
         targets = _table(["target", "must be", "A", "B"], [_target_cells(t) for t in c.targets])
         sections.append(["targets:", *targets])
+    if c.goodput:
+        sides = [s for s in ("a", "b") if s in c.goodput]
+        sections.append([f"{s.upper()}: {describe_goodput(c.goodput[s])}" for s in sides])
     if c.diff_flamegraphs:
         sections.append(
             ["differential flame graphs (red: larger share in B, blue: smaller):"]

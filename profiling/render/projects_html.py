@@ -17,6 +17,7 @@ from datamodel.runfolder import RunData
 from profiling.render.charts import format_value
 from profiling.render.sections import Cell, Section, Table, missing, num
 from profiling.verdict.capacity import Slo, goodput, slos_from_targets
+from profiling.verdict.goodput import slos_of
 from profiling.verdict.targets import Target
 
 SLOW = 2.0
@@ -24,7 +25,11 @@ SLOW = 2.0
 
 
 def run_slos(analysis: Mapping[str, Any] | None, capacity: Mapping[str, Any] | None) -> list[Slo]:
-    """The SLOs goodput is counted against: the capacity search's, else the targets'."""
+    """The SLOs goodput is counted against: the analysis's own choice; for an analysis
+    written before it made one, the capacity search's, else the targets'."""
+    counted = (analysis or {}).get("goodput") or {}
+    if counted.get("slos"):
+        return slos_of(counted["slos"], str(counted.get("against") or ""))
     if capacity and capacity.get("slos"):
         return [
             Slo(s["op"], s["metric"], float(s["threshold"]), s.get("source", ""))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ from profiling.render.evidence import evidence_rows
 from profiling.verdict.analyze import Analysis
 from profiling.verdict.attribution import Budget
 from profiling.verdict.findings import Finding
+from profiling.verdict.goodput import describe as describe_goodput
 from profiling.verdict.targets import TargetResult
 
 ANALYSIS_JSON = "analysis.json"
@@ -109,6 +111,19 @@ def unexplained_line(row: dict[str, Any]) -> str:
     )
 
 
+def goodput_lines(table: Mapping[str, Any]) -> list[str]:
+    """The run's goodput and each op's, under the targets."""
+    lines = [f"  {describe_goodput(table)}"]
+    ops = [
+        f"{op} {row['ops_s']:.3g}/s ({row['share']:.0%})"
+        for op, row in (table.get("by_op") or {}).items()
+        if row.get("ops_s") is not None and row.get("share") is not None
+    ]
+    if ops:
+        lines.append("    by op: " + ", ".join(ops))
+    return lines
+
+
 def render_terminal(analysis: Analysis) -> str:
     """The budget, errors, ranked causes, context, targets and notes, as plain text."""
     lines = [f"analysis of run {analysis.run_id}", ""]
@@ -139,6 +154,8 @@ def render_terminal(analysis: Analysis) -> str:
         lines += [f"  N/A {r.target.name}: {r.evidence}" for r in unmeasured]
     else:
         lines.append("  none")
+    if analysis.goodput:
+        lines += goodput_lines(analysis.goodput)
     if analysis.notes:
         lines += ["", "notes:", *(f"  - {note}" for note in analysis.notes)]
     return "\n".join(lines) + "\n"

@@ -3,6 +3,7 @@ causes, context, and the A/B comparison, from ``analysis.json`` and ``comparison
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,11 @@ def targets_section(analysis: dict[str, Any] | None) -> Section:
     title = "Targets"
     if analysis is None or not isinstance(analysis.get("targets"), list):
         return missing("targets", title, "no analysis.json with a targets table")
+    good = _goodput_table(analysis.get("goodput"))
     if not analysis["targets"]:
-        return missing("targets", title, "no targets were checked")
+        if good is None:
+            return missing("targets", title, "no targets were checked")
+        return Section("targets", title, intro="no targets were checked", tables=[good])
     rows = []
     for result in analysis["targets"]:
         t = result.get("target") or {}
@@ -56,7 +60,28 @@ def targets_section(analysis: dict[str, Any] | None) -> Section:
     failed = sum(1 for r in analysis["targets"] if r.get("passed") is False)
     intro = f"{len(rows)} target(s) checked, {failed} failed."
     table = Table(["target", "threshold", "measured", "result", "evidence"], rows)
-    return Section("targets", title, intro=intro, tables=[table])
+    return Section("targets", title, intro=intro, tables=[table, *([good] if good else [])])
+
+
+def _goodput_table(table: Any) -> Table | None:
+    """Goodput over the run and per op: ok ops a second beside those within every SLO."""
+    if not isinstance(table, dict) or table.get("ops_s") is None:
+        return None
+    seconds = number(table.get("seconds"))
+    rows = []
+    for name, row in [("all", table), *sorted((table.get("by_op") or {}).items())]:
+        share = row.get("share")
+        rows.append(
+            [
+                Cell(str(name)),
+                num(f"{number(row.get('ok')) / seconds:.3g}/s" if seconds > 0 else "-"),
+                num(f"{number(row.get('ops_s')):.3g}/s"),
+                num("-" if share is None else f"{share:.1%}"),
+            ]
+        )
+    kept = ", ".join(table.get("slos") or []) or "no latency SLO: every completed op counts"
+    caption = f"goodput: completed within {kept} ({table.get('against', '')})"
+    return Table(["op", "completed", "goodput", "share of ops"], rows, caption)
 
 
 def _ms(seconds: Any) -> str:
@@ -291,6 +316,11 @@ def comparison_section(comparison: dict[str, Any], base: Path) -> Section:
     if target_rows:
         cols = ["target", "threshold", a, b, f"{a} result", f"{b} result"]
         tables.append(Table(cols, target_rows, "targets in both runs"))
+    good = comparison.get("goodput") or {}
+    for side, label in (("a", a), ("b", b)):
+        table = _goodput_table(good.get(side))
+        if table is not None:
+            tables.append(dataclasses.replace(table, caption=f"{label}: {table.caption}"))
     diffs = comparison.get("diff_flamegraphs")
     paths = dict(diffs) if isinstance(diffs, dict) else {}
     if comparison.get("diff_flamegraph"):

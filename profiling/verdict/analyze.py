@@ -20,6 +20,7 @@ from profiling.verdict import causes, health, load, waiting
 from profiling.verdict.attribution import SERVICE, Attribution, Budget
 from profiling.verdict.causes import IDLE_LEAVES, ServiceClaims
 from profiling.verdict.findings import Fact, Finding, rank
+from profiling.verdict.goodput import goodput_table, run_slos
 from profiling.verdict.server import server_queue
 from profiling.verdict.targets import Target, TargetResult, check_targets
 from profiling.verdict.waiting import wall_split
@@ -73,6 +74,9 @@ class Analysis:
     unexplained: dict[str, Any] = field(default_factory=dict)
     """The latency no finding claims: seconds, share, tail_seconds, tail_share, and the
     budget parts no finding touches (``parts``, seconds each)."""
+    goodput: dict[str, Any] = field(default_factory=dict)
+    """Ops a second that kept every latency SLO, over the run, per op and per project
+    (:func:`~profiling.verdict.goodput.goodput_table`)."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (the layout of ``analysis.json``)."""
@@ -83,6 +87,7 @@ class Analysis:
             "findings": [f.as_dict() for f in self.findings],
             "facts": [f.as_dict() for f in self.facts],
             "targets": [t.as_dict() for t in self.targets],
+            "goodput": dict(self.goodput),
             "notes": list(self.notes),
         }
 
@@ -221,8 +226,9 @@ def _context(run: RunData, att: Attribution, found: list[Finding]) -> list[Fact]
     return facts + _hot_frames(run)
 
 
-def analyze(run: RunData, targets: list[Target]) -> Analysis:
-    """The budget, ranked findings, context and targets of ``run``."""
+def analyze(run: RunData, targets: list[Target], targets_name: str = "file") -> Analysis:
+    """The budget, ranked findings, context and targets of ``run`` (``targets_name``:
+    which targets file, for the goodput table's source)."""
     notes = list(run.notes)
     kind = run.stack.get("kind")
     http = kind in ("mlx-lm", "openai")
@@ -239,8 +245,10 @@ def analyze(run: RunData, targets: list[Target]) -> Analysis:
     ):
         if missing is None and not (http and what == MLX_PROBE):
             notes.append(f"no {what} in the run folder: findings that need it were skipped")
+    slos = run_slos(run.run, targets, targets_name)
+    good = goodput_table(run.records, slos, run.run.get("blocks"))
     if not run.records:
-        return Analysis(run.run_id, None, [], [], check_targets(run, targets), notes)
+        return Analysis(run.run_id, None, [], [], check_targets(run, targets), notes, {}, good)
     att = Attribution(run.records)
     claims = ServiceClaims(att)
     found: list[Finding] = []
@@ -263,4 +271,5 @@ def analyze(run: RunData, targets: list[Target]) -> Analysis:
         check_targets(run, targets),
         notes,
         unexplained(run, att, found),
+        good,
     )

@@ -38,6 +38,7 @@ from datamodel.quantiles import quantile
 from datamodel.records import adapter_changes
 from datamodel.runfolder import RunData
 from profiling.verdict import calibration
+from profiling.verdict.capacity import slos_from_targets
 from profiling.verdict.figures import (
     LATENCY_METRICS,
     LogScale,
@@ -47,6 +48,7 @@ from profiling.verdict.figures import (
     ShareScale,
     latency_levels,
 )
+from profiling.verdict.goodput import goodput_table
 from profiling.verdict.pairs import block_pairs, paired_rows
 from profiling.verdict.sides import (
     adapter_note,
@@ -87,7 +89,7 @@ SCHEMA_VERSION = 4
 """Version of the ``comparison.json`` layout (2: runs and blocks as units, Holm; 3: every
 row's ``interval`` kind and ``detectable`` change, the "not detected" verdict, and the
 error rate tested with runs as units; 4: ``units``, block pairs of an interleaved A/B)."""
-HIGHER_IS_BETTER = frozenset({"throughput_ops_s"})
+HIGHER_IS_BETTER = frozenset({"throughput_ops_s", "goodput_ops_s"})
 """Metrics where a larger B is an improvement; for every other one it is a regression."""
 KIND_OF = {
     "p50_s": "p50",
@@ -217,6 +219,9 @@ class Comparison:
     units: str = "runs"
     """The units of every test: ``runs`` (whole runs, their time blocks within) or ``block
     pairs`` (an interleaved A/B, see :mod:`profiling.verdict.pairs`)."""
+    goodput: dict[str, Any] = field(default_factory=dict)
+    """Each side's goodput against the targets' latency SLOs (``a``, ``b``: see
+    :func:`~profiling.verdict.goodput.goodput_table`)."""
 
     @property
     def regressions(self) -> list[CompareRow]:
@@ -250,6 +255,7 @@ class Comparison:
             "drift": self.drift,
             "rounds_needed": self.rounds_needed,
             "units": self.units,
+            "goodput": dict(self.goodput),
         }
 
 
@@ -553,8 +559,9 @@ def compare_runs(
     drift, rounds_needed = "priors given by the caller", None
     paired = block_pairs(a[0], b[0]) if len(a) == len(b) == 1 else None
     unit = WHOLE_RUNS
+    slos = slos_from_targets(targets, "targets")
     if paired is not None:
-        rows = paired_rows(paired, alpha)
+        rows = paired_rows(paired, alpha, slos)
         unit = Unit(
             "block pairs",
             f"block pairs of {paired.seconds:.0f} s a side",
@@ -612,6 +619,10 @@ def compare_runs(
         drift=drift,
         rounds_needed=rounds_needed,
         units=unit.name,
+        goodput={
+            side: goodput_table(m.records, slos, m.run.get("blocks"))
+            for side, m in (("a", merged_a), ("b", merged_b))
+        },
     )
 
 

@@ -30,6 +30,7 @@ from typing import Any
 from datamodel.quantiles import quantile
 from datamodel.records import number
 from datamodel.runfolder import RunData
+from profiling.verdict.capacity import Slo
 from profiling.verdict.figures import (
     LATENCY_METRICS,
     LogScale,
@@ -39,6 +40,7 @@ from profiling.verdict.figures import (
     Scale,
     ShareScale,
 )
+from profiling.verdict.goodput import is_good
 from profiling.verdict.statistics import Test, compare_pairs, exceedance
 from profiling.verdict.testrows import Interval, Kind, Row
 
@@ -111,12 +113,15 @@ def _block(run: RunData, window: tuple[float, float]) -> RunData:
     )
 
 
-def paired_rows(pairs: BlockPairs, alpha: float) -> list[Row]:
-    """Every row of an interleaved comparison, each tested on block pairs."""
+def paired_rows(pairs: BlockPairs, alpha: float, slos: Sequence[Slo] = ()) -> list[Row]:
+    """Every row of an interleaved comparison, each tested on block pairs; with latency
+    ``slos``, goodput too."""
     fa, fb = pairs.figures
     rows = _latency(fa, fb, alpha)
     rows.append(_every_op(fa, fb, alpha))
     rows += _throughput(pairs, fa, fb, alpha)
+    if any(s.latency_field for s in slos):
+        rows.append(_goodput(pairs, slos, alpha))
     rows.append(_memory(pairs, alpha))
     rows.append(_errors(fa, fb, alpha))
     return rows
@@ -277,6 +282,48 @@ def _throughput(
             )
         )
     return rows
+
+
+def _goodput(pairs: BlockPairs, slos: Sequence[Slo], alpha: float) -> Row:
+    """Ops a second within every latency SLO, per block (log); a pair where either block
+    kept none is left out (its log is not finite), and the row says how many were."""
+    per = [[_good_rate(run, slos) for run in side] for side in (pairs.a, pairs.b)]
+    both = [(x, y) for x, y in zip(*per, strict=True) if x and y]
+    left = len(pairs.pairs) - len(both)
+    how = "log ops per second within every latency SLO of each block" + (
+        f" ({left} pair(s) where a block kept none left out)" if left else ""
+    )
+    totals = [sum(_good(run, slos) for run in side) for side in (pairs.a, pairs.b)]
+    seconds = [sum(_seconds(run) for run in side) for side in (pairs.a, pairs.b)]
+    values = tuple(t / s if s > 0 else None for t, s in zip(totals, seconds, strict=True))
+    return _row(
+        ("op", "all", "goodput_ops_s"),
+        (values[0], values[1]),
+        (len(both), len(both)),
+        [math.log(x) for x, _ in both],
+        [math.log(y) for _, y in both],
+        how,
+        alpha,
+        scale=LogScale(),
+        statistic="mean log goodput per block",
+    )
+
+
+def _good(run: RunData, slos: Sequence[Slo]) -> int:
+    return sum(1 for r in run.records if number(r.get("planned")) > 0 and is_good(r, slos))
+
+
+def _seconds(run: RunData) -> float:
+    rows = [r for r in run.records if number(r.get("planned")) > 0]
+    if not rows:
+        return 0.0
+    t0 = min(number(r.get("planned")) for r in rows)
+    return max(max(number(r.get("planned")) + number(r.get("duration")) for r in rows) - t0, 0.0)
+
+
+def _good_rate(run: RunData, slos: Sequence[Slo]) -> float | None:
+    seconds = _seconds(run)
+    return _good(run, slos) / seconds if seconds > 0 else None
 
 
 def _rate(blocks: list[RunData], name: str) -> float | None:

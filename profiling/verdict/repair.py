@@ -21,6 +21,7 @@ from datamodel.records import span
 from datamodel.runfolder import RECORDS, RUN_JSON, RunData, read_records, utc_now, write_json
 from datamodel.summary import summarize
 from profiling.verdict.analyze import analyze
+from profiling.verdict.goodput import goodput_table, run_slos
 from profiling.verdict.targets import known_targets, load_targets
 
 UNFINISHED = ("starting", "running")
@@ -59,13 +60,16 @@ def repair(run_dir: Path) -> str | None:
     )
     left = info.get("status")
     info.update(status="crashed", ended_utc=ended, repaired_utc=utc_now(), records=len(records))
-    write_json(Path(run_dir) / "summary.json", summarize(records))
-    write_json(path, info)
     profile = ((info.get("spec") or {}).get("profile") or {}).get("name")
-    targets = load_targets(profile if profile in known_targets() else "default")
+    name = profile if profile in known_targets() else "default"
+    targets = load_targets(name)
+    summary = summarize(records)
+    summary["goodput"] = goodput_table(records, run_slos(info, targets, name), info.get("blocks"))
+    write_json(Path(run_dir) / "summary.json", summary)
+    write_json(path, info)
     from profiling.render.terminal import write_analysis
 
-    write_analysis(analyze(RunData.load(run_dir), targets), run_dir)
+    write_analysis(analyze(RunData.load(run_dir), targets, name), run_dir)
     return (
         f"{run_dir}: its driver is gone and it was left {left!r}; marked "
         f"'crashed' with the {len(records)} records on disk (summary and analysis written)"

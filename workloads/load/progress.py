@@ -117,16 +117,21 @@ class Progress:
         print(
             f"\nrun {status}: {summary.get('records', 0)} operations, "
             f"{summary.get('errors', 0)} errors, "
-            f"{summary.get('throughput_ops_s', 0.0):.2f} ops/s",
+            f"{summary.get('throughput_ops_s', 0.0):.2f} ops/s"
+            + _goodput_text(summary.get("goodput")),
             file=out,
         )
+        good = (summary.get("goodput") or {}).get("by_op") or {}
         print(
-            f"{'op':<10}{'count':>7}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'max ms':>10}",
+            f"{'op':<10}{'count':>7}{'p50 ms':>10}{'p95 ms':>10}{'p99 ms':>10}{'max ms':>10}"
+            f"{'goodput/s':>11}",
             file=out,
         )
         for op, s in sorted(summary.get("by_op", {}).items()):
             cells = [s.get(k) for k in ("p50", "p95", "p99", "max")]
             text = "".join(f"{c * 1000:>10.1f}" if c is not None else f"{'-':>10}" for c in cells)
+            rate = (good.get(op) or {}).get("ops_s")
+            text += f"{rate:>11.3g}" if rate is not None else f"{'-':>11}"
             print(f"{op:<10}{s['count']:>7}{text}", file=out)
         for op, s in sorted(summary.get("ttft_by_op", {}).items()):
             itl = summary.get("itl_by_op", {}).get(op, {}).get("p50")
@@ -144,3 +149,11 @@ class Progress:
         for kind, n in summary.get("error_kinds", {}).items():
             print(f"  error {kind}: {n}", file=out)
         print(f"results: {run_dir}", file=out, flush=True)
+
+
+def _goodput_text(table: dict[str, Any] | None) -> str:
+    """ ", goodput 3.1 ops/s within analyze:p95<=2" (nothing without a goodput table)."""
+    if not table or table.get("ops_s") is None:
+        return ""
+    kept = ", ".join(table.get("slos") or []) or "any time (no latency SLO)"
+    return f", goodput {table['ops_s']:.2f} ops/s within {kept}"

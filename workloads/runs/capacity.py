@@ -719,7 +719,7 @@ def execute_capacity(spec: RunSpec, search: CapacitySpec) -> RunOutcome:
         from cluster.connect import disconnect
 
         disconnect()
-        records, summary = close_folder(run_dir, run_info, writer, status)
+        records, summary = close_folder(run_dir, run_info, writer, status, spec)
     progress.final(summary, run_dir, status)
     payload = result(found, run_dir, status) if found is not None else None
     if payload is not None:

@@ -184,12 +184,12 @@ def _run(
         status, hard = "interrupted", True
         progress.say("second interrupt: stopping at once; the records so far are kept")
     except NoRoom:
-        for run_dir, run_info, writer in folders.values():
-            close_folder(run_dir, run_info, writer, "not run")
+        for name, (run_dir, run_info, writer) in folders.items():
+            close_folder(run_dir, run_info, writer, "not run", specs[name])
         raise
     outcomes: dict[str, RunOutcome] = {}
     for side, (run_dir, run_info, writer) in folders.items():
-        records, summary = close_folder(run_dir, run_info, writer, status)
+        records, summary = close_folder(run_dir, run_info, writer, status, specs[side])
         progress.final(summary, run_dir, status)
         failed = [] if hard else judge(run_dir, specs[side], progress)
         outcomes[side] = RunOutcome(run_dir, status, records, summary, failed, hard)

@@ -26,6 +26,8 @@ from datamodel.summary import summarize
 from profiling.render.html import write_report
 from profiling.render.terminal import render_terminal, write_analysis
 from profiling.verdict.analyze import analyze
+from profiling.verdict.capacity import Slo
+from profiling.verdict.goodput import goodput_table, run_slos
 from profiling.verdict.targets import known_targets, load_targets
 from workloads.load.progress import Progress
 from workloads.runs.builtin import open_builtin
@@ -48,7 +50,7 @@ def execute(spec: RunSpec) -> RunOutcome:
         progress.say("second interrupt: stopping at once; the records so far are kept")
     finally:
         disconnect()
-        records, summary = close_folder(run_dir, run_info, writer, status)
+        records, summary = close_folder(run_dir, run_info, writer, status, spec)
     progress.final(summary, run_dir, status)
     if hard:
         progress.say(f"analysis skipped; `python -m profiling.report {run_dir}` writes it")
@@ -78,17 +80,28 @@ def open_folder(spec: RunSpec) -> tuple[Path, dict[str, Any], RecordWriter]:
 
 
 def close_folder(
-    run_dir: Path, run_info: dict[str, Any], writer: RecordWriter, status: str
+    run_dir: Path, run_info: dict[str, Any], writer: RecordWriter, status: str, spec: RunSpec
 ) -> tuple[int, dict[str, Any]]:
-    """Close the records, write ``summary.json`` and the final ``run.json``; the number
-    of records and the summary."""
+    """Close the records, write ``summary.json`` (with goodput against the run's latency
+    SLOs) and the final ``run.json``; the number of records and the summary."""
     writer.close()
     records = read_records(run_dir / "records.jsonl")
     summary = summarize(records, run_info.get("blocks"))
+    summary["goodput"] = goodput_table(records, _slos(spec, run_info), run_info.get("blocks"))
     write_json(run_dir / "summary.json", summary)
     run_info.update(status=status, ended_utc=utc_now(), records=len(records))
     write_json(run_dir / "run.json", run_info)
     return len(records), summary
+
+
+def _slos(spec: RunSpec, run_info: dict[str, Any]) -> list[Slo]:
+    """The latency SLOs goodput counts against (a bad targets file: none; judge says why)."""
+    name = targets_name(spec)
+    try:
+        targets = load_targets(name)
+    except LoadlensError:
+        targets = []
+    return run_slos(run_info, targets, name)
 
 
 def targets_name(spec: RunSpec) -> str:
@@ -109,7 +122,7 @@ def judge(run_dir: Path, spec: RunSpec, progress: Progress) -> list[str]:
         progress.say(f"targets: {exc}; judging without targets")
         targets = []
     try:
-        analysis = analyze(RunData.load(run_dir), targets)
+        analysis = analyze(RunData.load(run_dir), targets, targets_name(spec))
     except LoadlensError as exc:
         progress.say(f"analysis: {exc}")
         return []

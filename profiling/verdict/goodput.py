@@ -1,0 +1,94 @@
+"""Goodput: operations a second that completed and kept every latency SLO covering them.
+
+Throughput counts what finished; goodput counts what finished in time. The SLOs a run's
+goodput is counted against are its capacity search's (``run.json``'s ``capacity.slos``)
+when it was one, else its targets file's latency targets (``p95_s:OP``, ``OP_p99_s``).
+An operation keeps a latency SLO when it completed within the SLO's bound: a p95 SLO of
+2 s counts the operations done within 2 s, so a run meets its p95 when at least 95% of
+them are good. With no latency SLO at all, every completed operation is good and goodput
+is the throughput; the table says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from datamodel.errors import ConfigError
+from datamodel.records import throughput
+from profiling.verdict.capacity import Slo, parse_slo, slos_from_targets
+
+
+def run_slos(run_info: Mapping[str, Any], targets: Sequence[Any], name: str) -> list[Slo]:
+    """The latency SLOs a run's goodput counts against (see the module docstring)."""
+    search = run_info.get("capacity") or {}
+    texts = [str(t) for t in search.get("slos") or []]
+    return slos_of(texts) if texts else slos_from_targets(targets, name)
+
+
+def slos_of(texts: Sequence[str], source: str = "--slo") -> list[Slo]:
+    """The latency SLOs among ``texts`` (``analyze:p95<=2``), unreadable ones left out."""
+    out = []
+    for text in texts:
+        try:
+            slo = parse_slo(text, (text.split(":", 1)[0],))
+        except ConfigError:
+            continue
+        if slo.latency_field:
+            out.append(dataclasses.replace(slo, source=source))
+    return out
+
+
+def is_good(record: Mapping[str, Any], slos: Sequence[Slo]) -> bool:
+    """Whether ``record`` completed and kept every latency SLO that covers it."""
+    return bool(record.get("ok")) and all(
+        s.kept(record) for s in slos if s.latency_field and s.covers(record)
+    )
+
+
+def goodput_table(
+    records: Sequence[Mapping[str, Any]],
+    slos: Sequence[Slo],
+    blocks: Sequence[Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Goodput over the run, per op and per project: ``ops_s`` (good a second), ``good``
+    and ``ok`` counts, and ``share`` (good of all operations, failures included)."""
+    latency = [s for s in slos if s.latency_field]
+    rate = throughput(records, blocks=blocks)
+    seconds = rate[2] if rate else 0.0
+
+    def row(mine: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        good = sum(1 for r in mine if is_good(r, latency))
+        return {
+            "ops_s": good / seconds if seconds > 0 else None,
+            "good": good,
+            "ok": sum(1 for r in mine if r.get("ok")),
+            "operations": len(mine),
+            "share": good / len(mine) if mine else None,
+        }
+
+    by_op: dict[str, list[Mapping[str, Any]]] = {}
+    by_project: dict[str, list[Mapping[str, Any]]] = {}
+    for r in records:
+        by_op.setdefault(str(r.get("op")), []).append(r)
+        if r.get("project"):
+            by_project.setdefault(str(r["project"]), []).append(r)
+    return {
+        "slos": [s.text for s in latency],
+        "against": latency[0].source if latency else "none: every completed op counts",
+        "seconds": seconds,
+        **row(records),
+        "by_op": {op: row(mine) for op, mine in sorted(by_op.items())},
+        "by_project": {p: row(mine) for p, mine in sorted(by_project.items())},
+    }
+
+
+def describe(table: Mapping[str, Any]) -> str:
+    """One line: "goodput 3.1 ops/s: 96% of ops kept analyze:p95<=2 (targets: default)"."""
+    if table.get("ops_s") is None:
+        return "goodput: no time measured"
+    share = table.get("share")
+    kept = ", ".join(table.get("slos") or []) or "no latency SLO (every completed op counts)"
+    said = f"{share:.0%} of ops" if share is not None else "no ops"
+    return f"goodput {table['ops_s']:.3g} ops/s: {said} completed within {kept}"
