@@ -211,3 +211,20 @@ def test_demand_plan_divides_by_the_capacity_and_its_low_end() -> None:
     got = cap.plan(cap.Capacity(2.5, 1.9, 3.0, "x"), (20, 0.3), replicas=2)
     assert got["machines_at_low"] == 4 and "4 at the interval's low end" in got["sentence"]
     assert "no plan" in cap.plan(cap.Capacity(0.0, 0.0, 1.0, "x", "below"), (1, 1.0), 1)["sentence"]
+
+
+def test_what_fixing_a_cause_might_buy_is_an_estimate_from_its_share_where_it_held() -> None:
+    from workloads.runs.capacity import MOST_GAIN, if_fixed
+
+    causes = [
+        {"kind": "hot_code", "title": "t", "share": 0.5, "tier": "latency", "gain_s": 2.0},
+        {"kind": "tiny", "title": "t", "share": 0.01, "tier": "latency", "gain_s": 0.1},
+        {"kind": "no_gain", "title": "t", "share": 0.4, "tier": "latency", "gain_s": None},
+        {"kind": "waiting", "title": "t", "share": 0.99, "tier": "latency", "gain_s": 9.0},
+    ]
+    fixes = {f["kind"]: f for f in if_fixed(causes, 4.0)}
+    assert set(fixes) == {"hot_code", "waiting"}  # no gain estimate, or too small: none
+    assert fixes["hot_code"]["capacity"] == pytest.approx(8.0)  # half the time: twice
+    assert fixes["waiting"]["capacity"] == pytest.approx(4.0 / (1 - MOST_GAIN))
+    assert "more than about 40" in fixes["waiting"]["sentence"]
+    assert "99% of latency" in fixes["waiting"]["sentence"]

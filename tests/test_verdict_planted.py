@@ -297,6 +297,11 @@ def test_capacity_search_finds_a_known_capacity_and_why_it_breaks(
     assert breaks["causes"][0]["kind"] == "waiting", breaks
     assert "FixedTimeService._hold" in breaks["causes"][0]["title"]
     assert found["why"]["last_pass"]["value"] < breaks["value"]
+    # The wait holds nearly all of an op's time: removing it is estimated to buy the most
+    # this estimate allows (1 / (1 - 0.9)), said as an estimate.
+    fix = found["why"]["if_fixed"][0]
+    assert fix["kind"] == "waiting" and fix["capacity"] > 5 * answer["value"], fix
+    assert "an estimate" in fix["sentence"]
     assert "holds" in answer["sentence"]
     report = (outcome.run_dir / "report.html").read_text()
     assert '<section id="capacity">' in report and answer["sentence"].split(" (")[0] in report

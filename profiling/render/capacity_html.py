@@ -109,6 +109,7 @@ def capacity_section(found: dict[str, Any] | None) -> Section | None:
             top = "; ".join(f"{c['title']}" for c in level["causes"][:2])
             notes.append(f"{label} ({level['value']:.3g} {unit}): {top}")
     notes += [f"what grew: {line}" for line in why.get("grew", [])]
+    notes += [f"if fixed: {fix['sentence']}" for fix in why.get("if_fixed") or []]
     intro = (
         "Levels of load measured one after another in one session. kept: the lowest share "
         "of operations that kept an SLO; a level is unresolved when too few operations ran "

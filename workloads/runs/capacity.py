@@ -564,8 +564,9 @@ def level_row(search: Search, level: Level) -> dict[str, Any]:
     }
 
 
-def why(run_dir: Any, search: Search) -> dict[str, Any]:
-    """The ranked causes of the last passing level beside the first failing one above it."""
+def why(run_dir: Any, search: Search, capacity: cap.Capacity) -> dict[str, Any]:
+    """The ranked causes of the last passing level beside the first failing one above it,
+    and what fixing each of them might buy (:func:`if_fixed`)."""
     on_axis = [lv for lv in search.levels if lv.on_axis and lv.records]
     verdicts = {lv.number: search.side(lv.value) for lv in on_axis}
     passing = [lv for lv in on_axis if verdicts[lv.number] == "pass"]
@@ -594,13 +595,56 @@ def why(run_dir: Any, search: Search) -> dict[str, Any]:
             "level": level.number,
             "value": level.value,
             "causes": [
-                {"kind": f.kind, "title": f.title, "share": f.share, "tier": f.tier}
+                {
+                    "kind": f.kind,
+                    "title": f.title,
+                    "share": f.share,
+                    "tier": f.tier,
+                    "gain_s": f.gain_s,
+                }
                 for f in found.findings[:5]
             ],
         }
     if "last_pass" in out and "first_fail" in out:
         out["grew"] = _grew(out["last_pass"]["causes"], out["first_fail"]["causes"])
+    if "last_pass" in out and capacity.value and capacity.censored != "below":
+        out["if_fixed"] = if_fixed(out["last_pass"]["causes"], capacity.value)
     return out
+
+
+MOST_GAIN = 0.9
+"""A cause's share above this is read as this: removing all of an op's time is no answer."""
+
+
+def if_fixed(causes: list[dict[str, Any]], value: float) -> list[dict[str, Any]]:
+    """What capacity removing each cause with an estimated gain might buy: at the last level
+    that held, where little of the latency is queue, a cause's share of latency is about its
+    share of the time each op holds what limits the load, so without it that resource
+    serves ``1 / (1 - share)`` as many. An upper estimate: the cause removed entirely, and
+    its time spent on what limits the load (not, say, in a wait beside it)."""
+    out = []
+    for cause in causes:
+        if cause.get("gain_s") is None or cause.get("tier") == "errors":
+            continue
+        share = max(float(cause["share"]), 0.0)
+        if share < 0.05:
+            continue
+        estimate = value / (1.0 - min(share, MOST_GAIN))
+        more = "more than " if share > MOST_GAIN else ""
+        out.append(
+            {
+                "kind": cause["kind"],
+                "title": cause["title"],
+                "share": share,
+                "capacity": estimate,
+                "sentence": (
+                    f"fixing {cause['kind']} ({share:.0%} of latency where it held) might "
+                    f"raise the capacity to {more}about {estimate:.3g} "
+                    f"(x{estimate / value:.2g}; an estimate, at most)"
+                ),
+            }
+        )
+    return out[:3]
 
 
 def _grew(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[str]:
@@ -640,7 +684,7 @@ def result(search: Search, run_dir: Any, status: str) -> dict[str, Any]:
         "ended": search.ended,
         "levels": rows,
         "settle_probes": sum(1 for lv in search.levels if lv.kind == "settle"),
-        "why": why(run_dir, search),
+        "why": why(run_dir, search, found),
         "plan": _plan(search, found),
     }
 
@@ -690,6 +734,8 @@ def table(payload: dict[str, Any]) -> str:
     grew = payload.get("why", {}).get("grew")
     if grew:
         lines.append("what gives way: " + "; ".join(grew))
+    for fix in payload.get("why", {}).get("if_fixed") or []:
+        lines.append(f"if fixed: {fix['sentence']}")
     return "\n".join(lines)
 
 
