@@ -305,3 +305,32 @@ def test_interleaved_ab_runs_both_sides_in_blocks_and_pairs_them(tmp_path, cache
     assert (proc.returncode == 1) == (comparison["summary"].get("regression", 0) > 0)
     report = (ab / info["sides"]["candidate"] / "report.html").read_text()
     assert "baseline" in report and "optimized" in report
+
+
+def test_ctrl_c_in_a_capacity_search_keeps_the_levels_so_far(tmp_path, cache_dir):
+    """Interrupted after its saturation probe, a search still writes capacity.json with
+    every level it measured, says it was interrupted, and exits 130."""
+    results = tmp_path / "results"
+    proc = start(
+        results,
+        cache_dir,
+        "--profile",
+        "smoke",
+        "--capacity",
+        "--slo",
+        "all:p95<=5",
+        "--level-s",
+        "3",
+    )
+    wait_for(lambda: any('"capacity-02"' in x for x in record_lines(results)), proc, timeout=150)
+    proc.send_signal(signal.SIGINT)
+    _, err = finish(proc, timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    run = only_run(results)
+    found = json.loads((run / "capacity.json").read_text())
+    assert found["status"] == "interrupted"
+    kinds = [row["kind"] for row in found["levels"]]
+    assert kinds[:2] == ["one user", "saturation"] and len(kinds) >= 3, kinds
+    assert all(row["operations"] > 0 for row in found["levels"][:2])
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+    assert '<section id="capacity">' in (run / "report.html").read_text()
