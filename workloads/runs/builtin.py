@@ -37,6 +37,7 @@ from workloads.runs.live import (
 )
 from workloads.service.service import STAGE_FRAMES
 from workloads.stack import worker_env
+from workloads.stack.allocator import allocator_env
 from workloads.stack.blas import BLAS_THREADS, blas_env, resolve, survey
 from workloads.stack.ingest import ingest_all
 from workloads.stack.replica import ServiceReplica
@@ -76,7 +77,7 @@ def open_builtin(
     An interleaved A/B holds two of these at once and runs blocks of load on each."""
     cache = spec.cache_dir or default_cache_dir()
     blas = resolve(spec.config.blas, cache)
-    env = {**blas_env(blas), **worker_env(spec.stack)}
+    env = {**blas_env(blas), **worker_env(spec.stack), **allocator_env(spec.config.allocator)}
     blas_facts = _blas_facts(spec.config.blas, blas, cache)
     cluster: Cluster = connect(spec.address)
     interrupts.reinstall()

@@ -1,7 +1,8 @@
 """Named system configurations (``workloads/configs/<name>.toml`` or a path): BLAS + service knobs.
 
-A configuration file has ``description``, ``blas`` (``bundled`` or ``openblas``) and a
-``[service]`` table whose keys are :class:`ServiceConfig` fields. Unknown keys are errors.
+A configuration file has ``description``, ``blas`` (``bundled`` or ``openblas``),
+``affinity``, ``replicas``, ``allocator`` (``keep`` or ``return``) and a ``[service]``
+table whose keys are :class:`ServiceConfig` fields. Unknown keys are errors.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from datamodel.errors import ConfigError
 from workloads.service.service import ServiceConfig
+from workloads.stack.allocator import ALLOCATORS
 from workloads.stack.blas import BLAS_CHOICES
 
 CONFIG_DIR = Path(__file__).parent.parent / "configs"
@@ -37,6 +39,9 @@ class SystemConfig:
     """Route each project to one replica (False: any replica serves any project)."""
     replicas: int | None = None
     """Service replicas for the run (``None``: the profile's number)."""
+    allocator: str = "keep"
+    """How a replica's C allocator hands freed memory back: ``keep`` (glibc's defaults) or
+    ``return`` (see :mod:`workloads.stack.allocator`)."""
 
 
 def list_configs() -> list[str]:
@@ -60,7 +65,7 @@ def load_config(name_or_path: str) -> SystemConfig:
         raw = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
-    allowed = {"description", "blas", "service", "affinity", "replicas"}
+    allowed = {"description", "blas", "service", "affinity", "replicas", "allocator"}
     unknown = set(raw) - allowed
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)} (allowed: {sorted(allowed)})")
@@ -75,6 +80,9 @@ def load_config(name_or_path: str) -> SystemConfig:
     blas = raw.get("blas", "openblas")
     if blas not in BLAS_CHOICES:
         raise ConfigError(f"{path}: blas must be one of {list(BLAS_CHOICES)}, got {blas!r}")
+    allocator = raw.get("allocator", "keep")
+    if allocator not in ALLOCATORS:
+        raise ConfigError(f"{path}: allocator must be one of {list(ALLOCATORS)}, got {allocator!r}")
     service = raw.get("service", {})
     if not isinstance(service, dict):
         raise ConfigError(f"{path}: [service] must be a table")
@@ -98,4 +106,5 @@ def load_config(name_or_path: str) -> SystemConfig:
         service=dict(service),
         affinity=affinity,
         replicas=replicas,
+        allocator=allocator,
     )
