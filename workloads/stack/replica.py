@@ -26,6 +26,7 @@ from workloads.service.service import (
     StageTimings,
 )
 from workloads.stack import load_factory
+from workloads.stack.allocator import trimmer_from_env
 
 LATENCY_BOUNDARIES = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30]
 
@@ -126,6 +127,7 @@ class ServiceReplica:
             ServiceConfig(**config),
             [Project(name=n, root=Path(r), adapter=Path(a) if a else None) for n, r, a in projects],
         )
+        self._trimmer = trimmer_from_env()
         self._gauge_calls = 0
         # Python allocation tracing starts once the service is built: tracing imports and
         # model loading made start-up ~2x slower here and bloated every later snapshot.
@@ -311,6 +313,8 @@ class ServiceReplica:
         stats["pid"] = os.getpid()
         # The run's peak, not the peak since the last snapshot reset it.
         stats["mlx"]["peak_bytes"] = self._memory.peak_since_start()
+        if self._trimmer is not None:
+            stats["malloc_trim"] = self._trimmer.facts()
         self._metrics.memory.set(rss)
         self._metrics.hits.set(stats["adapters"]["hits"])
         self._metrics.misses.set(stats["adapters"]["misses"])
