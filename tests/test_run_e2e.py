@@ -75,6 +75,9 @@ def check_profiling(run: Path, records: list[dict]) -> None:
     wanted = {"system", "replica-0", "generator-0", "generator-1", "driver", "raylet", "gcs"}
     assert wanted | {"dashboard"} <= roles, roles
     assert any(row.get("uss") for row in timeline if row["role"] == "replica-0")
+    # A replica's memory budget: 400 MB of unique memory (optimized trims its heap).
+    uss = [row["uss"] for row in timeline if row["role"] == "replica-0" and row.get("uss")]
+    assert max(uss) < 400e6, f"replica USS reached {max(uss) / 1e6:.0f} MB"
     snapshots = json.loads((run / "snapshots.json").read_text())
     labels = [s["label"] for s in snapshots]
     assert labels[0] == "start" and labels[-1] == "end" and "stage:warm:end" in labels
