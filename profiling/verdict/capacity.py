@@ -470,9 +470,14 @@ def goodput(
     """Operations a second that completed and kept every latency SLO that covers them."""
     if not seconds > 0.0:
         return None
-    latency = [s for s in slos if s.latency_field]
-    good = sum(1 for r in records if r.get("ok") and all(s.kept(r) for s in latency if s.covers(r)))
-    return good / seconds
+    return sum(1 for r in records if is_good(r, slos)) / seconds
+
+
+def is_good(record: Mapping[str, Any], slos: Sequence[Slo]) -> bool:
+    """Whether ``record`` completed and kept every latency SLO that covers it."""
+    return bool(record.get("ok")) and all(
+        s.kept(record) for s in slos if s.latency_field and s.covers(record)
+    )
 
 
 def knee(values: Sequence[float], throughputs: Sequence[float]) -> float | None:

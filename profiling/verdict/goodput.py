@@ -17,7 +17,8 @@ from typing import Any
 
 from datamodel.errors import ConfigError
 from datamodel.records import throughput
-from profiling.verdict.capacity import Slo, parse_slo, slos_from_targets
+from datamodel.summary import summarize
+from profiling.verdict.capacity import Slo, is_good, parse_slo, slos_from_targets
 
 
 def run_slos(run_info: Mapping[str, Any], targets: Sequence[Any], name: str) -> list[Slo]:
@@ -38,13 +39,6 @@ def slos_of(texts: Sequence[str], source: str = "--slo") -> list[Slo]:
         if slo.latency_field:
             out.append(dataclasses.replace(slo, source=source))
     return out
-
-
-def is_good(record: Mapping[str, Any], slos: Sequence[Slo]) -> bool:
-    """Whether ``record`` completed and kept every latency SLO that covers it."""
-    return bool(record.get("ok")) and all(
-        s.kept(record) for s in slos if s.latency_field and s.covers(record)
-    )
 
 
 def goodput_table(
@@ -82,6 +76,17 @@ def goodput_table(
         "by_op": {op: row(mine) for op, mine in sorted(by_op.items())},
         "by_project": {p: row(mine) for p, mine in sorted(by_project.items())},
     }
+
+
+def summary_with_goodput(
+    records: list[dict[str, Any]], run_info: Mapping[str, Any], targets: Sequence[Any], name: str
+) -> dict[str, Any]:
+    """``summary.json``'s content: the summary of ``records`` and their goodput against
+    the run's latency SLOs (:func:`run_slos`)."""
+    blocks = run_info.get("blocks")
+    summary = summarize(records, blocks)
+    summary["goodput"] = goodput_table(records, run_slos(run_info, targets, name), blocks)
+    return summary
 
 
 def describe(table: Mapping[str, Any]) -> str:

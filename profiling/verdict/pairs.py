@@ -30,7 +30,7 @@ from typing import Any
 from datamodel.quantiles import quantile
 from datamodel.records import number
 from datamodel.runfolder import RunData
-from profiling.verdict.capacity import Slo
+from profiling.verdict.capacity import Slo, is_good
 from profiling.verdict.figures import (
     LATENCY_METRICS,
     LogScale,
@@ -40,7 +40,6 @@ from profiling.verdict.figures import (
     Scale,
     ShareScale,
 )
-from profiling.verdict.goodput import is_good
 from profiling.verdict.statistics import Test, compare_pairs, exceedance
 from profiling.verdict.testrows import Interval, Kind, Row
 
@@ -314,6 +313,7 @@ def _good(run: RunData, slos: Sequence[Slo]) -> int:
 
 
 def _seconds(run: RunData) -> float:
+    """Seconds from a block's first planned send to its last reply."""
     rows = [r for r in run.records if number(r.get("planned")) > 0]
     if not rows:
         return 0.0
@@ -331,11 +331,7 @@ def _rate(blocks: list[RunData], name: str) -> float | None:
     ok = seconds = 0.0
     for run in blocks:
         rows = [r for r in run.records if number(r.get("planned")) > 0]
-        if not rows:
-            continue
-        t0 = min(number(r.get("planned")) for r in rows)
-        t1 = max(number(r.get("planned")) + number(r.get("duration")) for r in rows)
-        seconds += max(t1 - t0, 0.0)
+        seconds += _seconds(run)
         ok += sum(1 for r in rows if r.get("ok") and (name == "all" or r.get("op") == name))
     return ok / seconds if seconds > 0 else None
 

@@ -19,9 +19,8 @@ import psutil
 from datamodel.errors import ConfigError
 from datamodel.records import span
 from datamodel.runfolder import RECORDS, RUN_JSON, RunData, read_records, utc_now, write_json
-from datamodel.summary import summarize
 from profiling.verdict.analyze import analyze
-from profiling.verdict.goodput import goodput_table, run_slos
+from profiling.verdict.goodput import summary_with_goodput
 from profiling.verdict.targets import known_targets, load_targets
 
 UNFINISHED = ("starting", "running")
@@ -63,9 +62,7 @@ def repair(run_dir: Path) -> str | None:
     profile = ((info.get("spec") or {}).get("profile") or {}).get("name")
     name = profile if profile in known_targets() else "default"
     targets = load_targets(name)
-    summary = summarize(records)
-    summary["goodput"] = goodput_table(records, run_slos(info, targets, name), info.get("blocks"))
-    write_json(Path(run_dir) / "summary.json", summary)
+    write_json(Path(run_dir) / "summary.json", summary_with_goodput(records, info, targets, name))
     write_json(path, info)
     from profiling.render.terminal import write_analysis
 

@@ -22,12 +22,10 @@ from datamodel.runfolder import (
     utc_now,
     write_json,
 )
-from datamodel.summary import summarize
 from profiling.render.html import write_report
 from profiling.render.terminal import render_terminal, write_analysis
 from profiling.verdict.analyze import analyze
-from profiling.verdict.capacity import Slo
-from profiling.verdict.goodput import goodput_table, run_slos
+from profiling.verdict.goodput import summary_with_goodput
 from profiling.verdict.targets import known_targets, load_targets
 from workloads.load.progress import Progress
 from workloads.runs.builtin import open_builtin
@@ -86,22 +84,16 @@ def close_folder(
     SLOs) and the final ``run.json``; the number of records and the summary."""
     writer.close()
     records = read_records(run_dir / "records.jsonl")
-    summary = summarize(records, run_info.get("blocks"))
-    summary["goodput"] = goodput_table(records, _slos(spec, run_info), run_info.get("blocks"))
+    name = targets_name(spec)
+    try:
+        targets = load_targets(name)
+    except LoadlensError:  # judge says why; goodput counts against no latency SLO
+        targets = []
+    summary = summary_with_goodput(records, run_info, targets, name)
     write_json(run_dir / "summary.json", summary)
     run_info.update(status=status, ended_utc=utc_now(), records=len(records))
     write_json(run_dir / "run.json", run_info)
     return len(records), summary
-
-
-def _slos(spec: RunSpec, run_info: dict[str, Any]) -> list[Slo]:
-    """The latency SLOs goodput counts against (a bad targets file: none; judge says why)."""
-    name = targets_name(spec)
-    try:
-        targets = load_targets(name)
-    except LoadlensError:
-        targets = []
-    return run_slos(run_info, targets, name)
 
 
 def targets_name(spec: RunSpec) -> str:
