@@ -122,12 +122,13 @@ class ServiceReplica:
             mx.set_cache_limit(int(config["mlx_cache_limit_mb"]) * mb)
         if config.get("mlx_memory_limit_mb") is not None:
             mx.set_memory_limit(int(config["mlx_memory_limit_mb"]) * mb)
+        # Before the service loads its models: loading churns the heap too.
+        self._trimmer = trimmer_from_env()
         build = load_factory(factory) if factory else Service
         self.service = build(
             ServiceConfig(**config),
             [Project(name=n, root=Path(r), adapter=Path(a) if a else None) for n, r, a in projects],
         )
-        self._trimmer = trimmer_from_env()
         self._gauge_calls = 0
         # Python allocation tracing starts once the service is built: tracing imports and
         # model loading made start-up ~2x slower here and bloated every later snapshot.
