@@ -99,8 +99,15 @@ def from_table(table: pa.Table) -> list[dict[str, Any]]:
 
 def write_parquet(records: Iterable[Mapping[str, Any]], path: Path) -> int:
     """Write ``records`` to a Parquet file at ``path`` (zstd); how many were written."""
-    table = to_table(records)
-    pq.write_table(table, path, compression="zstd")
+    return write_parquet_table(to_table(records), path)
+
+
+def write_parquet_table(table: pa.Table, path: Path) -> int:
+    """Write ``table`` (of :data:`RECORD_SCHEMA`) to a Parquet file at ``path`` (zstd),
+    whole or not at all: written beside it and renamed; how many rows were written."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    tmp.replace(path)
     return table.num_rows
 
 

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from datamodel.columnar import read_parquet
 from datamodel.errors import ConfigError
 from datamodel.records import infer_switches, number
 from datamodel.stacks import Stacks, read_collapsed
@@ -28,6 +29,10 @@ SCHEMA_VERSION = 2
 """Version of the run folder's layout (records gained ids, planned send times and lag in 2)."""
 RUN_JSON = "run.json"
 RECORDS = "records.jsonl"
+RECORDS_PARQUET = "records.parquet"
+"""The records as one Parquet file (:mod:`datamodel.columnar`), in place of ``records.jsonl``."""
+SHARDS = "records"
+"""A folder of Parquet shards of records, each written whole by the process that issued them."""
 INGEST = "ingest.json"
 TIMELINE = "timeline.jsonl"
 GAUGES = "gauges.jsonl"
@@ -78,8 +83,7 @@ class RunData:
         if not isinstance(run, dict):
             raise ConfigError(f"{folder / RUN_JSON} is not a JSON object")
         notes: list[str] = []
-        records = _read_jsonl(folder / RECORDS, notes, required=True)
-        assert records is not None
+        records = read_run_records(folder, notes)
         infer_switches(records)
         return cls(
             path=folder,
@@ -182,6 +186,25 @@ def _optional_list(path: Path, notes: list[str]) -> list[dict[str, Any]] | None:
         notes.append(f"ignored {path.name}: expected a JSON list")
         return None
     return [d for d in data if isinstance(d, dict)]
+
+
+def read_run_records(folder: Path, notes: list[str]) -> list[dict[str, Any]]:
+    """Every record of the run folder: ``records.jsonl``, ``records.parquet`` and the shards
+    under ``records/``, whichever exist. A shard that cannot be read (torn by a crash while
+    it was written) is left out with a note; :class:`ConfigError` when there are none of the
+    three."""
+    parquet = folder / RECORDS_PARQUET
+    shards = sorted((folder / SHARDS).glob("*.parquet")) if (folder / SHARDS).is_dir() else []
+    jsonl = folder / RECORDS
+    records = _read_jsonl(jsonl, notes, required=not (parquet.exists() or shards)) or []
+    for path in ([parquet] if parquet.exists() else []) + shards:
+        try:
+            records.extend(read_parquet(path))
+        except ConfigError as exc:
+            if path == parquet:
+                raise
+            notes.append(f"skipped shard {path.name}: {exc}")
+    return records
 
 
 def _read_jsonl(path: Path, notes: list[str], *, required: bool) -> list[dict[str, Any]] | None:

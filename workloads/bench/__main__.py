@@ -10,12 +10,13 @@ from workloads.bench import (
     ingest,
     interleaved,
     profiling,
+    results,
     service,
     soak,
     verdicts,
 )
 
-MODULES = (service, generator, profiling, verdicts, ingest, soak, capacity)
+MODULES = (service, generator, profiling, verdicts, ingest, soak, capacity, results)
 """Each adds its subcommand (and its handler) to the parser."""
 _ = interleaved  # part of ``verdicts --interleaved``
 
