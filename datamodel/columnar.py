@@ -70,9 +70,12 @@ def _cell(name: str, value: Any) -> Any:
     return value
 
 
-def to_table(records: Iterable[Mapping[str, Any]]) -> pa.Table:
-    """``records`` (dicts as in ``records.jsonl``) as an Arrow table of :data:`RECORD_SCHEMA`;
-    :class:`ConfigError` names the field whose value does not fit its column."""
+def to_table(records: Iterable[Mapping[str, Any]], misfits: list[str] | None = None) -> pa.Table:
+    """``records`` (dicts as in ``records.jsonl``) as an Arrow table of :data:`RECORD_SCHEMA`.
+
+    A value that does not fit its column raises :class:`ConfigError` naming the field; with
+    ``misfits`` given it is read as missing instead, and the field is added to ``misfits``
+    (a hand-edited or foreign file is still read)."""
     rows = list(records)
     columns = {}
     for name, kind in _FIELDS:
@@ -80,8 +83,20 @@ def to_table(records: Iterable[Mapping[str, Any]]) -> pa.Table:
         try:
             columns[name] = pa.array(values, type=kind)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
-            raise ConfigError(f"records: field {name!r} does not fit {kind}: {exc}") from None
+            if misfits is None:
+                raise ConfigError(f"records: field {name!r} does not fit {kind}: {exc}") from None
+            columns[name] = pa.array([_fitted(v, kind) for v in values], type=kind)
+            misfits.append(name)
     return pa.Table.from_pydict(columns, schema=RECORD_SCHEMA)
+
+
+def _fitted(value: Any, kind: pa.DataType) -> Any:
+    """``value`` if it fits a column of ``kind`` on its own, else ``None``."""
+    try:
+        pa.array([value], type=kind)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
+        return None
+    return value
 
 
 def from_table(table: pa.Table) -> list[dict[str, Any]]:
@@ -112,7 +127,12 @@ def write_parquet_table(table: pa.Table, path: Path) -> int:
 
 
 def read_parquet(path: Path) -> list[dict[str, Any]]:
-    """The records of a Parquet file written by :func:`write_parquet`; :class:`ConfigError`
+    """The records of a Parquet file written by :func:`write_parquet`, as dicts."""
+    return from_table(read_parquet_table(path))
+
+
+def read_parquet_table(path: Path) -> pa.Table:
+    """The table of a Parquet file written by :func:`write_parquet`; :class:`ConfigError`
     when it is not one (unreadable, or a newer layout than this reader knows)."""
     try:
         table = pq.read_table(path)
@@ -126,7 +146,7 @@ def read_parquet(path: Path) -> list[dict[str, Any]]:
             f"{path} holds records of layout {int(version)}; this loadlens reads up to "
             f"{RECORDS_SCHEMA_VERSION}"
         )
-    return from_table(table)
+    return table.select(NAMES).cast(RECORD_SCHEMA)
 
 
 def write_csv(records: Sequence[Mapping[str, Any]], path: Path) -> int:

@@ -13,6 +13,8 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
+
 from datamodel.errors import ConfigError
 
 K = TypeVar("K", bound=Hashable)
@@ -21,7 +23,7 @@ PERCENTILES: dict[str, float] = {"p50": 0.50, "p90": 0.90, "p95": 0.95, "p99": 0
 """The quantiles a :class:`Summary` reports, by field name."""
 
 
-def quantile_sorted(sorted_values: Sequence[float], q: float) -> float:
+def quantile_sorted(sorted_values: Sequence[float] | np.ndarray, q: float) -> float:
     """The ``q``-quantile (``0 <= q <= 1``) of ascending ``sorted_values``.
 
     Linear interpolation between the two nearest ranks, the same as numpy's default
@@ -74,19 +76,22 @@ class Summary:
 
 def summarize(values: Iterable[float]) -> Summary:
     """Summarise raw samples; no samples gives ``count=0`` and ``None`` for every figure."""
-    ordered = sorted(float(v) for v in values)
-    if any(math.isnan(v) for v in ordered):
+    if isinstance(values, np.ndarray):
+        ordered = np.sort(values.astype(np.float64, copy=False))
+    else:
+        ordered = np.sort(np.fromiter((float(v) for v in values), dtype=np.float64))
+    if np.isnan(ordered).any():
         raise ConfigError("cannot summarise samples that contain NaN")
-    if not ordered:
+    if not ordered.size:
         return Summary(
             count=0, mean=None, min=None, p50=None, p90=None, p95=None, p99=None, max=None
         )
     figures = {name: quantile_sorted(ordered, q) for name, q in PERCENTILES.items()}
     return Summary(
-        count=len(ordered),
+        count=int(ordered.size),
         mean=math.fsum(ordered) / len(ordered),
-        min=ordered[0],
-        max=ordered[-1],
+        min=float(ordered[0]),
+        max=float(ordered[-1]),
         **figures,
     )
 

@@ -10,11 +10,9 @@ omission). ``duration = lag + wait + service + transport``, each part measured p
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
-from datamodel.quantiles import quantile
 
 STAGES = ("adapter", "index", "embed", "search", "model")
 """Service-side stages an operation reports, in the order a request meets them: adapter
@@ -90,87 +88,6 @@ def number(value: Any) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
 
-def span(records: Iterable[Mapping[str, Any]]) -> tuple[float, float] | None:
-    """``(first planned send, last reply)`` of ``records`` in UNIX seconds, if any."""
-    start = end = None
-    for r in records:
-        t0 = number(r.get("planned"))
-        if t0 <= 0:
-            continue
-        t1 = t0 + number(r.get("duration"))
-        start = t0 if start is None else min(start, t0)
-        end = t1 if end is None else max(end, t1)
-    return None if start is None or end is None else (start, end)
-
-
-def throughput(
-    records: Sequence[Mapping[str, Any]],
-    window: tuple[float, float] | None = None,
-    *,
-    blocks: Sequence[Mapping[str, Any]] | None = None,
-) -> tuple[float, int, float] | None:
-    """``(ok ops per second, ok ops, seconds)`` over ``window`` (default: the records' own
-    span), or over the seconds of ``blocks`` when a run was loaded only in blocks (one
-    side of an interleaved A/B: the other side's blocks in between are not its time);
-    ``None`` when there is no time."""
-    if blocks:
-        seconds = sum(max(number(b.get("end")) - number(b.get("start")), 0.0) for b in blocks)
-    else:
-        window = window or span(records)
-        if window is None:
-            return None
-        seconds = window[1] - window[0]
-    if seconds <= 0:
-        return None
-    ok = sum(1 for r in records if r.get("ok"))
-    return ok / seconds, ok, seconds
-
-
 def error_kind(record: Mapping[str, Any]) -> str:
     """The kind of a failed record's error: the text before its first ``:``."""
     return str(record.get("error") or "unknown").split(":", 1)[0]
-
-
-def error_counts(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
-    """Failed records counted by :func:`error_kind`, sorted by kind."""
-    counts: dict[str, int] = {}
-    for r in records:
-        if not r.get("ok"):
-            kind = error_kind(r)
-            counts[kind] = counts.get(kind, 0) + 1
-    return dict(sorted(counts.items()))
-
-
-def infer_switches(records: Sequence[dict[str, Any]]) -> int:
-    """Mark which records of an HTTP stack changed what the server served.
-
-    Such records carry ``served`` (the model and adapter asked for); taken in the order they
-    were sent, a record changed it when the one sent just before asked for another. Sets
-    ``switched`` on those records (in place) and returns how many changed it.
-    """
-    served = sorted((r for r in records if r.get("served")), key=lambda r: number(r.get("sent")))
-    previous = None
-    changed = 0
-    for record in served:
-        record["switched"] = previous is not None and record["served"] != previous
-        changed += record["switched"]
-        previous = record["served"]
-    return changed
-
-
-def adapter_changes(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per op, end-to-end seconds of the ok records that changed the adapter and of those
-    that did not (medians and counts); ops where either group is empty are left out."""
-    out: dict[str, dict[str, Any]] = {}
-    for op in sorted({str(r.get("op")) for r in records}):
-        mine = [r for r in records if r.get("op") == op and r.get("ok")]
-        changed = [number(r.get("duration")) for r in mine if r.get("switched")]
-        same = [number(r.get("duration")) for r in mine if not r.get("switched")]
-        if changed and same:
-            out[op] = {
-                "changed": len(changed),
-                "unchanged": len(same),
-                "p50_changed_s": quantile(changed, 0.5),
-                "p50_unchanged_s": quantile(same, 0.5),
-            }
-    return out

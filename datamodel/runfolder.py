@@ -14,15 +14,19 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from datamodel.columnar import read_parquet
+import numpy as np
+import pyarrow as pa
+
+from datamodel.columnar import read_parquet_table, to_table
 from datamodel.errors import ConfigError
-from datamodel.records import infer_switches, number
+from datamodel.frame import Frame, Records, infer_switches
+from datamodel.records import number
 from datamodel.stacks import Stacks, read_collapsed
 
 SCHEMA_VERSION = 2
@@ -49,8 +53,9 @@ class RunData:
     """The run folder."""
     run: dict[str, Any]
     """``run.json``: spec, replicas, stages, replica_stats, machine."""
-    records: list[dict[str, Any]]
-    """``records.jsonl``: one dict per issued operation."""
+    records: Sequence[Mapping[str, Any]]
+    """One mapping per issued operation: dicts read from ``records.jsonl``, or rows of
+    columns (:class:`~datamodel.frame.Records`) read from Parquet."""
     ingest: list[dict[str, Any]] | None = None
     """``ingest.json``: one entry per project ingest."""
     timeline: list[dict[str, Any]] | None = None
@@ -140,24 +145,21 @@ class RunData:
             node = node.get(key) if isinstance(node, dict) else None
         return node if isinstance(node, dict) else {}
 
-    def ok_records(self, op: str | None = None) -> list[dict[str, Any]]:
+    def ok_records(self, op: str | None = None) -> list[Mapping[str, Any]]:
         """Records that completed, optionally only those of ``op``."""
-        return [r for r in self.records if r.get("ok") and (op is None or r.get("op") == op)]
+        frame = Frame.of(self.records)
+        mask = frame.ok if op is None else frame.ok & frame.equals("op", op)
+        return [self.records[i] for i in np.flatnonzero(mask).tolist()]
 
     def stage_windows(self) -> dict[str, tuple[float, float]]:
         """``stage -> (first issue, last completion)`` in UNIX seconds, from the records."""
-        windows: dict[str, tuple[float, float]] = {}
-        for r in self.records:
-            start, end = (
-                number(r.get("planned")),
-                number(r.get("planned")) + number(r.get("duration")),
-            )
-            if start <= 0:
-                continue
-            stage = str(r.get("stage"))
-            lo, hi = windows.get(stage, (start, end))
-            windows[stage] = (min(lo, start), max(hi, end))
-        return windows
+        frame = Frame.of(self.records)
+        start = frame.value("planned")
+        end = start + frame.value("duration")
+        return {
+            str(stage): (float(start[rows].min()), float(end[rows].max()))
+            for stage, rows in frame.groups("stage", start > 0)
+        }
 
     def samples(self, role_prefix: str) -> list[dict[str, Any]]:
         """Timeline samples whose role starts with ``role_prefix``, by time."""
@@ -188,23 +190,31 @@ def _optional_list(path: Path, notes: list[str]) -> list[dict[str, Any]] | None:
     return [d for d in data if isinstance(d, dict)]
 
 
-def read_run_records(folder: Path, notes: list[str]) -> list[dict[str, Any]]:
+def read_run_records(folder: Path, notes: list[str]) -> Sequence[Mapping[str, Any]]:
     """Every record of the run folder: ``records.jsonl``, ``records.parquet`` and the shards
-    under ``records/``, whichever exist. A shard that cannot be read (torn by a crash while
-    it was written) is left out with a note; :class:`ConfigError` when there are none of the
-    three."""
+    under ``records/``, whichever exist, as columns (:class:`~datamodel.frame.Records`).
+
+    A shard that cannot be read (torn by a crash while it was written) is left out with a
+    note; :class:`ConfigError` when there are none of the three."""
     parquet = folder / RECORDS_PARQUET
     shards = sorted((folder / SHARDS).glob("*.parquet")) if (folder / SHARDS).is_dir() else []
     jsonl = folder / RECORDS
-    records = _read_jsonl(jsonl, notes, required=not (parquet.exists() or shards)) or []
+    lines = _read_jsonl(jsonl, notes, required=not (parquet.exists() or shards))
+    misfits: list[str] = []
+    tables = [to_table(lines, misfits)] if lines else []
+    if misfits:
+        notes.append(
+            f"{RECORDS}: values of {', '.join(misfits)} that are not of their type "
+            "were read as missing"
+        )
     for path in ([parquet] if parquet.exists() else []) + shards:
         try:
-            records.extend(read_parquet(path))
+            tables.append(read_parquet_table(path))
         except ConfigError as exc:
             if path == parquet:
                 raise
             notes.append(f"skipped shard {path.name}: {exc}")
-    return records
+    return Records(pa.concat_tables(tables) if tables else to_table([]))
 
 
 def _read_jsonl(path: Path, notes: list[str], *, required: bool) -> list[dict[str, Any]] | None:

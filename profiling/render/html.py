@@ -23,7 +23,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import numpy as np
+
 from datamodel.errors import LoadlensError
+from datamodel.frame import Frame
 from datamodel.quantiles import quantile_sorted
 from datamodel.records import number
 from datamodel.runfolder import RunData
@@ -72,10 +75,12 @@ def _epoch(value: Any) -> float | None:
 def _origin(run: RunData) -> float:
     """The x origin of every chart: the run start, or the first timestamp in the data when
     ``started_utc`` is missing or disagrees with the data (after it, or an hour before it)."""
-    times = [number(r.get("planned")) for r in run.records] + [
-        number(s.get("t")) for s in (run.timeline or []) + (run.snapshots or [])
-    ]
+    times = [number(s.get("t")) for s in (run.timeline or []) + (run.snapshots or [])]
+    planned = Frame.of(run.records).value("planned")
+    planned = planned[planned > 0]
     first = min((t for t in times if t > 0), default=0.0)
+    if planned.size:
+        first = min(first, float(planned.min())) if first > 0 else float(planned.min())
     start = _epoch(run.run.get("started_utc"))
     return start if start is not None and 0 <= first - start < 3600 else first
 
@@ -92,19 +97,22 @@ def _listed(names: list[str], limit: int = 12) -> str:
 
 def _errors(run: RunData, t0: float, limit: int = 20) -> Table | None:
     """Failed operations grouped by op and error message, most frequent first."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for r in run.records:
-        if not r.get("ok"):
-            groups[(str(r.get("op")), str(r.get("error") or "unknown error"))].append(r)
+    frame = Frame.of(run.records)
+    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    failed = np.flatnonzero(~frame.ok)
+    ops, errors = frame.labels("op")[failed], frame.text("error")[failed]
+    for i, op, error in zip(failed.tolist(), ops.tolist(), errors.tolist(), strict=True):
+        groups[(op, str(error or "unknown error"))].append(i)
     if not groups:
         return None
     ranked = sorted(groups.items(), key=lambda kv: -len(kv[1]))
+    planned, projects = frame.value("planned"), frame.labels("project")
     rows = [
         [
             Cell(op),
             num(f"{len(rs):,}"),
-            num(f"{min(number(r.get('planned')) for r in rs) - t0:.1f} s"),
-            Cell(_listed(sorted({str(r.get("project")) for r in rs}), 3)),
+            num(f"{planned[rs].min() - t0:.1f} s"),
+            Cell(_listed(sorted(set(projects[rs].tolist())), 3)),
             Cell(error[:500]),
         ]
         for (op, error), rs in ranked[:limit]
@@ -168,25 +176,33 @@ def _header(run: RunData, analysis: dict[str, Any] | None) -> Section:
     return Section("run", f"Run {run.run_id}", facts=facts, notes=notes)
 
 
-def _windows(records: list[dict[str, Any]], t0: float) -> list[tuple[float, list[float]]]:
-    """``(window centre, sorted durations)`` of ok ``records`` per window of issue time."""
-    windows: dict[int, list[float]] = defaultdict(list)
-    for r in records:
-        if r.get("ok"):
-            slot = int((number(r.get("planned")) - t0) // WINDOW_S)
-            windows[slot].append(number(r.get("duration")))
-    return [((w + 0.5) * WINDOW_S, sorted(v)) for w, v in sorted(windows.items())]
+def _windows(frame: Frame, rows: np.ndarray, t0: float) -> list[tuple[float, np.ndarray]]:
+    """``(window centre, sorted durations)`` of the ok records among ``rows`` per window of
+    issue time: the charts draw one point per window, never one per record."""
+    rows = rows[frame.ok[rows]]
+    slots = ((frame.value("planned")[rows] - t0) // WINDOW_S).astype(np.int64)
+    durations = frame.value("duration")[rows]
+    order = np.lexsort((durations, slots))
+    slots, durations = slots[order], durations[order]
+    cuts = np.flatnonzero(np.diff(slots)) + 1
+    return [
+        ((int(chunk_slots[0]) + 0.5) * WINDOW_S, chunk)
+        for chunk_slots, chunk in zip(np.split(slots, cuts), np.split(durations, cuts), strict=True)
+        if chunk.size
+    ]
 
 
 def _latency(run: RunData, t0: float) -> Section:
     title = "Latency over time"
-    if not run.ok_records():
+    frame = Frame.of(run.records)
+    if not frame.ok.any():
         return missing("latency", title, "no completed operations in records.jsonl")
     markers = _markers(run, t0)
     rows, figs, counts = [], [], []
-    for i, op in enumerate(sorted({str(r.get("op")) for r in run.records})):
-        mine = [r for r in run.records if str(r.get("op")) == op]
-        windows = _windows(mine, t0)
+    ops = frame.labels("op")
+    for i, op in enumerate(sorted(set(ops.tolist()))):
+        mine = np.flatnonzero(ops == op)
+        windows = _windows(frame, mine, t0)
         p50 = Series(
             f"{op} p50", [(x, quantile_sorted(v, 0.50)) for x, v in windows], charts.color(0)
         )
@@ -196,11 +212,11 @@ def _latency(run: RunData, t0: float) -> Section:
             Chart(what, "s", [p50, Series(f"{op} p95", p95, charts.color(1), dashed=True)], markers)
         )
         counts.append(Series(op, [(x, float(len(v))) for x, v in windows], charts.color(i)))
-        ok = [r for r in mine if r.get("ok")]
-        durations = sorted(number(r.get("duration")) for r in ok)
-        figures = [quantile_sorted(durations, q) for q in (0.50, 0.95, 0.99)] if ok else []
-        if ok:
-            figures += [durations[-1], sum(number(r.get("wait")) for r in ok) / len(ok)]
+        ok = mine[frame.ok[mine]]
+        durations = np.sort(frame.value("duration")[ok])
+        figures = [quantile_sorted(durations, q) for q in (0.50, 0.95, 0.99)] if ok.size else []
+        if ok.size:
+            figures += [float(durations[-1]), float(frame.value("wait")[ok].mean())]
         failed = len(mine) - len(ok)
         rows.append(
             [Cell(op), num(f"{len(mine):,}"), num(f"{failed:,}", "fail" if failed else "")]

@@ -11,12 +11,14 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
+from datamodel.frame import Frame, span
 from datamodel.quantiles import quantile_sorted
-from datamodel.records import number, span
 from datamodel.runfolder import RunData
 from profiling.render.charts import format_value
 from profiling.render.sections import Cell, Section, Table, missing, num
-from profiling.verdict.capacity import Slo, goodput, slos_from_targets
+from profiling.verdict.capacity import Slo, good_mask, slos_from_targets
 from profiling.verdict.goodput import slos_of
 from profiling.verdict.targets import Target
 
@@ -51,23 +53,26 @@ def project_rows(records: Sequence[Mapping[str, Any]], slos: Sequence[Slo]) -> l
     """Per project: operations, failures, p50/p95/p99, adapter changes, goodput, slow."""
     window = span(records)
     seconds = window[1] - window[0] if window else 0.0
-    by: dict[str, list[Mapping[str, Any]]] = {}
-    for r in records:
-        if r.get("project"):
-            by.setdefault(str(r["project"]), []).append(r)
+    frame = Frame.of(records)
+    good, duration, switched = (
+        good_mask(frame, slos),
+        frame.value("duration"),
+        frame.flag("switched"),
+    )
+    by = {str(p): mine for p, mine in frame.groups("project") if p}
     rows: list[dict[str, Any]] = []
     for project, mine in sorted(by.items()):
-        ok = sorted(number(r.get("duration")) for r in mine if r.get("ok"))
+        ok = np.sort(duration[mine[frame.ok[mine]]])
         rows.append(
             {
                 "project": project,
-                "operations": len(mine),
-                "failed": sum(1 for r in mine if not r.get("ok")),
-                "p50_s": quantile_sorted(ok, 0.50) if ok else None,
-                "p95_s": quantile_sorted(ok, 0.95) if ok else None,
-                "p99_s": quantile_sorted(ok, 0.99) if ok else None,
-                "switches": sum(1 for r in mine if r.get("switched")),
-                "goodput_ops_s": goodput(mine, slos, seconds),
+                "operations": int(mine.size),
+                "failed": int((~frame.ok[mine]).sum()),
+                "p50_s": quantile_sorted(ok, 0.50) if ok.size else None,
+                "p95_s": quantile_sorted(ok, 0.95) if ok.size else None,
+                "p99_s": quantile_sorted(ok, 0.99) if ok.size else None,
+                "switches": int(switched[mine].sum()),
+                "goodput_ops_s": int(good[mine].sum()) / seconds if seconds > 0 else None,
             }
         )
     p95s = [float(r["p95_s"]) for r in rows if r["p95_s"] is not None]

@@ -181,11 +181,13 @@ def _context(run: RunData, att: Attribution, found: list[Finding]) -> list[Fact]
                     [RECORDS],
                 )
             )
-    first = np.zeros(len(att.records))
+    first = np.zeros(att.frame.n)
     seen: set[tuple[Any, Any, str]] = set()
-    for i, r in enumerate(att.records):
-        for cache in r.get("misses") or []:
-            key = (r.get("replica"), r.get("project"), cache)
+    frame = att.frame
+    replicas, projects = frame.column("replica"), frame.column("project")
+    for i, misses in enumerate(frame.column("misses")):
+        for cache in misses or []:
+            key = (replicas[i], projects[i], cache)
             if key not in seen and cache in att.components:
                 seen.add(key)
                 first[i] += att.column(cache)[i]

@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from datamodel.frame import STAGE_PREFIX, Frame
 from datamodel.quantiles import quantile_sorted
-from datamodel.records import STAGES, number
+from datamodel.records import STAGES
 
 COMPONENTS = ("lag", "queue", *STAGES, "other", "transport", "failed")
 """The parts of a record's latency, in the order a request meets them."""
@@ -43,26 +44,35 @@ def split(record: Mapping[str, Any]) -> dict[str, float]:
 
     Measured parts are clipped so that rounding between clocks never makes them exceed
     the whole: stages are scaled down to fit the service time, service to fit what lag and
-    queue leave.
+    queue leave. (:func:`split_matrix` splits many at once.)
     """
-    duration = max(number(record.get("duration")), 0.0)
-    parts = dict.fromkeys(COMPONENTS, 0.0)
-    if not record.get("ok"):
-        parts["failed"] = duration
-        return parts
-    lag = min(max(number(record.get("lag")), 0.0), duration)
-    queue = min(max(number(record.get("wait")), 0.0), duration - lag)
-    service = min(max(number(record.get("service")), 0.0), duration - lag - queue)
-    raw = record.get("stages") or {}
-    stages = {name: max(number(raw.get(name)), 0.0) for name in STAGES}
-    total = sum(stages.values())
-    scale = service / total if total > service > 0 else (0.0 if service <= 0 else 1.0)
-    for name, seconds in stages.items():
-        parts[name] = seconds * scale
-    parts.update(lag=lag, queue=queue)
-    parts["other"] = max(service - total * scale, 0.0)
-    parts["transport"] = max(duration - lag - queue - service, 0.0)
-    return parts
+    row = split_matrix(Frame.of([record]))[0]
+    return {name: float(v) for name, v in zip(COMPONENTS, row, strict=True)}
+
+
+def split_matrix(frame: Frame) -> Vector:
+    """:func:`split` of every record of ``frame`` at once: one row per record, one column
+    per component of :data:`COMPONENTS`."""
+    duration = np.maximum(frame.value("duration"), 0.0)
+    lag = np.minimum(np.maximum(frame.value("lag"), 0.0), duration)
+    queue = np.minimum(np.maximum(frame.value("wait"), 0.0), duration - lag)
+    service = np.minimum(np.maximum(frame.value("service"), 0.0), duration - lag - queue)
+    stages = np.column_stack([np.maximum(frame.value(STAGE_PREFIX + name), 0.0) for name in STAGES])
+    total = stages.sum(axis=1)
+    fit = (total > service) & (service > 0)
+    scale = np.where(fit, service / np.where(fit, total, 1.0), np.where(service <= 0, 0.0, 1.0))
+    matrix = np.zeros((frame.n, len(COMPONENTS)))
+    column = {name: k for k, name in enumerate(COMPONENTS)}
+    matrix[:, column["lag"]] = lag
+    matrix[:, column["queue"]] = queue
+    for k, name in enumerate(STAGES):
+        matrix[:, column[name]] = stages[:, k] * scale
+    matrix[:, column["other"]] = np.maximum(service - total * scale, 0.0)
+    matrix[:, column["transport"]] = np.maximum(duration - lag - queue - service, 0.0)
+    failed = ~frame.ok
+    matrix[failed] = 0.0
+    matrix[failed, column["failed"]] = duration[failed]
+    return matrix
 
 
 @dataclass(frozen=True)
@@ -125,13 +135,12 @@ class Attribution:
     """
 
     def __init__(self, records: Sequence[Mapping[str, Any]]) -> None:
-        self.records = list(records)
-        n = len(self.records)
-        self.matrix: Vector = np.zeros((n, len(COMPONENTS)))
-        for i, record in enumerate(self.records):
-            self.matrix[i] = [value for value in split(record).values()]
+        self.records = records
+        self.frame = Frame.of(records)
+        n = self.frame.n
+        self.matrix: Vector = split_matrix(self.frame)
         self.duration: Vector = self.matrix.sum(axis=1)
-        self.ops = np.array([str(r.get("op")) for r in self.records], dtype=object)
+        self.ops = self.frame.labels("op")
         self.tail = np.zeros(n, dtype=bool)
         for op in sorted(set(self.ops)):
             rows = np.flatnonzero(self.ops == op)
@@ -145,7 +154,7 @@ class Attribution:
             (self.matrix[:, COMPONENTS.index(c)] for c in SERVICE), np.zeros(n)
         )
         """Service seconds per record (the sum of the service parts)."""
-        replicas = np.array([int(number(r.get("replica"))) for r in self.records], dtype=int)
+        replicas = self.frame.value("replica").astype(int)
         self._by_replica = {
             int(k): np.flatnonzero(replicas == k) for k in sorted(set(replicas.tolist()))
         }
@@ -155,7 +164,7 @@ class Attribution:
         return self._by_replica
 
     def _window(self, rows: NDArray[np.intp]) -> float:
-        starts = np.array([number(self.records[i].get("planned")) for i in rows])
+        starts = self.frame.value("planned")[rows]
         ends = starts + self.duration[rows]
         return float(ends.max() - starts.min()) if len(rows) else 0.0
 
@@ -172,8 +181,8 @@ class Attribution:
         send times, so a backlog drained after the stage does not dilute it)."""
         out = {}
         for k, rows in self._by_replica.items():
-            planned = [number(self.records[i].get("planned")) for i in rows]
-            window = max(planned) - min(planned) if planned else 0.0
+            planned = self.frame.value("planned")[rows]
+            window = float(planned.max() - planned.min()) if planned.size else 0.0
             out[k] = (len(rows) - 1) / window if window > 0 else 0.0
         return out
 
@@ -191,7 +200,7 @@ class Attribution:
 
     def where(self, key: str, value: Any) -> NDArray[np.bool_]:
         """Records whose ``key`` equals ``value``."""
-        return np.array([r.get(key) == value for r in self.records], dtype=bool)
+        return self.frame.equals(key, value)
 
     def claim(self, seconds: Vector) -> dict[str, Any]:
         """Sums of a per-record claim: seconds, share, tail seconds and share, per op."""
@@ -229,9 +238,7 @@ class Attribution:
         for op in sorted(set(self.ops.tolist())):
             rows = self.ops == op
             values = np.sort(self.duration[rows]).tolist()
-            failed = sum(
-                1 for r, keep in zip(self.records, rows, strict=True) if keep and not r.get("ok")
-            )
+            failed = int((rows & ~self.frame.ok).sum())
             ops[op] = {
                 "records": float(len(values)),
                 "failed": float(failed),
@@ -240,6 +247,4 @@ class Attribution:
                 "p95_s": quantile_sorted(values, 0.95),
                 "p99_s": quantile_sorted(values, 0.99),
             }
-        return Budget(
-            len(self.records), self.total, int(self.tail.sum()), self.tail_total, parts, ops
-        )
+        return Budget(self.frame.n, self.total, int(self.tail.sum()), self.tail_total, parts, ops)

@@ -30,11 +30,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+from numpy.typing import NDArray
 from scipy import stats
 from scipy.optimize import isotonic_regression
 
 from datamodel.errors import ConfigError
-from datamodel.records import number
+from datamodel.frame import Frame
 
 Verdict = Literal["pass", "fail", "unresolved", "no data"]
 CONFIDENCE = 0.95
@@ -88,14 +89,24 @@ class Slo:
 
     def covers(self, record: Mapping[str, Any]) -> bool:
         """Whether ``record`` counts toward this SLO."""
-        return self.op in ("all", "errors") or record.get("op") == self.op
+        return bool(self.covered(Frame.of([record]))[0])
 
     def kept(self, record: Mapping[str, Any]) -> bool:
         """Whether ``record`` kept this SLO (a failed op never keeps a latency SLO)."""
+        return bool(self.kept_by(Frame.of([record]))[0])
+
+    def covered(self, frame: Frame) -> NDArray[np.bool_]:
+        """Which records of ``frame`` count toward this SLO."""
+        if self.op in ("all", "errors"):
+            return np.ones(frame.n, dtype=bool)
+        return frame.equals("op", self.op)
+
+    def kept_by(self, frame: Frame) -> NDArray[np.bool_]:
+        """Which records of ``frame`` kept this SLO (a failed op never keeps a latency
+        SLO)."""
         if self.op == "errors":
-            return bool(record.get("ok"))
-        value = number(record.get(self.latency_field or "duration"))
-        return bool(record.get("ok")) and value <= self.threshold
+            return frame.ok
+        return frame.ok & (frame.value(self.latency_field or "duration") <= self.threshold)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form, with its text and the attainment it needs."""
@@ -241,11 +252,11 @@ def level_data(
     """:class:`LevelData` of one level's records (planned times give the blocks)."""
     kept: dict[str, np.ndarray] = {}
     blocks: dict[str, np.ndarray] = {}
+    frame = Frame.of(records)
     for slo in slos:
-        mine = [r for r in records if slo.covers(r)]
-        kept[slo.text] = np.array([slo.kept(r) for r in mine], dtype=float)
-        times = np.array([number(r.get("planned")) for r in mine], dtype=float)
-        blocks[slo.text] = blocks_of(times, block_s)
+        mine = slo.covered(frame)
+        kept[slo.text] = slo.kept_by(frame)[mine].astype(float)
+        blocks[slo.text] = blocks_of(frame.value("planned")[mine], block_s)
     return LevelData(value, kept, blocks, over, unseen)
 
 
@@ -470,14 +481,17 @@ def goodput(
     """Operations a second that completed and kept every latency SLO that covers them."""
     if not seconds > 0.0:
         return None
-    return sum(1 for r in records if is_good(r, slos)) / seconds
+    return int(good_mask(Frame.of(records), slos).sum()) / seconds
 
 
-def is_good(record: Mapping[str, Any], slos: Sequence[Slo]) -> bool:
-    """Whether ``record`` completed and kept every latency SLO that covers it."""
-    return bool(record.get("ok")) and all(
-        s.kept(record) for s in slos if s.latency_field and s.covers(record)
-    )
+def good_mask(frame: Frame, slos: Sequence[Slo]) -> NDArray[np.bool_]:
+    """Which records of ``frame`` completed and kept every latency SLO that covers them:
+    the one definition of a good operation (capacity levels, goodput, paired rows)."""
+    good = frame.ok.copy()
+    for slo in slos:
+        if slo.latency_field:
+            good &= ~slo.covered(frame) | slo.kept_by(frame)
+    return good
 
 
 def knee(values: Sequence[float], throughputs: Sequence[float]) -> float | None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from datamodel.frame import Frame
 from datamodel.records import number
 from datamodel.runfolder import MLX_PROBE, PROFILES, RECORDS, RUN_JSON, RunData
 from datamodel.stacks import RUNNING, strip_frame_line
@@ -77,15 +78,18 @@ def _replica_stats(run: RunData) -> dict[int, dict[str, Any]]:
 def _thrash(run: RunData, att: Attribution, claims: ServiceClaims, cache: str) -> list[Finding]:
     """Loads of ``cache`` (``adapter`` or ``index``) forced by an earlier eviction."""
     seen: set[tuple[Any, Any]] = set()
-    capacity = np.zeros(len(att.records))
+    capacity = np.zeros(att.frame.n)
     compulsory = 0
     working: dict[int, set[str]] = {}
-    for i, r in enumerate(att.records):
-        if r.get("project") is not None and r.get("ok"):
-            working.setdefault(int(number(r.get("replica"))), set()).add(str(r["project"]))
-        if cache not in (r.get("misses") or []) or not r.get("ok"):
+    frame = att.frame
+    projects, replicas = frame.column("project"), frame.column("replica")
+    ok, misses = frame.ok.tolist(), frame.column("misses")
+    for i in range(frame.n):
+        if projects[i] is not None and ok[i]:
+            working.setdefault(int(replicas[i] or 0), set()).add(str(projects[i]))
+        if cache not in (misses[i] or []) or not ok[i]:
             continue
-        key = (r.get("replica"), r.get("project"))
+        key = (replicas[i], projects[i])
         if key in seen:
             capacity[i] = att.column(cache)[i]
         else:
@@ -162,11 +166,12 @@ def slow_blas(run: RunData, att: Attribution, claims: ServiceClaims) -> list[Fin
     if not probes:
         return []
     best = max((number(p.get("achievable_gflops")) for p in probes.values()), default=0.0)
-    saved = np.zeros(len(att.records))
+    saved = np.zeros(att.frame.n)
     slow: dict[int, dict[str, Any]] = {}
     compute = att.column("embed") + att.column("model")
-    for i, r in enumerate(att.records):
-        probe = probes.get(int(number(r.get("replica"))))
+    flops = att.frame.value("flops")
+    for replica, rows in att.by_replica().items():
+        probe = probes.get(replica)
         gflops = number(probe.get("matmul_gflops")) if probe else 0.0
         if probe is None or gflops <= 0:
             continue
@@ -175,10 +180,9 @@ def slow_blas(run: RunData, att: Attribution, claims: ServiceClaims) -> list[Fin
             continue
         if not reference and probe.get("blas_kind") == probe.get("achievable_blas"):
             continue  # the fastest BLAS is loaded: a slow probe was a busy machine, not it
-        slow[int(number(r.get("replica")))] = probe
-        flops = number(r.get("flops"))
-        now = min(compute[i], flops / (gflops * 1e9))
-        saved[i] = max(now - (flops / (best * 1e9) if best else 0.0), 0.0)
+        slow[replica] = probe
+        now = np.minimum(compute[rows], flops[rows] / (gflops * 1e9))
+        saved[rows] = np.maximum(now - (flops[rows] / (best * 1e9) if best else 0.0), 0.0)
     claims.add("slow_blas", saved)
     claim = att.claim(saved + claims.queue_share("slow_blas"))
     if not slow or not material(claim):
@@ -438,13 +442,13 @@ def _load_share(run: RunData) -> tuple[float, int] | None:
     return (loading / busy if busy else 0.0), busy
 
 
-def _batching(records: list[Mapping[str, Any]], rows: list[int]) -> dict[str, float] | None:
+def _batching(frame: Frame, rows: list[int]) -> dict[str, float] | None:
     """Requests in flight and requests streaming tokens, each averaged over the run's span
     (Little's law: the sum of their times over the span): a server that could batch every
     request in flight streams about as many as are in flight."""
-    sent = np.array([number(records[i].get("sent")) for i in rows])
-    service = np.array([number(records[i].get("service")) for i in rows])
-    ttft = np.array([number(records[i].get("ttft")) for i in rows])
+    sent = frame.value("sent")[rows]
+    service = frame.value("service")[rows]
+    ttft = frame.value("ttft")[rows]
     window = float((sent + service).max() - sent.min()) if rows else 0.0
     streaming = ttft > 0
     if window <= 0 or not streaming.any():
@@ -465,17 +469,19 @@ def adapter_change(run: RunData, att: Attribution, claims: ServiceClaims) -> lis
     server's busy py-spy samples in loading, and how many requests it streamed at a time
     against how many were in flight (what it could batch).
     """
-    records = att.records
-    rows = [i for i, r in enumerate(records) if r.get("served")]
+    frame = att.frame
+    served = frame.served()
+    rows = np.flatnonzero(served).tolist()
     if len(rows) < 10:
         return []
-    changed = np.array([bool(r.get("switched")) for r in records])
-    wait = np.array([number(r.get("ttft")) or number(r.get("duration")) for r in records])
-    ok = np.array([bool(r.get("ok")) for r in records])
-    claim_vec = np.zeros(len(records))
+    changed = frame.flag("switched")
+    ttft = frame.value("ttft")
+    wait = np.where(ttft != 0, ttft, frame.value("duration"))
+    ok = frame.ok
+    claim_vec = np.zeros(frame.n)
     by_op: dict[str, dict[str, Any]] = {}
-    for op in sorted({str(records[i].get("op")) for i in rows}):
-        mine = np.array([str(r.get("op")) == op for r in records]) & ok
+    for op in sorted(set(att.ops[served].tolist())):
+        mine = (att.ops == op) & ok
         same, other = wait[mine & ~changed], wait[mine & changed]
         if len(same) < 3 or len(other) < 3:
             continue
@@ -493,7 +499,7 @@ def adapter_change(run: RunData, att: Attribution, claims: ServiceClaims) -> lis
     if not by_op or not material(claim):
         return []
     flags = changed[rows]
-    batch = _batching(records, rows)
+    batch = _batching(frame, rows)
     load = _load_share(run)
     main = max(by_op, key=lambda op: by_op[op]["changed"])
     figures = by_op[main]

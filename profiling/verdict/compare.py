@@ -34,8 +34,8 @@ from typing import Any
 
 from datamodel.cache import default_cache_dir
 from datamodel.errors import ConfigError
+from datamodel.frame import adapter_changes
 from datamodel.quantiles import quantile
-from datamodel.records import adapter_changes
 from datamodel.runfolder import RunData
 from profiling.verdict import calibration
 from profiling.verdict.capacity import slos_from_targets

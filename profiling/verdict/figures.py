@@ -14,8 +14,8 @@ from typing import Protocol
 
 import numpy as np
 
+from datamodel.frame import Frame
 from datamodel.quantiles import quantile
-from datamodel.records import number, span
 from datamodel.runfolder import RunData
 from profiling.verdict.statistics import Array, Level, block_rate, exceedance, n_blocks
 
@@ -62,33 +62,31 @@ class RunFigures:
     @classmethod
     def of(cls, run: RunData) -> RunFigures:
         """The series of ``run``'s records."""
-        rows = sorted(
-            (r for r in run.records if number(r.get("planned")) > 0),
-            key=lambda r: number(r.get("planned")),
-        )
-        window = span(rows)
-        ops = sorted({str(r.get("op")) for r in rows})
-        durations: dict[str, list[float]] = {op: [] for op in ops}
-        tested: dict[str, list[float]] = {op: [] for op in ops}
-        for r in rows:
-            durations[str(r.get("op"))].append(number(r.get("duration")))
-            tested[str(r.get("op"))].append(number(r.get("duration")) if r.get("ok") else math.inf)
+        frame = Frame.of(run.records)
+        all_planned = frame.value("planned")
+        rows = np.flatnonzero(all_planned > 0)
+        rows = rows[np.argsort(all_planned[rows], kind="stable")]
+        planned, duration = all_planned[rows], frame.value("duration")[rows]
+        ok = frame.ok[rows]
+        labels = frame.labels("op")[rows]
+        window = (float(planned.min()), float((planned + duration).max())) if rows.size else None
+        ops = sorted(set(labels.tolist()))
+        durations = {op: duration[labels == op].tolist() for op in ops}
+        tested_all = np.where(ok, duration, math.inf)
+        tested = {op: tested_all[labels == op].tolist() for op in ops}
         blocks = {op: n_blocks(durations[op]) for op in ops}
         throughput: dict[str, Level] = {}
         if window and window[1] > window[0]:
             for op in [*ops, "all"]:
-                times = [
-                    number(r.get("planned"))
-                    for r in rows
-                    if r.get("ok") and (op == "all" or r.get("op") == op)
-                ]
+                times = planned[ok & ((labels == op) if op != "all" else True)].tolist()
                 if times:
-                    k = blocks.get(op) or n_blocks([number(r.get("duration")) for r in rows])
+                    k = blocks.get(op) or n_blocks(duration.tolist())
                     throughput[op] = block_rate(times, window[0], window[1], k)
-        ok = np.array([bool(r.get("ok")) for r in rows], dtype=bool)
-        k = n_blocks([number(r.get("duration")) for r in rows]) if rows else 1
+        k = n_blocks(duration.tolist()) if rows.size else 1
         failures = [(int((~part).sum()), len(part)) for part in np.array_split(ok, max(k, 1))]
-        return cls(durations, tested, blocks, throughput, int((~ok).sum()), len(rows), failures)
+        return cls(
+            durations, tested, blocks, throughput, int((~ok).sum()), int(rows.size), failures
+        )
 
 
 def latency_levels(

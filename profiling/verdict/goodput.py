@@ -15,10 +15,13 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
+
 from datamodel.errors import ConfigError
-from datamodel.records import throughput
+from datamodel.frame import Frame, throughput
 from datamodel.summary import summarize
-from profiling.verdict.capacity import Slo, is_good, parse_slo, slos_from_targets
+from profiling.verdict.capacity import Slo, good_mask, parse_slo, slos_from_targets
 
 
 def run_slos(run_info: Mapping[str, Any], targets: Sequence[Any], name: str) -> list[Slo]:
@@ -51,30 +54,29 @@ def goodput_table(
     latency = [s for s in slos if s.latency_field]
     rate = throughput(records, blocks=blocks)
     seconds = rate[2] if rate else 0.0
+    frame = Frame.of(records)
+    good, ok = good_mask(frame, latency), frame.ok
 
-    def row(mine: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        good = sum(1 for r in mine if is_good(r, latency))
+    def row(mine: NDArray[np.intp] | slice) -> dict[str, Any]:
+        count = int(good[mine].sum())
+        operations = int(ok[mine].size)
         return {
-            "ops_s": good / seconds if seconds > 0 else None,
-            "good": good,
-            "ok": sum(1 for r in mine if r.get("ok")),
-            "operations": len(mine),
-            "share": good / len(mine) if mine else None,
+            "ops_s": count / seconds if seconds > 0 else None,
+            "good": count,
+            "ok": int(ok[mine].sum()),
+            "operations": operations,
+            "share": count / operations if operations else None,
         }
 
-    by_op: dict[str, list[Mapping[str, Any]]] = {}
-    by_project: dict[str, list[Mapping[str, Any]]] = {}
-    for r in records:
-        by_op.setdefault(str(r.get("op")), []).append(r)
-        if r.get("project"):
-            by_project.setdefault(str(r["project"]), []).append(r)
+    by_op = {str(op): row(rows) for op, rows in frame.groups("op")}
+    by_project = {str(p): row(rows) for p, rows in frame.groups("project") if p}
     return {
         "slos": [s.text for s in latency],
         "against": latency[0].source if latency else "none: every completed op counts",
         "seconds": seconds,
-        **row(records),
-        "by_op": {op: row(mine) for op, mine in sorted(by_op.items())},
-        "by_project": {p: row(mine) for p, mine in sorted(by_project.items())},
+        **row(slice(None)),
+        "by_op": dict(sorted(by_op.items())),
+        "by_project": dict(sorted(by_project.items())),
     }
 
 

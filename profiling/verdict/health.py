@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from datamodel.records import error_counts, error_kind, number, span
+from datamodel.frame import error_counts, span
+from datamodel.records import error_kind, number
 from datamodel.runfolder import GAUGES, RECORDS, RUN_JSON, TIMELINE, RunData
 from profiling.verdict.attribution import Attribution
 from profiling.verdict.findings import Fact, Finding, stability_finding

@@ -27,10 +27,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from datamodel.frame import Frame
 from datamodel.quantiles import quantile
 from datamodel.records import number
 from datamodel.runfolder import RunData
-from profiling.verdict.capacity import Slo, is_good
+from profiling.verdict.capacity import Slo, good_mask
 from profiling.verdict.figures import (
     LATENCY_METRICS,
     LogScale,
@@ -309,7 +310,8 @@ def _goodput(pairs: BlockPairs, slos: Sequence[Slo], alpha: float) -> Row:
 
 
 def _good(run: RunData, slos: Sequence[Slo]) -> int:
-    return sum(1 for r in run.records if number(r.get("planned")) > 0 and is_good(r, slos))
+    frame = Frame.of(run.records)
+    return int((good_mask(frame, slos) & (frame.value("planned") > 0)).sum())
 
 
 def _seconds(run: RunData) -> float:

@@ -17,7 +17,7 @@ from typing import Any
 import psutil
 
 from datamodel.errors import ConfigError
-from datamodel.records import span
+from datamodel.frame import span
 from datamodel.runfolder import RECORDS, RUN_JSON, RunData, read_records, utc_now, write_json
 from profiling.verdict.analyze import analyze
 from profiling.verdict.goodput import summary_with_goodput

@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import stats
 
-from datamodel.records import number
+from datamodel.frame import Frame
 from datamodel.runfolder import RECORDS, RunData
 from profiling.verdict.attribution import Attribution, Vector
 from profiling.verdict.causes import ServiceClaims, _batching
@@ -92,7 +92,7 @@ def http_rows(run: RunData, records: Sequence[Mapping[str, Any]]) -> NDArray[np.
     run, else those that say what they asked a server to serve."""
     if run.stack.get("kind") in HTTP_KINDS:
         return np.arange(len(records), dtype=np.intp)
-    return np.array([i for i, r in enumerate(records) if r.get("served")], dtype=np.intp)
+    return np.flatnonzero(Frame.of(records).served()).astype(np.intp)
 
 
 def in_flight_at_send(sent: Vector, end: Vector) -> Vector:
@@ -144,15 +144,16 @@ def estimate_queue(
     queue, in_flight = np.zeros(n), np.zeros(n)
     if len(rows) == 0:
         return QueueEstimate(queue, in_flight, {}, {}, {}, 0.0, 1.0, rows=rows)
-    mine = [records[i] for i in rows]
-    sent = np.array([number(r.get("sent")) for r in mine])
-    service = np.array([max(number(r.get("service")), 0.0) for r in mine])
-    replied = np.array([number(r.get("planned")) + number(r.get("duration")) for r in mine])
+    frame = Frame.of(records)
+    sent = frame.value("sent")[rows]
+    service = np.maximum(frame.value("service")[rows], 0.0)
+    replied = (frame.value("planned") + frame.value("duration"))[rows]
     end = np.maximum(sent + service, replied)
     in_flight[rows] = in_flight_at_send(sent, end)
-    first = np.array([number(r.get("ttft")) or number(r.get("service")) for r in mine])
-    ok = np.array([bool(r.get("ok")) for r in mine]) & (first > 0)
-    ops = np.array([str(r.get("op")) for r in mine], dtype=object)
+    ttft = frame.value("ttft")[rows]
+    first = np.where(ttft != 0, ttft, frame.value("service")[rows])
+    ok = frame.ok[rows] & (first > 0)
+    ops = frame.labels("op")[rows]
     loaded, relative = [], []
     bases: dict[str, float] = {}
     counts: dict[str, int] = {}
@@ -180,9 +181,9 @@ def estimate_queue(
 def _rates(records: Sequence[Mapping[str, Any]], rows: NDArray[np.intp]) -> dict[str, float]:
     """Arrivals per second (planned sends), completions per second (ok replies), the mean
     latency and the in-flight count Little's law gives from them."""
-    planned = np.array([number(records[i].get("planned")) for i in rows])
-    duration = np.array([number(records[i].get("duration")) for i in rows])
-    done = np.sort([planned[k] + duration[k] for k, i in enumerate(rows) if records[i].get("ok")])
+    frame = Frame.of(records)
+    planned, duration = frame.value("planned")[rows], frame.value("duration")[rows]
+    done = np.sort((planned + duration)[frame.ok[rows]])
     sent_span = float(planned.max() - planned.min()) if len(rows) else 0.0
     done_span = float(done[-1] - done[0]) if len(done) > 1 else 0.0
     arrivals = (len(rows) - 1) / sent_span if sent_span > 0 else 0.0
@@ -228,12 +229,12 @@ def server_queue(run: RunData, att: Attribution, claims: ServiceClaims) -> list[
     if not est.load_driven or not material(claim):
         return []
     rates = _rates(records, rows)
-    sent = np.array([number(records[i].get("sent")) for i in rows])
+    sent = att.frame.value("sent")[rows]
     trend = backlog_trend(sent, est.in_flight[rows])
-    batch = _batching(records, rows.tolist())
+    batch = _batching(att.frame, rows.tolist())
     streaming = batch["streaming"] if batch else None
     in_flight = batch["in_flight"] if batch else float(est.in_flight[rows].mean())
-    ops = np.array([str(records[i].get("op")) for i in rows], dtype=object)
+    ops = att.ops[rows]
     by_op = {
         op: {
             "idle_first_token_s": est.idle_first_token[op],

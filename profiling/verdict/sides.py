@@ -13,8 +13,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from datamodel.errors import ConfigError
-from datamodel.records import adapter_changes, number, span, throughput
+from datamodel.frame import Records, adapter_changes, shifted, span, throughput
+from datamodel.records import number
 from datamodel.runfolder import RunData
 from datamodel.stacks import merge, strip_line_numbers
 from profiling.render.flamegraph import render_diff_svg
@@ -50,6 +53,7 @@ def describe(run: RunData) -> dict[str, Any]:
 
 
 def _shifted(rows: Sequence[dict[str, Any]], key: str, offset: float) -> list[dict[str, Any]]:
+    """Timeline samples with ``key`` moved on by ``offset`` seconds where it is set."""
     if not offset:
         return list(rows)
     return [{**r, key: number(r[key]) + offset} if number(r.get(key)) > 0 else r for r in rows]
@@ -67,13 +71,13 @@ def merge_runs(runs: Sequence[RunData]) -> RunData:
         raise ConfigError("no run to merge")
     if len(runs) == 1:
         return runs[0]
-    records: list[dict[str, Any]] = []
+    tables = []
     timeline: list[dict[str, Any]] = []
     cursor: float | None = None
     for run in runs:
         window = span(run.records)
         offset = cursor - window[0] if window and cursor is not None else 0.0
-        records += _shifted(run.records, "planned", offset)
+        tables.append(shifted(run.records, offset))
         timeline += _shifted(run.timeline or [], "t", offset)
         cursor = window[1] + offset if window else cursor
 
@@ -92,7 +96,7 @@ def merge_runs(runs: Sequence[RunData]) -> RunData:
             "replica_stats": joined(lambda r: r.section("replica_stats")),
             "merged_runs": [r.run_id for r in runs],
         },
-        records=records,
+        records=Records(pa.concat_tables(tables)),
         ingest=joined(lambda r: r.ingest),
         timeline=timeline if any(r.timeline is not None for r in runs) else None,
         profiles=profiles or None,

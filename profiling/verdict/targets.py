@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import operator
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
 from datamodel.errors import ConfigError
+from datamodel.frame import throughput
 from datamodel.quantiles import quantile, quantile_sorted
-from datamodel.records import number, throughput
+from datamodel.records import number
 from datamodel.runfolder import INGEST, RECORDS, RUN_JSON, TIMELINE, RunData
 
 Op = Literal["<", "<=", ">", ">="]
@@ -88,12 +89,12 @@ class TargetResult:
         return {**asdict(self), "target": asdict(self.target)}
 
 
-def _values(rows: list[dict[str, Any]], *path: str) -> list[float]:
+def _values(rows: Sequence[Mapping[str, Any]], *path: str) -> list[float]:
     out = []
     for row in rows:
         node: Any = row
         for key in path:
-            node = node.get(key) if isinstance(node, dict) else None
+            node = node.get(key) if isinstance(node, Mapping) else None
         if isinstance(node, int | float) and not isinstance(node, bool):
             out.append(float(node))
     return out
@@ -152,7 +153,7 @@ def _p99(values: list[float]) -> float:
     return quantile(values, 0.99)
 
 
-def _switch_seconds(records: list[dict[str, Any]]) -> list[float]:
+def _switch_seconds(records: Sequence[Mapping[str, Any]]) -> list[float]:
     """Adapter plus index stage seconds of each record: what switching project cost it."""
     return [
         number((r.get("stages") or {}).get("adapter"))
