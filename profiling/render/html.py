@@ -126,7 +126,8 @@ def _header(run: RunData, analysis: dict[str, Any] | None) -> Section:
     profile, config = spec.get("profile") or {}, spec.get("config") or {}
     machine = info.get("machine") or {}
     start, end = _epoch(info.get("started_utc")), _epoch(info.get("ended_utc"))
-    ok = len(run.ok_records())
+    frame = Frame.of(run.records)
+    ok = int(frame.ok.sum())
     facts = [
         ("run id", run.run_id),
         ("status", str(info.get("status", "unknown"))),
@@ -138,7 +139,7 @@ def _header(run: RunData, analysis: dict[str, Any] | None) -> Section:
         ("duration", format_value(end - start, "s") if start and end else "-"),
         ("operations", f"{len(run.records):,} issued, {ok:,} ok, {len(run.records) - ok:,} failed"),
         ("replicas", str(len(run.section("replicas")))),
-        ("projects", _listed(sorted({str(r.get("project")) for r in run.records}))),
+        ("projects", _listed(sorted(set(frame.labels("project").tolist())))),
         ("machine", f"{machine.get('hostname', '?')} · {machine.get('os', '?')}"),
         ("chip", f"{machine.get('chip', '?')} ({machine.get('machine', '?')})"),
         (
@@ -320,11 +321,10 @@ def _per_replica(snaps: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]
 
 def _adapters(run: RunData, t0: float) -> Section:
     title = "Adapter cache and project switches"
-    ends = sorted(
-        number(r.get("planned")) + number(r.get("duration")) - t0
-        for r in run.records
-        if r.get("switched")
-    )
+    frame = Frame.of(run.records)
+    switched = frame.flag("switched")
+    ends = np.sort(frame.value("planned")[switched] + frame.value("duration")[switched] - t0)
+    ends = ends.tolist()
     steps = [(t, float(n)) for n, t in enumerate(ends, 1)]
     series = [Series("records that switched project (cumulative)", steps, "#555", "step")]
     counters = ("adapter_hits", "adapter_misses", "adapter_evictions")

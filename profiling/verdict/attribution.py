@@ -142,8 +142,10 @@ class Attribution:
         self.duration: Vector = self.matrix.sum(axis=1)
         self.ops = self.frame.labels("op")
         self.tail = np.zeros(n, dtype=bool)
-        for op in sorted(set(self.ops)):
-            rows = np.flatnonzero(self.ops == op)
+        self._op_rows = {
+            op: np.flatnonzero(self.ops == op) for op in sorted(set(self.ops.tolist()))
+        }
+        for rows in self._op_rows.values():
             slowest = max(1, math.ceil(TAIL * len(rows)))
             order = np.argsort(-self.duration[rows], kind="stable")
             self.tail[rows[order[:slowest]]] = True
@@ -206,7 +208,7 @@ class Attribution:
         """Sums of a per-record claim: seconds, share, tail seconds and share, per op."""
         total = float(seconds.sum())
         tail = float(seconds[self.tail].sum())
-        by_op = {op: float(seconds[self.ops == op].sum()) for op in sorted(set(self.ops.tolist()))}
+        by_op = {op: float(seconds[rows].sum()) for op, rows in self._op_rows.items()}
         return {
             "seconds": total,
             "share": total / self.total if self.total > 0 else 0.0,
@@ -220,9 +222,7 @@ class Attribution:
         parts = []
         for k, component in enumerate(COMPONENTS):
             column = self.matrix[:, k]
-            by_op = {
-                op: float(column[self.ops == op].mean()) for op in sorted(set(self.ops.tolist()))
-            }
+            by_op = {op: float(column[rows].mean()) for op, rows in self._op_rows.items()}
             claimed = self.claim(column)
             parts.append(
                 Part(
@@ -235,10 +235,9 @@ class Attribution:
                 )
             )
         ops: dict[str, dict[str, float]] = {}
-        for op in sorted(set(self.ops.tolist())):
-            rows = self.ops == op
-            values = np.sort(self.duration[rows]).tolist()
-            failed = int((rows & ~self.frame.ok).sum())
+        for op, rows in self._op_rows.items():
+            values = np.sort(self.duration[rows])
+            failed = int((~self.frame.ok[rows]).sum())
             ops[op] = {
                 "records": float(len(values)),
                 "failed": float(failed),

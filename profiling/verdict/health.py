@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from datamodel.frame import error_counts, span
+from datamodel.frame import Frame, error_counts, span
 from datamodel.records import error_kind, number
 from datamodel.runfolder import GAUGES, RECORDS, RUN_JSON, TIMELINE, RunData
 from profiling.verdict.attribution import Attribution
@@ -48,7 +48,9 @@ OLD_SERVER_LOG = "target.log"
 def errors(run: RunData, att: Attribution, limit_mb: float) -> list[Finding | Fact]:
     """Failed operations: a finding of their own tier when the rate is material (and always
     when the target's server exited mid-run)."""
-    failed = [r for r in run.records if not r.get("ok")]
+    frame = Frame.of(run.records)
+    failed_rows = np.flatnonzero(~frame.ok)
+    failed = [run.records[i] for i in failed_rows.tolist()]
     target = run.stack
     exited = bool(target.get("exited_mid_run"))
     if not failed and not exited:

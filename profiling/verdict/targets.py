@@ -24,8 +24,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
+import numpy as np
+
 from datamodel.errors import ConfigError
-from datamodel.frame import throughput
+from datamodel.frame import STAGE_PREFIX, Frame, throughput
 from datamodel.quantiles import quantile, quantile_sorted
 from datamodel.records import number
 from datamodel.runfolder import INGEST, RECORDS, RUN_JSON, TIMELINE, RunData
@@ -163,14 +165,19 @@ def _switch_seconds(records: Sequence[Mapping[str, Any]]) -> list[float]:
 
 
 def _switch_p99_s(run: RunData, _: str | None) -> Measured:
-    served = [r for r in run.ok_records() if r.get("switched") and r.get("served")]
-    if served:  # an HTTP stack does not report its switch apart: its first token bounds it
-        p99 = _p99([number(r.get("ttft")) or number(r.get("service")) for r in served])
+    frame = Frame.of(run.records)
+    changed = frame.ok & frame.flag("switched")
+    served = changed & frame.served()
+    if served.any():  # an HTTP stack does not report its switch apart: its first token bounds it
+        ttft = frame.value("ttft")
+        first = np.where(ttft != 0, ttft, frame.value("service"))[served]
+        p99 = _p99(first.tolist())
         return p99, (
-            f"p99 {p99:.3f} s to the first token over {len(served)} ok request(s) that changed "
+            f"p99 {p99:.3f} s to the first token over {first.size} ok request(s) that changed "
             f"the served adapter in {RECORDS} (the server reports no switch time of its own)"
         )
-    switched = _switch_seconds([r for r in run.ok_records() if r.get("switched")])
+    cost = frame.value(STAGE_PREFIX + "adapter") + frame.value(STAGE_PREFIX + "index")
+    switched = cost[changed].tolist()
     if switched:
         p99 = _p99(switched)
         return p99, (
@@ -189,7 +196,8 @@ def _switch_p99_s(run: RunData, _: str | None) -> Measured:
 
 
 def _active_projects(run: RunData, _: str | None) -> Measured:
-    names = sorted({str(r["project"]) for r in run.ok_records() if r.get("project")})
+    frame = Frame.of(run.records)
+    names = sorted(str(p) for p, _ in frame.groups("project", frame.ok) if p)
     shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
     return float(len(names)), (
         f"{len(names)} distinct project(s) with an ok record in {RECORDS}"
@@ -242,12 +250,14 @@ def _throughput(run: RunData, _: str | None) -> Measured:
 
 def _latency(q: float) -> Callable[[RunData, str | None], Measured]:
     def measure(run: RunData, op: str | None) -> Measured:
-        rows = [r for r in run.records if r.get("op") == op]
-        values = sorted(_values(rows, "duration"))
-        if not values:
+        frame = Frame.of(run.records)
+        mine = frame.equals("op", op)
+        durations = frame.floats["duration"][mine]
+        values = np.sort(durations[~np.isnan(durations)])
+        if not values.size:
             return None, f"no {op} record in {RECORDS}"
         value = quantile_sorted(values, q / 100)
-        failed = sum(1 for r in rows if not r.get("ok"))
+        failed = int((~frame.ok[mine]).sum())
         return value, (
             f"p{q:g} {value:.3f} s of duration (from the planned send) over {len(values)} {op} "
             f"op(s), {failed} failed ones counted at their observed time, in {RECORDS}"
