@@ -59,10 +59,17 @@ class Frame:
 
     @classmethod
     def of(cls, records: Sequence[Mapping[str, Any]]) -> Frame:
-        """The frame of ``records``: their own when they are :class:`Records`, else built
-        from the dicts (one pass)."""
+        """The frame of ``records``: their own when they are :class:`Records`, the rows
+        taken from it when they are rows of one frame, else built from the dicts (one
+        pass)."""
         if isinstance(records, Records):
             return records.frame
+        first = records[0] if len(records) else None
+        if isinstance(first, Row):
+            source = first._frame
+            if all(isinstance(r, Row) and r._frame is source for r in records):
+                taken = pa.array([r._i for r in records], type=pa.int64())  # type: ignore[attr-defined]
+                return cls(source.table.take(taken))
         return cls(to_table(records))
 
     @property

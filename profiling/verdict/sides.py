@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 
 from datamodel.errors import ConfigError
-from datamodel.frame import Records, adapter_changes, shifted, span, throughput
+from datamodel.frame import Frame, Records, adapter_changes, shifted, span, throughput
 from datamodel.records import number
 from datamodel.runfolder import RunData
 from datamodel.stacks import merge, strip_line_numbers
@@ -227,9 +227,10 @@ def pooled_rate(runs: Sequence[RunData], op: str) -> float | None:
     """Ok ops of ``op`` (or all) per second, pooled over the runs' spans."""
     ok = seconds = 0.0
     for run in runs:
-        rows = [r for r in run.records if op == "all" or r.get("op") == op]
-        rate = throughput(rows, span(run.records), blocks=run.run.get("blocks"))
+        frame = Frame.of(run.records)
+        rate = throughput(run.records, span(run.records), blocks=run.run.get("blocks"))
         if rate is not None:
-            ok += rate[1]
+            mine = frame.ok if op == "all" else frame.ok & frame.equals("op", op)
+            ok += int(mine.sum())
             seconds += rate[2]
     return ok / seconds if seconds > 0 else None

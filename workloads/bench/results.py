@@ -13,14 +13,14 @@ scale with its number of operations.
 4. In a fresh process per path: read, summary, analysis and report one after another, each
    step's seconds and the process's peak memory after it (cumulative, as a run pays it).
    Then ``workloads.compare`` of the folder against a second one like it, in a process of
-   its own; its peak memory is taken from the kernel (``wait4``).
+   its own (its seconds include starting Python). Peak memory is each process's own
+   ``VmHWM``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -96,9 +96,23 @@ def _folder(source: Path, into: Path, table: Any, path: str, copies: float) -> P
 
 
 def _peak_mb() -> float:
-    import resource
+    """This process's peak resident memory (``VmHWM``: its own address space's, unlike
+    ``ru_maxrss``, which keeps the forking parent's peak across ``exec``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+def compare_child(a: str, b: str, out: str) -> None:
+    """In a fresh process: ``workloads.compare A B``, then one JSON line with its peak."""
+    from workloads.compare import main
+
+    try:
+        code = main([a, b, "--calibration", "none", "--out", out])
+    finally:
+        print(json.dumps({"step": "compare", "peak_mb": _peak_mb()}))
+    print(json.dumps({"exit": code}))
 
 
 def child(folder: str) -> None:
@@ -137,15 +151,14 @@ def child(folder: str) -> None:
     step("report", lambda: write_report(run_dir))
 
 
-def _measured(cmd: list[str]) -> tuple[int, float, float, str]:
-    """Run ``cmd``: its exit code, seconds, peak MB (the kernel's count) and stdout."""
+def _measured(call: str) -> tuple[int, float, list[dict[str, Any]]]:
+    """Run ``call`` (a function of this module) in a fresh Python: its exit code, seconds
+    and the JSON lines it printed."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, time.perf_counter() - start, usage.ru_maxrss / 1024, out
+    cmd = [sys.executable, "-c", f"from {__name__} import *; {call}"]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return proc.returncode, time.perf_counter() - start, lines
 
 
 def bench_results(args: argparse.Namespace) -> None:
@@ -164,15 +177,14 @@ def bench_results(args: argparse.Namespace) -> None:
                 folder = _folder(source, scratch / f"{path}-{n}-a", table, path, copies)
                 other = _folder(source, scratch / f"{path}-{n}-b", table, path, copies)
                 size = sum(f.stat().st_size for f in folder.glob("records.*"))
-                code, _, _, out = _measured(
-                    [sys.executable, "-c", f"from {__name__} import child; child({str(folder)!r})"]
-                )
-                steps = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+                code, _, steps = _measured(f"child({str(folder)!r})")
                 if code != 0:
                     print(f"{path} {n}: the child exited {code} after {[s['step'] for s in steps]}")
-                cmd = [sys.executable, "-m", "workloads.compare", str(folder), str(other)]
-                cmd += ["--calibration", "none", "--out", str(scratch / f"cmp-{path}-{n}")]
-                code, seconds, peak, _ = _measured(cmd)
+                out = str(scratch / f"cmp-{path}-{n}")
+                code, seconds, lines = _measured(
+                    f"compare_child({str(folder)!r}, {str(other)!r}, {out!r})"
+                )
+                peak = next((x["peak_mb"] for x in lines if "peak_mb" in x), float("nan"))
                 steps.append({"step": "compare", "s": seconds, "peak_mb": peak, "exit": code})
                 rows.append({"records": n, "path": path, "bytes": size, "steps": steps})
                 print(_row(rows[-1]), flush=True)
