@@ -11,8 +11,10 @@ skipped and counted, never fatal.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +25,7 @@ from typing import Any, TextIO
 import numpy as np
 import pyarrow as pa
 
-from datamodel.columnar import read_parquet_table, to_table
+from datamodel.columnar import read_parquet_table, to_table, write_parquet_table
 from datamodel.errors import ConfigError
 from datamodel.frame import Frame, Records, infer_switches
 from datamodel.records import number
@@ -190,31 +192,37 @@ def _optional_list(path: Path, notes: list[str]) -> list[dict[str, Any]] | None:
     return [d for d in data if isinstance(d, dict)]
 
 
-def read_run_records(folder: Path, notes: list[str]) -> Sequence[Mapping[str, Any]]:
-    """Every record of the run folder: ``records.jsonl``, ``records.parquet`` and the shards
-    under ``records/``, whichever exist, as columns (:class:`~datamodel.frame.Records`).
+def read_run_records(folder: Path, notes: list[str]) -> Records:
+    """The records of the run folder, as columns (:class:`~datamodel.frame.Records`).
 
-    A shard that cannot be read (torn by a crash while it was written) is left out with a
-    note; :class:`ConfigError` when there are none of the three."""
+    They are its ``records.parquet`` when it has one (a finished run); else its shards
+    under ``records/`` (a run still going, or one that crashed before compacting them);
+    else its ``records.jsonl`` (runs written before records were columnar). A shard that
+    cannot be read (torn by a crash while it was written) is left out with a note; a
+    ``records.jsonl`` value that is not of its field's type is read as missing, with a
+    note. :class:`ConfigError` when there are no records at all.
+    """
     parquet = folder / RECORDS_PARQUET
+    if parquet.exists():
+        return Records(read_parquet_table(parquet))
     shards = sorted((folder / SHARDS).glob("*.parquet")) if (folder / SHARDS).is_dir() else []
-    jsonl = folder / RECORDS
-    lines = _read_jsonl(jsonl, notes, required=not (parquet.exists() or shards))
+    if shards:
+        tables = []
+        for path in shards:
+            try:
+                tables.append(read_parquet_table(path))
+            except ConfigError as exc:
+                notes.append(f"skipped shard {path.name}: {exc}")
+        return Records(pa.concat_tables(tables) if tables else to_table([]))
+    lines = _read_jsonl(folder / RECORDS, notes, required=not (folder / SHARDS).is_dir())
     misfits: list[str] = []
-    tables = [to_table(lines, misfits)] if lines else []
+    table = to_table(lines or [], misfits)
     if misfits:
         notes.append(
-            f"{RECORDS}: values of {', '.join(misfits)} that are not of their type "
-            "were read as missing"
+            f"{RECORDS}: values of {', '.join(misfits)} that are not of their type were "
+            "read as missing"
         )
-    for path in ([parquet] if parquet.exists() else []) + shards:
-        try:
-            tables.append(read_parquet_table(path))
-        except ConfigError as exc:
-            if path == parquet:
-                raise
-            notes.append(f"skipped shard {path.name}: {exc}")
-    return Records(pa.concat_tables(tables) if tables else to_table([]))
+    return Records(table)
 
 
 def _read_jsonl(path: Path, notes: list[str], *, required: bool) -> list[dict[str, Any]] | None:
@@ -287,7 +295,52 @@ def write_json(path: Path, data: Any) -> None:
 
 
 class RecordWriter:
-    """Appends records to ``records.jsonl`` and flushes after every batch."""
+    """Writes a run's records as Parquet shards under ``records/``, one per batch (a drain,
+    about every second), each written whole and renamed into place, so a crash loses at
+    most the batch being written. :meth:`close` compacts the shards into
+    ``records.parquet``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.shards = folder / SHARDS
+        self.shards.mkdir(parents=True, exist_ok=True)
+        self.count = 0
+        self._next = 0
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        """Write ``records`` as one shard (nothing when there are none)."""
+        if not records:
+            return
+        shard = self.shards / f"{os.getpid()}-{self._next:07d}.parquet"
+        write_parquet_table(to_table(records), shard)
+        self._next += 1
+        self.count += len(records)
+
+    def close(self) -> None:
+        """Compact the shards into ``records.parquet``."""
+        compact(self.folder)
+
+
+def compact(folder: Path) -> int:
+    """Merge the shards under ``folder/records/`` into ``folder/records.parquet`` (a torn
+    shard is left out) and remove them; how many records it holds. The file is complete
+    before a shard is removed, and a reader ignores shards beside it, so a crash in
+    between loses and doubles nothing."""
+    shards = folder / SHARDS
+    if not shards.is_dir() or (folder / RECORDS_PARQUET).exists():
+        return 0
+    tables = []
+    for path in sorted(shards.glob("*.parquet")):
+        with contextlib.suppress(ConfigError):  # torn: the reader says so while it is there
+            tables.append(read_parquet_table(path))
+    table = pa.concat_tables(tables) if tables else to_table([])
+    write_parquet_table(table, folder / RECORDS_PARQUET)
+    shutil.rmtree(shards, ignore_errors=True)
+    return table.num_rows
+
+
+class JsonlWriter:
+    """Appends rows to a ``.jsonl`` file (the gauges) and flushes after every batch."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -316,6 +369,19 @@ def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
     Raises ``OSError`` / ``UnicodeDecodeError`` when the file itself cannot be read.
     """
     return _parse_lines(path.read_text().splitlines())
+
+
+def load_records(folder: Path) -> list[dict[str, Any]]:
+    """A run folder's records as dicts with every field of the record (``None`` where a
+    record has none, as :class:`~datamodel.records.OpRecord` writes it), read as
+    :func:`read_run_records` reads them."""
+    records = read_run_records(folder, [])
+    infer_switches(records)
+    out = records.frame.table.to_pylist()
+    for record in out:
+        if isinstance(record.get("stages"), dict):
+            record["stages"] = {k: v for k, v in record["stages"].items() if v is not None}
+    return out
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:

@@ -12,6 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from datamodel.errors import ConfigError
+from datamodel.runfolder import load_records
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -75,14 +78,22 @@ def wait_for(
     raise AssertionError("timed out waiting for the run")
 
 
-def record_lines(results: Path) -> list[str]:
-    """The record lines written so far by the run under ``results``."""
-    found = list(results.glob("*/records.jsonl")) if results.exists() else []
-    return found[0].read_text().splitlines() if found else []
+def run_records(run: Path) -> list[dict[str, Any]]:
+    """The records of the run folder ``run`` as dicts (its shards while it is going)."""
+    return load_records(run)
+
+
+def records_so_far(results: Path) -> list[dict[str, Any]]:
+    """The records written so far by the run under ``results`` (none before it has any)."""
+    found = [p for p in results.iterdir() if (p / "run.json").exists()] if results.exists() else []
+    try:
+        return load_records(found[0]) if found else []
+    except ConfigError:
+        return []
 
 
 def records_written(results: Path, at_least: int) -> Callable[[], bool]:
-    return lambda: len(record_lines(results)) >= at_least
+    return lambda: len(records_so_far(results)) >= at_least
 
 
 def finish(proc: subprocess.Popen[str], timeout: float) -> tuple[float, str]:

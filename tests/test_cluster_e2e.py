@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 import ray
 from ray.cluster_utils import Cluster
-from runs import finish, only_run, read_jsonl, records_written, start, wait_for
+from runs import finish, only_run, read_jsonl, records_written, run_records, start, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_smoke_across_two_nodes_survives_a_killed_replica(two_nodes, tmp_path, c
     assert proc.returncode == 0, err[-3000:]
     run = only_run(results)
     info = json.loads((run / "run.json").read_text())
-    records = read_jsonl(run / "records.jsonl")
+    records = run_records(run)
     assert len(records) == sum(s["issued"] for s in info["stages"])
     assert len({i["node"] for i in info["replicas"]}) == 2
     assert len({r["node"] for r in records if r["ok"]}) == 2

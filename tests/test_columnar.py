@@ -21,7 +21,15 @@ from datamodel.columnar import (
     write_parquet,
 )
 from datamodel.errors import ConfigError
-from datamodel.runfolder import read_records
+from datamodel.frame import Frame, Records
+from datamodel.runfolder import (
+    SHARDS,
+    RecordWriter,
+    compact,
+    load_records,
+    read_records,
+    read_run_records,
+)
 from workloads.export import main as export_main
 
 FIXTURE = Path(__file__).parent / "data" / "run_fixture"
@@ -83,7 +91,8 @@ def test_export_writes_each_format_and_never_the_runs_own_records(run: Path, cap
     assert [float(r["duration"]) for r in rows] == [r["duration"] for r in records]
     out = run / "again.jsonl"
     assert export_main([str(run), "--format", "jsonl", "--out", str(out)]) == 0
-    assert [json.loads(x) for x in out.read_text().splitlines()] == records
+    # The run now has records.parquet (written above), which a reader takes first.
+    assert [json.loads(x) for x in out.read_text().splitlines()] == given(records)
     assert f"{len(records)} records" in capsys.readouterr().out
     # A Parquet-only run folder exports back to JSON lines.
     (run / "records.jsonl").unlink()
@@ -93,3 +102,44 @@ def test_export_writes_each_format_and_never_the_runs_own_records(run: Path, cap
     assert export_main([str(run), "--format", "parquet"]) == 2  # its own records
     assert "the run's own records" in capsys.readouterr().err
     assert export_main([str(run / "nope"), "--format", "csv"]) == 2
+
+
+def test_records_written_as_shards_survive_a_torn_one_and_compact_once(tmp_path: Path) -> None:
+    records = given(read_records(FIXTURE / "records.jsonl"))
+    folder = tmp_path / "live"
+    writer = RecordWriter(folder)
+    writer.write(records[:15])
+    writer.write([])  # an empty drain writes no shard
+    writer.write(records[15:])
+    shards = sorted((folder / SHARDS).glob("*.parquet"))
+    assert len(shards) == 2 and writer.count == len(records)
+    # While the run goes (or after a crash), the shards are the records.
+    assert given(load_records(folder)) == records
+    # A shard torn by a crash mid-write is left out and said, never fatal.
+    torn = folder / SHARDS / "9-0000000.parquet"
+    torn.write_bytes(shards[0].read_bytes()[:100])
+    notes: list[str] = []
+    assert len(read_run_records(folder, notes)) == len(records)
+    assert any("skipped shard 9-0000000.parquet" in n for n in notes)
+    writer.close()
+    assert not (folder / SHARDS).exists()
+    assert given(load_records(folder)) == records
+    assert compact(folder) == 0  # compacted once; a second close adds nothing
+
+
+def test_rows_read_like_the_dicts_they_came_from() -> None:
+    records = given(read_records(FIXTURE / "records.jsonl"))
+    rows = Records(to_table(records))
+    assert len(rows) == len(records)
+    for row, record in zip(rows, records, strict=True):
+        assert dict(row) == record
+        assert row.get("no such field", 7) == 7 and "no such field" not in row
+        assert (row.get("error") is None) == ("error" not in record)
+    assert dict(rows[-1]) == records[-1] and len(rows[1:3]) == 2
+    with pytest.raises(TypeError, match="read-only"):
+        rows[0]["duration"] = 1.0  # type: ignore[index]
+    frame = Frame.of(rows)
+    assert frame is rows.frame
+    assert Frame.of([rows[2], rows[0]]).column("id") == [records[2]["id"], records[0]["id"]]
+    assert frame.equals("op", "analyze").sum() == sum(r["op"] == "analyze" for r in records)
+    assert frame.ok.sum() == sum(bool(r.get("ok")) for r in records)

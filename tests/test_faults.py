@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from runs import ROOT, finish, only_run, read_jsonl, records_written, start, wait_for
+from runs import ROOT, finish, only_run, records_written, run_records, start, wait_for
 
 
 def test_sigterm_is_a_graceful_stop_with_summary_analysis_and_report(tmp_path, cache_dir):
@@ -29,7 +29,7 @@ def test_sigterm_is_a_graceful_stop_with_summary_analysis_and_report(tmp_path, c
     run = only_run(results)
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "interrupted" and info["ended_utc"]
-    records = read_jsonl(run / "records.jsonl")
+    records = run_records(run)
     assert len(records) == sum(s["issued"] for s in info["stages"]) == info["records"]
     assert json.loads((run / "summary.json").read_text())["records"] == len(records)
     assert json.loads((run / "analysis.json").read_text())["budget"]["records"] == len(records)
@@ -63,7 +63,7 @@ def test_ctrl_c_to_the_process_group_once_then_twice(tmp_path, cache_dir):
     assert seconds < 20, f"a Ctrl-C took {seconds:.1f} s to a finished run folder"
     run = only_run(results)
     info = json.loads((run / "run.json").read_text())
-    records = read_jsonl(run / "records.jsonl")
+    records = run_records(run)
     assert info["status"] == "interrupted" and info["records"] == len(records)
     assert len(records) == sum(s["issued"] for s in info["stages"])  # the backlog recorded too
     assert any("Interrupted: no reply" in (r["error"] or "") for r in records)
@@ -81,7 +81,7 @@ def test_ctrl_c_to_the_process_group_once_then_twice(tmp_path, cache_dir):
     run = only_run(results)
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "interrupted"
-    assert len(read_jsonl(run / "records.jsonl")) == info["records"] >= 20
+    assert len(run_records(run)) == info["records"] >= 20
     assert "profiling.report" in err  # how to get the analysis it skipped
 
 
@@ -103,7 +103,7 @@ def test_a_killed_driver_leaves_a_run_that_report_repairs(tmp_path, cache_dir):
     assert repaired.returncode == 0, repaired.stderr[-2000:]
     assert "marked 'crashed'" in repaired.stderr
     info = json.loads((run / "run.json").read_text())
-    records = read_jsonl(run / "records.jsonl")
+    records = run_records(run)
     assert info["status"] == "crashed" and info["records"] == len(records) >= 10
     assert info["ended_utc"] and info["repaired_utc"]
     assert json.loads((run / "analysis.json").read_text())["budget"]["records"] == len(records)
@@ -121,7 +121,7 @@ def test_a_profiling_agent_killed_mid_run_costs_only_its_capture(tmp_path, cache
     run = only_run(results)
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "completed"
-    records = read_jsonl(run / "records.jsonl")
+    records = run_records(run)
     assert len(records) == sum(s["issued"] for s in info["stages"]) and all(
         r["ok"] for r in records
     )
@@ -191,7 +191,7 @@ def test_a_killed_generator_worker_is_replaced_and_nothing_is_lost(tmp_path, cac
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "completed"
     (outage,) = info["generators"]["outages"]
-    records = read_jsonl(run / "records.jsonl")
+    records = run_records(run)
     ids = [r["id"] for r in records]
     assert len(ids) == len(set(ids)), "an operation was recorded twice"
     issued = info["generators"]["issued_by_worker"]
@@ -257,7 +257,7 @@ def test_a_replica_killed_twice_leaves_error_records_not_a_failed_run(tmp_path, 
     run = only_run(results)
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "completed"
-    records = read_jsonl(run / "records.jsonl")
+    records = run_records(run)
     assert len(records) == sum(s["issued"] for s in info["stages"])
     after = [r for r in records if r["sent"] > killed_at + 2]
     assert after and not any(r["ok"] for r in after)
@@ -298,5 +298,5 @@ def test_the_embedded_cluster_refuses_requests_without_its_token(tmp_path, cache
         os.killpg(proc.pid, signal.SIGINT)
         _, err = finish(proc, timeout=60)
     assert proc.returncode == 130, err[-2000:]  # loadlens's own calls kept working
-    records = read_jsonl(only_run(results) / "records.jsonl")
+    records = run_records(only_run(results))
     assert records and all(r["ok"] for r in records)

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from runs import finish, only_run, read_jsonl, record_lines, run_cli, start, wait_for
+from runs import finish, only_run, read_jsonl, records_so_far, run_cli, run_records, start, wait_for
 
 
 def test_smoke_run_records_every_operation(tmp_path, cache_dir):
@@ -31,7 +31,7 @@ def test_smoke_run_records_every_operation(tmp_path, cache_dir):
     assert info["status"] == "completed" and info["schema_version"] == 2
     assert info["machine"]["versions"]["mlx"] and info["ended_utc"] > info["started_utc"]
     assert info["spec"]["profile"]["name"] == "smoke"
-    records = read_jsonl(run / "records.jsonl")
+    records = run_records(run)
     assert len(records) == sum(s["issued"] for s in info["stages"]) > 0
     assert {"analyze", "search", "embed"} <= {r["op"] for r in records}
     assert all(r["ok"] for r in records), [r["error"] for r in records if not r["ok"]]
@@ -198,8 +198,8 @@ def test_failing_project_and_ctrl_c_keep_every_record(tmp_path, cache_dir):
     )
 
     def broken_records_seen() -> bool:
-        lines = record_lines(results)
-        return sum('"project": "broken"' in line for line in lines) >= 2 and len(lines) >= 8
+        records = records_so_far(results)
+        return sum(r.get("project") == "broken" for r in records) >= 2 and len(records) >= 8
 
     wait_for(broken_records_seen, proc, timeout=150)
     proc.send_signal(signal.SIGINT)
@@ -208,7 +208,7 @@ def test_failing_project_and_ctrl_c_keep_every_record(tmp_path, cache_dir):
     run = only_run(results)
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "interrupted"
-    records = read_jsonl(run / "records.jsonl")
+    records = run_records(run)
     assert len(records) == sum(s["issued"] for s in info["stages"])
     broken_records = [r for r in records if r["project"] == "broken" and r["op"] != "embed"]
     assert broken_records and not any(r["ok"] for r in broken_records)
@@ -294,7 +294,7 @@ def test_interleaved_ab_runs_both_sides_in_blocks_and_pairs_them(tmp_path, cache
         run = json.loads((ab / folder / "run.json").read_text())
         assert run["ab"]["side"] == name and len(run["blocks"]) == 4
         windows = [(b["start"], b["end"]) for b in run["blocks"]]
-        records = read_jsonl(ab / folder / "records.jsonl")
+        records = run_records(ab / folder)
         assert records and all(any(s <= r["planned"] < e for s, e in windows) for r in records)
         assert all(r["ok"] for r in records)
     comparison = json.loads((ab / "comparison.json").read_text())
@@ -328,7 +328,11 @@ def test_ctrl_c_in_a_capacity_search_keeps_the_levels_so_far(tmp_path, cache_dir
         "--level-s",
         "3",
     )
-    wait_for(lambda: any('"capacity-02"' in x for x in record_lines(results)), proc, timeout=150)
+    wait_for(
+        lambda: any(r.get("stage") == "capacity-02" for r in records_so_far(results)),
+        proc,
+        timeout=150,
+    )
     proc.send_signal(signal.SIGINT)
     _, err = finish(proc, timeout=120)
     assert proc.returncode == 130, err[-3000:]

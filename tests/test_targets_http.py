@@ -15,7 +15,17 @@ from pathlib import Path
 
 import psutil
 import pytest
-from runs import ROOT, finish, only_run, read_jsonl, records_written, run_cli, start, wait_for
+from runs import (
+    ROOT,
+    finish,
+    only_run,
+    read_jsonl,
+    records_written,
+    run_cli,
+    run_records,
+    start,
+    wait_for,
+)
 
 PROFILE = str(ROOT / "tests" / "data" / "http-adapters.toml")
 
@@ -38,7 +48,7 @@ def test_mlx_lm_server_with_three_adapters(tmp_path, cache_dir):
     # The managed server was stopped (SIGTERM) and is gone.
     assert target["exit_code"] is not None and not target.get("exited_mid_run")
     assert _gone(target["pid"])
-    records = read_jsonl(run / "records.jsonl")
+    records = run_records(run)
     assert len(records) == sum(s["issued"] for s in info["stages"]) > 10
     assert all(r["ok"] and r["http_status"] == 200 for r in records), [
         r["error"] for r in records if not r["ok"]
@@ -139,7 +149,7 @@ def test_a_server_that_fails_leaves_error_records(tmp_path, cache_dir):
     run = only_run(results)
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "completed" and info["stack"]["pid"] == server.pid
-    records = read_jsonl(run / "records.jsonl")
+    records = run_records(run)
     assert len(records) == sum(s["issued"] for s in info["stages"]) > 40
     refused = [r for r in records if r["http_status"] == 500]
     assert refused and all("HTTP 500: boom: model odd-model refused" in r["error"] for r in refused)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from runs import ROOT, only_run, read_jsonl, run_cli
+from runs import ROOT, only_run, run_cli, run_records
 
 from datamodel.runfolder import RunData
 from profiling.verdict.analyze import analyze
@@ -257,7 +257,7 @@ def _run(tmp_path: Path, cache_dir: Path, url: str, profile: str) -> dict[str, A
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = only_run(results)
-    records = read_jsonl(run / "records.jsonl")
+    records = run_records(run)
     assert records and all(r["ok"] for r in records), [r["error"] for r in records]
     analysis: dict[str, Any] = json.loads((run / "analysis.json").read_text())
     analysis["records"] = records

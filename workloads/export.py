@@ -1,12 +1,13 @@
 """``python -m workloads.export RUN --format jsonl|csv|parquet [--out PATH]``: a run's
 records in another format.
 
-The records are read from the run folder's ``records.jsonl`` (or its ``records.parquet``
-when it has no JSON lines) and written typed (:mod:`datamodel.columnar`): Parquet with the
-Arrow schema of a record and its version, CSV with one column per field, or JSON lines.
-The output goes to ``--out`` (default: ``RUN/records.<format>``); a run's own records file
-is never overwritten. Exit codes: 0 written, 2 bad input (no run folder, an unreadable
-records file, an output that would replace the input).
+The records are read from the run folder (``records.parquet``, its shards under
+``records/`` while a run is going, or the ``records.jsonl`` of older runs) and written
+typed (:mod:`datamodel.columnar`): Parquet with the Arrow schema of a record and its
+version, CSV with one column per field, or JSON lines. The output goes to ``--out``
+(default: ``RUN/records.<format>``); a run's own records file is never overwritten. Exit
+codes: 0 written, 2 bad input (no run folder, an unreadable records file, an output that
+would replace the input).
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ import json
 import sys
 from pathlib import Path
 
-from datamodel.columnar import read_parquet, write_csv, write_parquet
+from datamodel.columnar import write_csv, write_parquet
 from datamodel.errors import ConfigError, LoadlensError
-from datamodel.runfolder import RECORDS, read_records
+from datamodel.runfolder import RECORDS, RECORDS_PARQUET, load_records
 
 FORMATS = ("jsonl", "csv", "parquet")
-PARQUET = "records.parquet"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,16 +39,10 @@ def export(run: Path, fmt: str, out: Path | None = None) -> tuple[Path, int]:
     """Write ``run``'s records as ``fmt``; the file written and how many records."""
     if not run.is_dir():
         raise ConfigError(f"run folder {run} does not exist")
-    source = run / RECORDS
-    if source.exists():
-        records = read_records(source)
-    elif (run / PARQUET).exists():
-        source = run / PARQUET
-        records = read_parquet(source)
-    else:
-        raise ConfigError(f"{run} has neither {RECORDS} nor {PARQUET}")
+    records = [{k: v for k, v in r.items() if v is not None} for r in load_records(run)]
     target = out or run / f"records.{fmt}"
-    if target.resolve() == source.resolve():
+    own = [(run / name).resolve() for name in (RECORDS, RECORDS_PARQUET) if (run / name).exists()]
+    if target.resolve() in own:
         raise ConfigError(f"--out {target} is the run's own records: give another path")
     if fmt == "parquet":
         count = write_parquet(records, target)

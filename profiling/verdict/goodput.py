@@ -81,7 +81,10 @@ def goodput_table(
 
 
 def summary_with_goodput(
-    records: list[dict[str, Any]], run_info: Mapping[str, Any], targets: Sequence[Any], name: str
+    records: Sequence[Mapping[str, Any]],
+    run_info: Mapping[str, Any],
+    targets: Sequence[Any],
+    name: str,
 ) -> dict[str, Any]:
     """``summary.json``'s content: the summary of ``records`` and their goodput against
     the run's latency SLOs (:func:`run_slos`)."""

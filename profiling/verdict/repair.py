@@ -2,7 +2,8 @@
 
 :func:`repair` turns such a folder into a valid, clearly-marked partial run: its status
 becomes ``crashed``, its end the last reply on record, and ``summary.json`` and
-``analysis.json`` are computed from the records that reached the disk. A run whose driver
+``analysis.json`` are computed from the records that reached the disk (its record shards
+compacted, as the driver would have at its end). A run whose driver
 is still alive on this machine is left alone.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,8 +19,15 @@ from typing import Any
 import psutil
 
 from datamodel.errors import ConfigError
-from datamodel.frame import span
-from datamodel.runfolder import RECORDS, RUN_JSON, RunData, read_records, utc_now, write_json
+from datamodel.frame import infer_switches, span
+from datamodel.runfolder import (
+    RUN_JSON,
+    RunData,
+    compact,
+    read_run_records,
+    utc_now,
+    write_json,
+)
 from profiling.verdict.analyze import analyze
 from profiling.verdict.goodput import summary_with_goodput
 from profiling.verdict.targets import known_targets, load_targets
@@ -50,7 +59,12 @@ def repair(run_dir: Path) -> str | None:
         raise ConfigError(f"{path} is not readable: {exc}") from None
     if info.get("status") not in UNFINISHED or _driver_alive(info):
         return None
-    records = read_records(Path(run_dir) / RECORDS) if (Path(run_dir) / RECORDS).exists() else []
+    compact(Path(run_dir))  # what the driver would have done at its end
+    try:
+        records: Sequence[Mapping[str, Any]] = read_run_records(Path(run_dir), [])
+    except ConfigError:  # died before its first records
+        records = []
+    infer_switches(records)
     window = span(records)
     ended = (
         datetime.fromtimestamp(window[1], UTC).isoformat(timespec="milliseconds")

@@ -23,6 +23,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from datamodel.runfolder import load_records
 from workloads.bench.session import bench_session
 from workloads.bench.verdicts import SMALL_PROJECTS
 
@@ -63,7 +64,7 @@ def _truth(results: Path, seconds: float) -> float:
         spec, profile=dataclasses.replace(spec.profile, stages=(stage,)), profiling=False
     )
     outcome = execute(spec)
-    records = [json.loads(line) for line in (outcome.run_dir / "records.jsonl").open()]
+    records = load_records(outcome.run_dir)
     ends = sorted(r["planned"] + r["duration"] for r in records if r["ok"])
     return (len(ends) - 1) / (ends[-1] - ends[0]) if len(ends) > 1 else 0.0
 

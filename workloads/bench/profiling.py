@@ -55,7 +55,7 @@ def _cli_run(profile: str, duration: float, results: Path, extra: list[str]) -> 
 
 def bench_profiling(args: argparse.Namespace) -> None:
     """The same profile with and without profiling, interleaved (off, on, off, on, ...)."""
-    from datamodel.runfolder import read_records
+    from datamodel.runfolder import load_records
 
     print(f"command: {' '.join([Path(sys.executable).name, *sys.orig_argv[1:]])}")
     print(f"machine: {json.dumps(machine_info())}")
@@ -77,7 +77,7 @@ def bench_profiling(args: argparse.Namespace) -> None:
         merged = [
             r["duration"]
             for s in runs
-            for r in read_records(Path(s["run_dir"]) / "records.jsonl")
+            for r in load_records(Path(s["run_dir"]))
             if r["ok"] and r["op"] == args.op
         ]
         p95[side] = summarize(merged).p95

@@ -20,6 +20,7 @@ from datamodel.cache import default_cache_dir
 from datamodel.runfolder import (
     GAUGES,
     PROFILES,
+    JsonlWriter,
     RecordWriter,
     write_json,
 )
@@ -138,7 +139,7 @@ def open_builtin(
         )
         fleet = Fleet(replicas, routes if spec.config.affinity else None, run_dir.name)
         first = fleet.start(spec.workers)
-        gauges = RecordWriter(run_dir / GAUGES) if profiling is not None else None
+        gauges = JsonlWriter(run_dir / GAUGES) if profiling is not None else None
         live = Live(
             spec,
             run_dir,

@@ -21,6 +21,7 @@ from typing import Any
 import ray
 
 from datamodel.runfolder import (
+    JsonlWriter,
     RecordWriter,
 )
 from profiling.capture.session import ProfilingSession, head_processes
@@ -154,7 +155,7 @@ class Live:
     interrupts: Interrupts
     profiling: ProfilingSession | None = None
     replica_pids: dict[int, int] = field(default_factory=dict)
-    gauges: RecordWriter | None = None
+    gauges: JsonlWriter | None = None
     tap: Callable[[list[dict[str, Any]]], None] | None = None
     """Called with each batch of finished records (a capacity search reads its levels)."""
     _pending_gauges: list[Any] = field(default_factory=list)

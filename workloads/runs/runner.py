@@ -14,11 +14,12 @@ from typing import Any
 
 from cluster.connect import disconnect
 from datamodel.errors import LoadlensError
+from datamodel.frame import infer_switches
 from datamodel.runfolder import (
     SCHEMA_VERSION,
     RecordWriter,
     RunData,
-    read_records,
+    read_run_records,
     utc_now,
     write_json,
 )
@@ -74,7 +75,7 @@ def open_folder(spec: RunSpec) -> tuple[Path, dict[str, Any], RecordWriter]:
         "driver": {"pid": os.getpid(), "hostname": platform.node()},
     }
     write_json(run_dir / "run.json", run_info)
-    return run_dir, run_info, RecordWriter(run_dir / "records.jsonl")
+    return run_dir, run_info, RecordWriter(run_dir)
 
 
 def close_folder(
@@ -83,7 +84,8 @@ def close_folder(
     """Close the records, write ``summary.json`` (with goodput against the run's latency
     SLOs) and the final ``run.json``; the number of records and the summary."""
     writer.close()
-    records = read_records(run_dir / "records.jsonl")
+    records = read_run_records(run_dir, [])
+    infer_switches(records)
     name = targets_name(spec)
     try:
         targets = load_targets(name)
