@@ -1,6 +1,8 @@
 """``python -m workloads.bench service``: adapter load/activate/unload, project switch cold and
-warm, embedding throughput, initialisation time and process USS with 10 projects, mlx-lm's
-reload path against our in-place swap, and sentence-transformers when it is installed.
+warm, embedding throughput, initialisation time and process USS with 10 projects (and USS,
+PSS and MLX's active, peak and cache memory after each phase of a process set up as a
+replica is), mlx-lm's reload path against our in-place swap, and sentence-transformers
+when it is installed.
 MLX work is evaluated before each clock read.
 """
 
@@ -21,6 +23,7 @@ from typing import Any
 from datamodel.quantiles import summarize
 from profiling.capture.libraries import loaded_blas
 from workloads.runs.results import machine_info
+from workloads.stack.allocator import allocator_env
 from workloads.stack.blas import THREAD_VARS, reexec_with
 from workloads.stack.config import load_config
 
@@ -48,14 +51,36 @@ def _pct(values: list[float], scale: float, unit: str) -> str:
 
 
 def _child_init(config_name: str, projects: int, cache: str, max_chunks: int) -> None:
-    """In a fresh process: time imports + Service() with ``projects``; then load them all."""
+    """In a fresh process set up as a replica's (its allocator and trimmer): time imports +
+    Service() with ``projects``, then load them all; USS, PSS and MLX's peak per phase."""
+    import mlx.core as mx
     import psutil
 
+    from workloads.stack.allocator import trimmer_from_env
+
     started = psutil.Process().create_time()
+    trimmer = trimmer_from_env()
+    phases: list[dict[str, Any]] = []
+
+    def phase(name: str) -> None:
+        time.sleep(2 * trimmer.every_s if trimmer else 0.0)  # what the replica's thread does
+        info = psutil.Process().memory_full_info()
+        phases.append(
+            {
+                "phase": name,
+                "uss_bytes": info.uss,
+                "pss_bytes": getattr(info, "pss", None),
+                "mlx_active_bytes": mx.get_active_memory(),
+                "mlx_peak_bytes": mx.get_peak_memory(),
+                "mlx_cache_bytes": mx.get_cache_memory(),
+            }
+        )
+        mx.reset_peak_memory()
 
     from workloads.service.projects import default_projects
     from workloads.service.service import Service, ServiceConfig
 
+    phase("imports")
     config = load_config(config_name)
     chosen = default_projects(projects)
     service_config = ServiceConfig(
@@ -67,11 +92,19 @@ def _child_init(config_name: str, projects: int, cache: str, max_chunks: int) ->
     )
     svc = Service(service_config, chosen)
     ready = time.time() - started
+    phase("service built (model, embedder)")
     for p in chosen:
         svc.ingest(p.name)
+    phase(f"{projects} projects ingested")
     for p in chosen:
         svc.switch(p.name)
-    svc.analyze(chosen[0].name, "how is the connection closed")
+    phase(f"switched through {projects} projects (adapters and indexes loaded)")
+    for p in chosen:
+        svc.analyze(p.name, "how is the connection closed")
+    phase(f"analyze on each of {projects} projects")
+    for _ in range(4):
+        svc.embed([SNIPPET] * 32)
+    phase("4 embed batches of 32")
     mem = psutil.Process().memory_full_info()
     print(
         json.dumps(
@@ -84,6 +117,7 @@ def _child_init(config_name: str, projects: int, cache: str, max_chunks: int) ->
                 "loaded_indexes": len(svc.indexes.loaded),
                 "index_bytes": svc.indexes.bytes_loaded,
                 "blas": loaded_blas(),
+                "phases": phases,
             }
         )
     )
@@ -157,7 +191,7 @@ def bench_service(args: argparse.Namespace) -> None:
         ],
         capture_output=True,
         text=True,
-        env=os.environ,
+        env={**os.environ, **allocator_env(config.allocator)},
     )
     if child.returncode != 0:
         print(f"init child failed:\n{child.stderr[-2000:]}")
@@ -174,6 +208,16 @@ def bench_service(args: argparse.Namespace) -> None:
             f"<= {args.max_chunks} chunks): USS {init['uss_bytes'] / 2**20:.0f} MiB, "
             f"RSS {init['rss_bytes'] / 2**20:.0f} MiB"
         )
+        print(f"memory per phase (allocator {config.allocator}; MLX peak since the last phase):")
+        for row in init["phases"]:
+            pss = row["pss_bytes"]
+            print(
+                f"  {row['phase']:<62} USS {row['uss_bytes'] / 2**20:6.0f} MiB  PSS "
+                + (f"{pss / 2**20:6.0f} MiB" if pss is not None else "     -")
+                + f"  MLX active {row['mlx_active_bytes'] / 2**20:5.0f} MiB, peak "
+                f"{row['mlx_peak_bytes'] / 2**20:5.0f} MiB, cache "
+                f"{row['mlx_cache_bytes'] / 2**20:5.0f} MiB"
+            )
 
     chosen = default_projects(args.projects)
     svc = Service(
