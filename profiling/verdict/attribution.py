@@ -57,16 +57,18 @@ def split_matrix(frame: Frame) -> Vector:
     lag = np.minimum(np.maximum(frame.value("lag"), 0.0), duration)
     queue = np.minimum(np.maximum(frame.value("wait"), 0.0), duration - lag)
     service = np.minimum(np.maximum(frame.value("service"), 0.0), duration - lag - queue)
-    stages = np.column_stack([np.maximum(frame.value(STAGE_PREFIX + name), 0.0) for name in STAGES])
-    total = stages.sum(axis=1)
+    matrix = np.zeros((frame.n, len(COMPONENTS)))  # filled in place: a million rows is 96 MB
+    column = {name: k for k, name in enumerate(COMPONENTS)}
+    total = np.zeros(frame.n)
+    for name in STAGES:
+        matrix[:, column[name]] = np.maximum(frame.value(STAGE_PREFIX + name), 0.0)
+        total += matrix[:, column[name]]
     fit = (total > service) & (service > 0)
     scale = np.where(fit, service / np.where(fit, total, 1.0), np.where(service <= 0, 0.0, 1.0))
-    matrix = np.zeros((frame.n, len(COMPONENTS)))
-    column = {name: k for k, name in enumerate(COMPONENTS)}
     matrix[:, column["lag"]] = lag
     matrix[:, column["queue"]] = queue
-    for k, name in enumerate(STAGES):
-        matrix[:, column[name]] = stages[:, k] * scale
+    for name in STAGES:
+        matrix[:, column[name]] *= scale
     matrix[:, column["other"]] = np.maximum(service - total * scale, 0.0)
     matrix[:, column["transport"]] = np.maximum(duration - lag - queue - service, 0.0)
     failed = ~frame.ok
