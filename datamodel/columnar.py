@@ -131,11 +131,17 @@ def read_parquet(path: Path) -> list[dict[str, Any]]:
     return from_table(read_parquet_table(path))
 
 
-def read_parquet_table(path: Path) -> pa.Table:
+TEXTS = ("op", "project", "stage", "node", "error", "served")
+"""The text fields that repeat across records (a run has few distinct values of each)."""
+
+
+def read_parquet_table(path: Path, *, coded: bool = False) -> pa.Table:
     """The table of a Parquet file written by :func:`write_parquet`; :class:`ConfigError`
-    when it is not one (unreadable, or a newer layout than this reader knows)."""
+    when it is not one (unreadable, or a newer layout than this reader knows). ``coded``
+    keeps the repeating text fields (:data:`TEXTS`) as Arrow dictionaries, as Parquet
+    stores them: a million records' texts then take a few megabytes, not a hundred."""
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(path, read_dictionary=list(TEXTS) if coded else None)
     except (OSError, pa.ArrowInvalid) as exc:
         raise ConfigError(f"{path} is not a readable Parquet file: {exc}") from None
     version = (table.schema.metadata or {}).get(VERSION_KEY)
@@ -146,7 +152,19 @@ def read_parquet_table(path: Path) -> pa.Table:
             f"{path} holds records of layout {int(version)}; this loadlens reads up to "
             f"{RECORDS_SCHEMA_VERSION}"
         )
-    return table.select(NAMES).cast(RECORD_SCHEMA)
+    table = table.select(NAMES)
+    if not coded:
+        return table.cast(RECORD_SCHEMA)
+    schema = pa.schema(
+        [
+            field.with_type(pa.dictionary(pa.int32(), pa.string()))
+            if field.name in TEXTS
+            else field
+            for field in RECORD_SCHEMA
+        ],
+        metadata=RECORD_SCHEMA.metadata,
+    )
+    return table.cast(schema)
 
 
 def write_csv(records: Sequence[Mapping[str, Any]], path: Path) -> int:

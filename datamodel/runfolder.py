@@ -210,13 +210,13 @@ def read_run_records(folder: Path, notes: list[str]) -> Records:
     """
     parquet = folder / RECORDS_PARQUET
     if parquet.exists():
-        return Records(read_parquet_table(parquet))
+        return Records(read_parquet_table(parquet, coded=True))
     shards = sorted((folder / SHARDS).glob("*.parquet")) if (folder / SHARDS).is_dir() else []
     if shards:
         tables = []
         for path in shards:
             try:
-                tables.append(read_parquet_table(path))
+                tables.append(read_parquet_table(path, coded=True))
             except ConfigError as exc:
                 notes.append(f"skipped shard {path.name}: {exc}")
         return Records(pa.concat_tables(tables) if tables else to_table([]))
