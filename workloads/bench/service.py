@@ -186,7 +186,7 @@ def bench_service(args: argparse.Namespace) -> None:
         [
             sys.executable,
             "-c",
-            "import sys; from workloads.bench import _child_init; "
+            "import sys; from workloads.bench.service import _child_init; "
             f"_child_init({config.name!r}, {args.projects}, {str(cache)!r}, {args.max_chunks})",
         ],
         capture_output=True,
