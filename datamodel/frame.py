@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from datamodel.columnar import NAMES, RECORD_SCHEMA, to_table
 from datamodel.quantiles import Summary, summarize
-from datamodel.records import STAGES, number
+from datamodel.records import STAGES, error_kind, number
 
 pa.set_memory_pool(pa.system_memory_pool())
 """Arrow allocates through the C library's malloc: building a million records' frame, the
@@ -350,8 +350,7 @@ def error_counts(records: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     codes = frame.codes["error"][~frame.ok]
     counts: dict[str, int] = {}
     for code, count in zip(*np.unique(codes, return_counts=True), strict=True):
-        text = frame.texts["error"][code] if code >= 0 else ""
-        kind = (text or "unknown").split(":", 1)[0]
+        kind = error_kind({"error": frame.texts["error"][code] if code >= 0 else None})
         counts[kind] = counts.get(kind, 0) + int(count)
     return dict(sorted(counts.items()))
 

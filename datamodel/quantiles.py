@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
 import numpy as np
 
 from datamodel.errors import ConfigError
-
-K = TypeVar("K", bound=Hashable)
 
 PERCENTILES: dict[str, float] = {"p50": 0.50, "p90": 0.90, "p95": 0.95, "p99": 0.99}
 """The quantiles a :class:`Summary` reports, by field name."""
@@ -94,26 +91,3 @@ def summarize(values: Iterable[float]) -> Summary:
         max=float(ordered[-1]),
         **figures,
     )
-
-
-def duration_of(record: Any) -> float:
-    """``record["duration"]`` for a mapping, else ``record.duration``."""
-    if isinstance(record, Mapping):
-        return float(record["duration"])
-    return float(record.duration)
-
-
-def group_summaries(
-    records: Iterable[Any],
-    key: Callable[[Any], K],
-    value: Callable[[Any], float] = duration_of,
-) -> dict[K, Summary]:
-    """Summaries of ``value(record)`` per ``key(record)``, groups in first-seen order.
-
-    ``records`` are any objects or dicts; by default the value is their ``duration``.
-    Pass the records of every worker together: groups are summarised from merged samples.
-    """
-    groups: dict[K, list[float]] = {}
-    for record in records:
-        groups.setdefault(key(record), []).append(value(record))
-    return {k: summarize(v) for k, v in groups.items()}

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from datamodel.errors import ConfigError
-from datamodel.quantiles import Summary, group_summaries, quantile_sorted, summarize
+from datamodel.frame import Frame, grouped
+from datamodel.quantiles import Summary, quantile_sorted, summarize
 
 QS = [0, 1, 10, 25, 33.3, 50, 66.7, 90, 95, 99, 99.9, 100]
 
@@ -85,22 +86,27 @@ class Record:
     duration: float
 
 
-def test_group_summaries_works_on_objects_and_dicts():
-    records = [Record("analyze", 0.2), Record("search", 0.01), Record("analyze", 0.4)]
-    groups = group_summaries(records, key=lambda r: r.op)
-    assert list(groups) == ["analyze", "search"]
+def test_grouped_summaries_keep_first_seen_order_over_columns():
+    records = [Record("search", 0.01), Record("analyze", 0.2), Record("analyze", 0.4)]
+    frame = Frame.of([{"op": r.op, "duration": r.duration} for r in records])
+    groups = grouped(frame, "op")
+    assert list(groups) == ["search", "analyze"]
     assert groups["analyze"].count == 2
     assert groups["analyze"].mean == pytest.approx(0.3)
-    as_dicts = [{"op": r.op, "duration": r.duration} for r in records]
-    assert group_summaries(as_dicts, key=lambda r: r["op"]) == groups
+    assert groups["analyze"] == summarize([0.2, 0.4])
 
 
-def test_group_summaries_takes_a_value_function_and_tuple_keys():
-    records = [{"op": "a", "stage": "s", "ms": 5}, {"op": "a", "stage": "t", "ms": 7}]
-    groups = group_summaries(records, key=lambda r: (r["stage"], r["op"]), value=lambda r: r["ms"])
-    assert groups[("s", "a")].max == 5.0
-    assert groups[("t", "a")].p50 == 7.0
-    assert group_summaries([], key=lambda r: r) == {}
+def test_grouped_summaries_take_a_value_column_and_a_mask():
+    records = [
+        {"op": "a", "stage": "s", "wait": 5.0, "ok": True},
+        {"op": "a", "stage": "t", "wait": 7.0, "ok": True},
+        {"op": "a", "stage": "t", "wait": 9.0, "ok": False},
+    ]
+    frame = Frame.of(records)
+    groups = grouped(frame, "stage", "wait", frame.ok)
+    assert groups["s"].max == 5.0
+    assert groups["t"].p50 == 7.0 and groups["t"].count == 1
+    assert grouped(frame, "op", mask=np.zeros(3, dtype=bool)) == {}
 
 
 def test_merged_p99_differs_from_averaged_p99():
