@@ -312,7 +312,10 @@ class Records(Sequence[Mapping[str, Any]]):
 
 def span(records: Sequence[Mapping[str, Any]]) -> tuple[float, float] | None:
     """``(first planned send, last reply)`` of ``records`` in UNIX seconds, if any."""
-    frame = Frame.of(records)
+    return _span(Frame.of(records))
+
+
+def _span(frame: Frame) -> tuple[float, float] | None:
     planned = frame.value("planned")
     sent = planned > 0
     if not sent.any():
@@ -331,16 +334,17 @@ def throughput(
     span), or over the seconds of ``blocks`` when a run was loaded only in blocks (one
     side of an interleaved A/B: the other side's blocks in between are not its time);
     ``None`` when there is no time."""
+    frame = Frame.of(records)
     if blocks:
         seconds = sum(max(number(b.get("end")) - number(b.get("start")), 0.0) for b in blocks)
     else:
-        window = window or span(records)
+        window = window or _span(frame)
         if window is None:
             return None
         seconds = window[1] - window[0]
     if seconds <= 0:
         return None
-    ok = int(Frame.of(records).ok.sum())
+    ok = int(frame.ok.sum())
     return ok / seconds, ok, seconds
 
 
