@@ -21,8 +21,10 @@ import pyarrow.parquet as pq
 from datamodel.errors import ConfigError
 from datamodel.records import STAGES
 
-RECORDS_SCHEMA_VERSION = 1
-"""Version of the columnar record layout (``loadlens.records`` in the schema metadata)."""
+RECORDS_SCHEMA_VERSION = 2
+"""Version of the columnar record layout (``loadlens.records`` in the schema metadata).
+2 added ``ttft_planned``, ``itl_p50`` and ``itl_p99``; files of layout 1 read with those
+columns missing."""
 VERSION_KEY = b"loadlens.records"
 
 _FIELDS: list[tuple[str, pa.DataType]] = [
@@ -48,7 +50,10 @@ _FIELDS: list[tuple[str, pa.DataType]] = [
     ("switched", pa.bool_()),
     ("served", pa.string()),
     ("ttft", pa.float64()),
+    ("ttft_planned", pa.float64()),
     ("itl", pa.float64()),
+    ("itl_p50", pa.float64()),
+    ("itl_p99", pa.float64()),
     ("tokens_out", pa.int64()),
     ("http_status", pa.int64()),
 ]
@@ -121,8 +126,12 @@ def write_parquet_table(table: pa.Table, path: Path) -> int:
     """Write ``table`` (of :data:`RECORD_SCHEMA`) to a Parquet file at ``path`` (zstd),
     whole or not at all: written beside it and renamed; how many rows were written."""
     tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    tmp.replace(path)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk: leave no half file taking space
+        raise
     return table.num_rows
 
 
@@ -152,6 +161,10 @@ def read_parquet_table(path: Path, *, coded: bool = False) -> pa.Table:
             f"{path} holds records of layout {int(version)}; this loadlens reads up to "
             f"{RECORDS_SCHEMA_VERSION}"
         )
+    for name in NAMES:  # an older layout: its missing columns read as absent
+        if name not in table.column_names:
+            kind = RECORD_SCHEMA.field(name).type
+            table = table.append_column(name, pa.nulls(table.num_rows, kind))
     table = table.select(NAMES)
     if not coded:
         return table.cast(RECORD_SCHEMA)

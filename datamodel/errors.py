@@ -37,3 +37,7 @@ class ProjectError(LoadlensError):
 
 class IndexStoreError(LoadlensError):
     """A persisted vector index is missing or corrupt."""
+
+
+class ResultsUnwritable(LoadlensError):
+    """The results folder cannot be written: a full disk, a read-only or missing folder."""

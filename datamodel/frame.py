@@ -33,7 +33,20 @@ default mimalloc pool kept ~190 MB more than it (peak 1.04 GB against 0.86 GB fo
 analysis, measured on a 2-core Xeon; jemalloc did as well as malloc but is not in every
 build)."""
 
-FLOATS = ("planned", "sent", "duration", "lag", "wait", "service", "flops", "ttft", "itl")
+FLOATS = (
+    "planned",
+    "sent",
+    "duration",
+    "lag",
+    "wait",
+    "service",
+    "flops",
+    "ttft",
+    "ttft_planned",
+    "itl",
+    "itl_p50",
+    "itl_p99",
+)
 INTS = ("worker", "replica", "pid", "tokens_out", "http_status")
 FLAGS = ("ok", "switched")
 TEXTS = ("op", "project", "stage", "node", "error", "served")

@@ -68,8 +68,14 @@ class OpRecord:
     """HTTP stacks: what the server was asked to serve (model and adapter fields)."""
     ttft: float = 0.0
     """HTTP stacks: seconds from sending to the first token of the reply."""
+    ttft_planned: float = 0.0
+    """HTTP stacks: seconds from the planned send to the first token (``ttft`` plus lag)."""
     itl: float = 0.0
     """HTTP stacks: mean seconds between tokens after the first."""
+    itl_p50: float = 0.0
+    """HTTP stacks: median gap between two tokens of the reply."""
+    itl_p99: float = 0.0
+    """HTTP stacks: 99th percentile of the gaps between tokens of the reply."""
     tokens_out: int = 0
     """HTTP stacks: tokens received."""
     http_status: int = 0

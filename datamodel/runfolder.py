@@ -12,6 +12,7 @@ skipped and counted, never fatal.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -32,7 +33,7 @@ from datamodel.columnar import (
     to_table,
     write_parquet_table,
 )
-from datamodel.errors import ConfigError
+from datamodel.errors import ConfigError, ResultsUnwritable
 from datamodel.frame import Frame, Records, infer_switches
 from datamodel.records import number
 from datamodel.stacks import Stacks, read_collapsed
@@ -317,31 +318,84 @@ def write_json(path: Path, data: Any) -> None:
         raise
 
 
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+"""Errors of a write that say the results folder cannot take more (not a bug)."""
+RESERVE = ".space-reserve"
+"""A file of :data:`RESERVE_BYTES` a run keeps in its folder while it runs: freed when a
+write fails for want of space, it leaves room to close the run (its summary, ``run.json``)."""
+RESERVE_BYTES = 1 << 20
+
+
+def unwritable(path: Path, exc: OSError) -> ResultsUnwritable:
+    """The error for a failed write of ``path``: what the system said, in words."""
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    hint = " (free some space)" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    return ResultsUnwritable(f"cannot write {path}: {reason}{hint}")
+
+
 class RecordWriter:
     """Writes a run's records as Parquet shards under ``records/``, one per batch (a drain,
     about every second), each written whole and renamed into place, so a crash loses at
     most the batch being written. :meth:`close` compacts the shards into
-    ``records.parquet``."""
+    ``records.parquet``.
+
+    A write that fails (a full disk, a read-only folder) raises :class:`ResultsUnwritable`
+    naming the folder and the reason; the shards written before stay, and the folder's
+    space reserve (:data:`RESERVE`) is freed so the run can still be closed."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.shards = folder / SHARDS
-        self.shards.mkdir(parents=True, exist_ok=True)
         self.count = 0
         self._next = 0
+        self.failed: str | None = None
+        """Why a write failed, once one has."""
+        try:
+            self.shards.mkdir(parents=True, exist_ok=True)
+            _reserve(folder / RESERVE)
+        except OSError as exc:
+            raise unwritable(self.shards, exc) from None
 
     def write(self, records: list[dict[str, Any]]) -> None:
         """Write ``records`` as one shard (nothing when there are none)."""
         if not records:
             return
         shard = self.shards / f"{os.getpid()}-{self._next:07d}.parquet"
-        write_parquet_table(to_table(records), shard)
+        try:
+            write_parquet_table(to_table(records), shard)
+        except OSError as exc:
+            error = unwritable(shard.parent, exc)
+            self.failed = str(error)
+            self.release()
+            raise error from None
         self._next += 1
         self.count += len(records)
 
+    def release(self) -> None:
+        """Free the space reserve (where the folder still lets it be removed)."""
+        with contextlib.suppress(OSError):
+            (self.folder / RESERVE).unlink(missing_ok=True)
+
     def close(self) -> None:
-        """Compact the shards into ``records.parquet``."""
-        compact(self.folder)
+        """Compact the shards into ``records.parquet``; after a failed write, or when the
+        compacted file does not fit, the shards stay (every reader takes them)."""
+        self.release()
+        if self.failed is not None:
+            return
+        try:
+            compact(self.folder)
+        except OSError as exc:
+            self.failed = str(unwritable(self.folder / RECORDS_PARQUET, exc))
+
+
+def _reserve(path: Path) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, RESERVE_BYTES)
+    except OSError:  # a file system without fallocate: zeros take the space as well
+        os.write(fd, bytes(RESERVE_BYTES))
+    finally:
+        os.close(fd)
 
 
 def compact(folder: Path) -> int:

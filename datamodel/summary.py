@@ -64,7 +64,11 @@ def _streaming(records: Sequence[Mapping[str, Any]], frame: Frame) -> dict[str, 
     seconds = window[1] - window[0] if window else 0.0
     return {
         "ttft_by_op": _grouped(frame, "op", "ttft", streamed),
+        "ttft_planned_by_op": _grouped(
+            frame, "op", "ttft_planned", streamed & (frame.value("ttft_planned") > 0)
+        ),
         "itl_by_op": _grouped(frame, "op", "itl", streamed & (frame.value("itl") > 0)),
+        "itl_p99_by_op": _grouped(frame, "op", "itl_p99", streamed & (frame.value("itl_p99") > 0)),
         "tokens_out": tokens,
         "tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
     }

@@ -41,9 +41,12 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def start(results: Path, cache: Path, *args: str) -> subprocess.Popen[str]:
-    """``python -m workloads.run`` in a session of its own, as a terminal would start it."""
-    env = {**os.environ, "LOADLENS_CACHE": str(cache)}
+def start(
+    results: Path, cache: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """``python -m workloads.run`` in a session of its own, as a terminal would start it
+    (``env``: more environment variables)."""
+    env = {**os.environ, "LOADLENS_CACHE": str(cache), **(env or {})}
     command = [
         sys.executable,
         "-m",

@@ -15,6 +15,7 @@ import pytest
 from datamodel.columnar import (
     NAMES,
     RECORD_SCHEMA,
+    RECORDS_SCHEMA_VERSION,
     VERSION_KEY,
     read_parquet,
     to_table,
@@ -56,7 +57,18 @@ def test_every_field_of_a_record_has_a_typed_column_and_round_trips(tmp_path: Pa
     assert read_parquet(path) == given(records)
     schema = pq.read_schema(path)
     assert schema.field("duration").type == pa.float64() and schema.field("ok").type == pa.bool_()
-    assert schema.metadata[VERSION_KEY] == b"1"
+    assert schema.metadata[VERSION_KEY] == str(RECORDS_SCHEMA_VERSION).encode()
+
+
+def test_a_file_of_the_first_layout_reads_with_the_later_fields_absent(tmp_path: Path) -> None:
+    records = read_records(FIXTURE / "records.jsonl")
+    added = ("ttft_planned", "itl_p50", "itl_p99")  # layout 2's fields
+    first = to_table(records).drop_columns(list(added))
+    first = first.replace_schema_metadata({VERSION_KEY: b"1"})
+    path = tmp_path / "layout1.parquet"
+    pq.write_table(first, path)
+    back = read_parquet(path)
+    assert back == given(records) and not any(f in r for r in back for f in added)
 
 
 def test_a_value_that_does_not_fit_its_column_is_named() -> None:
@@ -77,7 +89,7 @@ def test_a_torn_file_and_a_newer_layout_are_clear_errors(tmp_path: Path) -> None
     pq.write_table(table, newer)
     with pytest.raises(ConfigError, match="layout 99"):
         read_parquet(newer)
-    assert RECORD_SCHEMA.metadata[VERSION_KEY] == b"1"
+    assert RECORD_SCHEMA.metadata[VERSION_KEY] == str(RECORDS_SCHEMA_VERSION).encode()
 
 
 def test_export_writes_each_format_and_never_the_runs_own_records(run: Path, capsys) -> None:

@@ -175,17 +175,21 @@ def _chunk(text: str, finish: str | None = None) -> dict:
 
 
 def test_stream_tally_times_first_token_and_tokens_after_it() -> None:
-    from workloads.stack.http import StreamTally, parse_sse
+    from workloads.stack.http import SseReader, StreamTally
 
     tally = StreamTally(sent=10.0)
-    assert parse_sse(b": keep-alive\n") is None and parse_sse(b"data: [DONE]\n") is None
-    tally.add(parse_sse(b'data: {"choices": [{"index": 0, "text": ""}]}\n'), 10.1)
+    reader = SseReader()
+    assert reader.feed(b": keep-alive\n") == [] and reader.feed(b"data: [DONE]\n") == []
+    (first,) = reader.feed(b'data: {"choices": [{"index": 0, "text": ""}]}\n')
+    assert tally.add(first, 10.1) is None
     for k, text in enumerate(["a", "b", "c", "d"]):
-        tally.add(_chunk(text, "length" if text == "d" else None), 10.5 + k * 0.1)
+        tally.add(_chunk(text, "length" if text == "d" else None), 10.5 + k * (0.1 + k * 0.1))
     tally.add({"choices": [], "usage": {"completion_tokens": 7}}, 10.9)
     assert tally.ttft == pytest.approx(0.5)  # the first text, not the empty first event
     assert tally.tokens == 7 and tally.finish == "length"  # the server's own count
-    assert tally.itl == pytest.approx(0.3 / 6)
+    assert tally.itl == pytest.approx(1.2 / 6)
+    p50, p99 = tally.gap_quantiles()  # gaps 0.2, 0.4, 0.6: per chunk, not one mean
+    assert p50 == pytest.approx(0.4) and p99 == pytest.approx(0.596)
     chat = StreamTally(sent=0.0)
     chat.add({"choices": [{"delta": {"content": "hi"}}]}, 0.2)
     assert chat.tokens == 1 and chat.ttft == pytest.approx(0.2) and chat.itl == 0.0
@@ -194,8 +198,26 @@ def test_stream_tally_times_first_token_and_tokens_after_it() -> None:
     empty.add(_chunk("", "stop"), 0.3)
     assert empty.answered and empty.tokens == 0 and empty.ttft == pytest.approx(0.3)
     assert not StreamTally(sent=0.0).answered
-    with pytest.raises(ValueError):
-        parse_sse(b"data: {not json\n")
+    assert StreamTally(0.0).gap_quantiles() == (0.0, 0.0)
+    reader = SseReader()
+    (bad,) = reader.feed(b"data: {not json}\n") + reader.feed(b"\n")
+    assert (StreamTally(0.0).add(bad, 1.0) or "").startswith("BadResponse: not JSON")
+
+
+def test_sse_reader_joins_multi_line_events_and_names_mid_stream_errors() -> None:
+    from workloads.stack.http import SseReader, StreamTally
+
+    reader = SseReader()
+    lines = [b'data: {"choices": [{"text":\n', b'data: "a b"}]}\n', b"\n"]
+    events = [e for line in lines for e in reader.feed(line)]
+    assert events == [{"choices": [{"text": "a b"}]}]  # two data lines, one event
+    lines = [b"event: error\n", b'data: {"message": "out of memory"}\n', b"\n"]
+    (error,) = [e for line in lines for e in reader.feed(line)]
+    named = StreamTally(0.0).add(error, 1.0) or ""
+    assert named.startswith("StreamError") and "out of memory" in named
+    (inline,) = reader.feed(b'data: {"error": {"message": "adapter not found"}}\n')
+    assert "adapter not found" in (StreamTally(0.0).add(inline, 1.0) or "")
+    assert reader.feed(b"data: {not json\n") == [] and reader.end() == [{"_bad": "{not json"}]
 
 
 def test_mapping_file_routes_projects_and_names_its_mistakes(tmp_path) -> None:

@@ -213,7 +213,8 @@ def _context(run: RunData, att: Attribution, found: list[Finding]) -> list[Fact]
         )
     for stage in run.section("stages"):
         wall, used = number(stage.get("wall_seconds")), number(stage.get("cpu_seconds"))
-        issued = number(stage.get("issued"))
+        # CPU is known for the workers that finished the stage: per op of theirs.
+        issued = number(stage.get("cpu_issued", stage.get("issued")))
         if wall > 0:
             per_op = used / issued * 1000 if issued else None
             facts.append(

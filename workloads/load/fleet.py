@@ -1,17 +1,25 @@
 """The load generator workers of a run: started, drained, and replaced when one dies.
 
-Every record carries an id ``<worker>-<sequence>``; a worker hands over, with each batch of
-records, the operations it has sent and not recorded yet. When a worker dies (its drain or
-its stage call fails), those operations become error records ("GeneratorLost"), its outage
-is noted for ``run.json``, and a replacement under a new worker number carries the rest of
-the stage on: the remaining time of a closed-loop stage, or the open-loop arrivals not yet
-due. Operations the dead worker sent after its last drain (at most a second's worth) cannot
-be known; the outage says so.
+Every record carries an id ``<worker>-<sequence>``. A drain hands over every batch of
+records the worker holds that the driver has not acknowledged; the driver writes them,
+then acknowledges them with its next drain, so a drain that fails or times out loses
+nothing (the worker sends the batch again). A worker that answers no drain for
+``LOADLENS_DRAIN_TIMEOUT_S`` (30 s), or whose process died, is lost:
+
+- the operations it had in flight at its last drain become error records
+  (``GeneratorLost``);
+- its shared-memory ledger (:mod:`.ledger`) says how many ids it issued in all, so the
+  ids it issued after its last drain are known by range; the caller turns them into
+  records where it knows what they were (an open-loop schedule), else the outage counts
+  them;
+- its outage is noted for ``run.json``, and a replacement under a new worker number
+  carries the rest of the stage on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,11 +27,48 @@ from typing import Any
 import ray
 
 from datamodel.runfolder import RecordWriter
-from workloads.load.generator import GeneratorWorker
+from workloads.load.generator import MAX_IN_FLIGHT, GeneratorWorker
+from workloads.load.ledger import ledger_dir, read_ledger, remove_ledgers
 from workloads.load.progress import Progress
 
 DRAIN_TIMEOUT_S = 30.0
-"""Longest a worker may take to hand over its records before it counts as lost."""
+"""Longest a worker may leave drains unanswered before it counts as lost (the environment's
+``LOADLENS_DRAIN_TIMEOUT_S`` sets another)."""
+DRAIN_WAIT_S = 0.5
+"""How long one drain waits for the workers' answers; a later drain takes the rest."""
+
+
+def drain_timeout() -> float:
+    """:data:`DRAIN_TIMEOUT_S`, or the environment's ``LOADLENS_DRAIN_TIMEOUT_S``."""
+    try:
+        value = float(os.environ.get("LOADLENS_DRAIN_TIMEOUT_S", DRAIN_TIMEOUT_S))
+    except ValueError:
+        return DRAIN_TIMEOUT_S
+    return value if value > 0 else DRAIN_TIMEOUT_S
+
+
+@ray.remote(num_cpus=0)
+def _read_ledger_there(path: str) -> tuple[int, float] | None:
+    """A worker's ledger, read on its own node."""
+    from pathlib import Path
+
+    return read_ledger(Path(path))
+
+
+@dataclass
+class Lost:
+    """What a lost worker leaves: the ids it issued after its last drain, by range."""
+
+    worker: int
+    known: int
+    """Ids ``<worker>-0`` up to ``<worker>-<known - 1>`` are records (done or lost)."""
+    issued: int | None
+    """All ids it issued, from its ledger; ``None`` when the ledger could not be read."""
+
+    @property
+    def unknown(self) -> range:
+        """Sequence numbers issued after its last drain: their outcome is unknown."""
+        return range(self.known, self.issued if self.issued is not None else self.known)
 
 
 @dataclass
@@ -35,14 +80,26 @@ class Fleet:
     run_name: str
     http: dict[str, Any] | None = None
     """An HTTP stack's plan: workers call it directly (no replicas)."""
+    max_in_flight: int = MAX_IN_FLIGHT
+    """Each worker's cap on operations in flight."""
     workers: dict[int, Any] = field(default_factory=dict)
     issued: dict[int, int] = field(default_factory=dict)
-    """Worker number -> operations it issued, as of its last drain."""
+    """Worker number -> operations it issued: as of its last drain, or, once it is lost,
+    as its ledger says."""
+    dropped: dict[int, int] = field(default_factory=dict)
+    """Worker number -> arrivals it dropped at its cap on operations in flight."""
     pending: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     """Worker number -> operations in flight at its last drain."""
     outages: list[dict[str, Any]] = field(default_factory=list)
     """One entry per worker lost: when, why, what was lost, who replaced it."""
+    nodes: dict[int, str] = field(default_factory=dict)
+    """Worker number -> its Ray node id, where known."""
     _next: int = 0
+    _acked: dict[int, int] = field(default_factory=dict)
+    _asked: dict[int, tuple[Any, float]] = field(default_factory=dict)
+    _slow: set[int] = field(default_factory=set)
+    timeout: float = field(default_factory=drain_timeout)
+    """Seconds a worker may leave drains unanswered before it counts as lost."""
 
     def start(self, count: int) -> list[int]:
         """Start ``count`` new workers; returns their numbers."""
@@ -52,39 +109,95 @@ class Fleet:
             self._next += 1
             self.workers[k] = GeneratorWorker.options(  # type: ignore[attr-defined]
                 name=f"generator-{k}-{self.run_name}"
-            ).remote(k, self.replicas, self.routes, self.http)
+            ).remote(
+                k,
+                self.replicas,
+                self.routes,
+                self.http,
+                ledger=str(ledger_dir(self.run_name) / str(k)),
+                max_in_flight=self.max_in_flight,
+            )
             self.issued[k] = 0
+            self.dropped[k] = 0
             self.pending[k] = []
             numbers.append(k)
         return numbers
 
     def infos(self, numbers: list[int]) -> list[dict[str, Any]]:
         """pid and node of workers ``numbers`` (for the profiler's roles)."""
-        return ray.get([self.workers[k].info.remote() for k in numbers])
+        infos = ray.get([self.workers[k].info.remote() for k in numbers])
+        self.nodes.update({i["worker"]: i["node"] for i in infos})
+        return infos
 
-    def drain(self, writer: RecordWriter, progress: Progress) -> list[dict[str, Any]]:
-        """Move every worker's finished records to disk; a worker that fails is lost.
-        Returns the records moved."""
+    def drain(
+        self, writer: RecordWriter, progress: Progress, *, wait: float = DRAIN_WAIT_S
+    ) -> tuple[list[dict[str, Any]], list[Lost]]:
+        """Move every worker's finished records to disk, waiting at most ``wait`` seconds
+        for answers. A worker that died, or left drains unanswered for :attr:`timeout`,
+        is lost. Returns the records moved and the workers lost.
+
+        A failed write (a full disk) raises before the batch is acknowledged: the worker
+        keeps it."""
+        now = time.monotonic()
+        for k, w in self.workers.items():
+            if k not in self._asked:
+                self._asked[k] = (w.drain.remote(self._acked.get(k, 0)), now)
+        refs = [ref for ref, _ in self._asked.values()]
+        ready = set(ray.wait(refs, num_returns=len(refs), timeout=wait)[0]) if refs else set()
         moved: list[dict[str, Any]] = []
-        refs = {k: w.drain.remote() for k, w in self.workers.items()}
-        for k, ref in refs.items():
-            try:
-                batch = ray.get(ref, timeout=DRAIN_TIMEOUT_S)
-            except Exception as exc:
-                self.lose(k, exc, writer, progress)
+        lost: list[Lost] = []
+        for k, (ref, since) in list(self._asked.items()):
+            if ref not in ready:
+                silent = time.monotonic() - since
+                if silent > self.timeout:
+                    del self._asked[k]
+                    why = TimeoutError(f"no answer to a drain in {silent:.0f} s")
+                    lost.append(self.lose(k, why, writer, progress))
+                elif k not in self._slow:
+                    self._slow.add(k)
+                    progress.say(f"generator {k} is slow to answer; its records wait in it")
                 continue
-            writer.write(batch["records"])
-            progress.add(batch["records"], batch["in_flight"])
+            del self._asked[k]
+            self._slow.discard(k)
+            try:
+                batch = ray.get(ref)
+            except Exception as exc:
+                lost.append(self.lose(k, exc, writer, progress))
+                continue
+            fresh: list[dict[str, Any]] = []
+            for number, records in batch["batches"]:
+                if number <= self._acked.get(k, 0):
+                    continue  # written already; the acknowledgement was on its way
+                writer.write(records)
+                self._acked[k] = number
+                fresh.extend(records)
+            progress.add(fresh, batch["in_flight"])
             self.issued[k] = batch["issued"]
+            self.dropped[k] = batch["dropped"]
             self.pending[k] = batch["pending"]
-            moved.extend(batch["records"])
-        return moved
+            moved.extend(fresh)
+        return moved, lost
 
-    def lose(self, k: int, why: BaseException, writer: RecordWriter, progress: Progress) -> None:
-        """Record worker ``k``'s outage; its operations in flight become error records."""
+    def settle(self, writer: RecordWriter, progress: Progress) -> tuple[list[Any], list[Lost]]:
+        """Drain until every live worker has answered a drain asked after this call began
+        (the end of a stage: every record finished by now is on disk)."""
+        moved, lost = self.drain(writer, progress, wait=self.timeout)
+        while True:
+            more, gone = self.drain(writer, progress, wait=self.timeout)
+            moved, lost = moved + more, lost + gone
+            if not self._asked:
+                return moved, lost
+
+    def lose(self, k: int, why: BaseException, writer: RecordWriter, progress: Progress) -> Lost:
+        """Record worker ``k``'s outage: its operations in flight become error records,
+        and its ledger gives the ids it issued after its last drain."""
         handle = self.workers.pop(k, None)
+        self._asked.pop(k, None)
+        known = self.issued.get(k, 0)
         if handle is None:
-            return
+            return Lost(k, known, known)
+        with contextlib.suppress(Exception):  # already gone; a hung one must stop issuing
+            ray.kill(handle)
         now = time.time()
         error = f"GeneratorLost: generator {k} died before recording it ({type(why).__name__})"
         lost = [
@@ -93,41 +206,71 @@ class Fleet:
         ]
         writer.write(lost)
         progress.add(lost, 0)
+        ledger = self._ledger(k)
+        gone = Lost(k, known, max(ledger[0], known) if ledger else None)
+        if gone.issued is not None:
+            self.issued[k] = gone.issued
+        unknown = len(gone.unknown)
         progress.say(
-            f"generator {k} was lost ({type(why).__name__}): {len(lost)} operation(s) "
-            "in flight recorded as errors"
+            f"generator {k} was lost ({type(why).__name__}): {len(lost)} operation(s) in "
+            f"flight recorded as errors, {unknown} sent after its last drain"
+            + ("" if gone.issued is not None else " (its ledger was unreadable: count unknown)")
         )
         self.outages.append(
             {
                 "worker": k,
                 "lost_utc": now,
+                "last_issue_utc": ledger[1] if ledger else None,
                 "error": f"{type(why).__name__}: {why}"[:300],
                 "in_flight_lost": len(lost),
                 "issued_before": self.issued.get(k, 0),
-                "note": "operations sent after its last drain (under a second's worth) are unknown",
+                "sent_after_last_drain": unknown if gone.issued is not None else None,
+                "unknown_ids": (
+                    f"{k}-{gone.unknown.start}..{k}-{gone.unknown.stop - 1}" if unknown else ""
+                ),
             }
         )
-        with contextlib.suppress(Exception):  # already gone
-            ray.kill(handle)
+        return gone
+
+    def _ledger(self, k: int) -> tuple[int, float] | None:
+        """Worker ``k``'s ledger: here, else on its node."""
+        path = ledger_dir(self.run_name) / str(k)
+        found = read_ledger(path)
+        node = self.nodes.get(k)
+        if found is not None or node is None or node == ray.get_runtime_context().get_node_id():
+            return found
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        there = _read_ledger_there.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)
+        ).remote(str(path))
+        try:
+            return ray.get(there, timeout=self.timeout)
+        except Exception:  # the node is gone too
+            return None
 
     def close(self) -> None:
-        """End every worker's process (the run is over; a Ray session that outlives the run,
-        as an A/B's does, keeps nothing of it)."""
+        """Close every worker's HTTP session, then end its process (the run is over; a Ray
+        session that outlives the run, as an A/B's does, keeps nothing of it)."""
+        closing = [w.close.remote() for w in self.workers.values()]
+        with contextlib.suppress(Exception):
+            ray.wait(closing, num_returns=len(closing), timeout=5.0)
         for w in list(self.workers.values()):
             with contextlib.suppress(Exception):  # already gone
                 ray.kill(w)
+        remove_ledgers(self.run_name)
 
     def stop(self) -> None:
         """Ask every live worker to stop issuing."""
         for w in list(self.workers.values()):
             with contextlib.suppress(Exception):  # a lost one is found by the next drain
-                ray.get(w.stop.remote(), timeout=DRAIN_TIMEOUT_S)
+                ray.get(w.stop.remote(), timeout=self.timeout)
 
     def resume(self) -> None:
         """Let every live worker issue again after :meth:`stop` (the next stage)."""
         for w in list(self.workers.values()):
             with contextlib.suppress(Exception):  # a lost one is found by the next drain
-                ray.get(w.resume.remote(), timeout=DRAIN_TIMEOUT_S)
+                ray.get(w.resume.remote(), timeout=self.timeout)
 
     def in_flight(self) -> list[dict[str, Any]]:
         """The operations in flight at the last drain (each with its ``planned`` time)."""

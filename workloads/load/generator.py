@@ -1,24 +1,36 @@
 """Load generators: async Ray actors that act as users of many projects at once.
 
-A worker runs one stage at a time. Closed loop: ``users`` coroutines, each issuing one
-operation, waiting for it, thinking, and going again. Open loop: operations fire at
-their planned arrival times whether or not earlier ones have finished. Every issued
-operation yields exactly one :class:`OpRecord` (a failure or a timeout is a record);
-the driver drains them every second, so a stop or a crash loses nothing already done.
-Nothing here busy-waits: the event loop sleeps until the next arrival or reply.
+A worker runs one stage at a time. Closed loop: ``users`` coroutines, each starting at its
+own moment, issuing one operation, waiting for it, thinking (an exponentially distributed
+time by default), and going again. Open loop: operations fire at their planned arrival
+times whether or not earlier ones have finished, up to a cap on operations in flight;
+past it an arrival is recorded as dropped at the generator. Every stage's times count from
+one origin, the same for every worker, so a replacement worker issues the arrivals that
+fell due while it was starting late, and their lag shows.
+
+Every issued operation yields exactly one :class:`OpRecord` (a failure, a timeout or a
+drop is a record). The driver drains records every second; a worker keeps each batch
+until the driver acknowledges it (the next drain says so), so a drain that times out
+loses nothing. The count of issued operations sits in a shared-memory ledger
+(:mod:`.ledger`) that outlives the worker: the ids a dead worker issued after its last
+drain are known. Nothing here busy-waits: the event loop sleeps until the next arrival
+or reply.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
+from pathlib import Path
 from typing import Any
 
 import ray
 
 from datamodel.records import OpRecord
+from workloads.load.ledger import Ledger
 from workloads.load.shapes import OpPicker, ProjectPicker
 
 QUERIES = (
@@ -42,6 +54,12 @@ EMBED_TEXTS = (
     "return sorted(items, key=lambda x: x.name)",
 )
 REPLY_TIMEOUT_S = 300.0
+READ_TIMEOUT_S = 60.0
+"""HTTP stacks: longest silence between two pieces of a reply before it counts as stalled."""
+CONNECT_TIMEOUT_S = 10.0
+"""HTTP stacks: longest a connection may take to open."""
+MAX_IN_FLIGHT = 1000
+"""Default cap on one worker's operations in flight (and its HTTP connections)."""
 STOP_GRACE_S = 5.0
 """After a stop, how long operations in flight may still finish before they are recorded as
 interrupted (so a stop is bounded even behind a long queue)."""
@@ -57,17 +75,28 @@ class GeneratorWorker:
         replicas: list[Any],
         routes: dict[str, int] | None,
         http: dict[str, Any] | None = None,
+        *,
+        ledger: str | None = None,
+        max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
         """``routes`` maps each project to its replica (``None`` spreads ops at random);
         ``http`` (an :class:`~workloads.stack.http.HttpPlan` as a dict) sends every op to an
         HTTP stack instead, from this worker itself. Records get ids
-        ``<worker>-<sequence>``: a replacement gets a worker number of its own."""
+        ``<worker>-<sequence>``: a replacement gets a worker number of its own. ``ledger``:
+        the path of this worker's issue counter; ``max_in_flight``: its cap on operations
+        in flight."""
         self.worker = worker
         self.replicas = replicas
         self.routes = routes
         self.http = http
+        self.max_in_flight = max(1, max_in_flight)
+        self._ledger = Ledger(Path(ledger)) if ledger else None
         self._session: Any = None
         self._records: list[dict[str, Any]] = []
+        self._batches: list[tuple[int, list[dict[str, Any]]]] = []
+        """Batches handed to the driver and not acknowledged yet, by number."""
+        self._batch = 0
+        self._dropped = 0
         self._stop = asyncio.Event()
         self._in_flight = 0
         self._pending: dict[str, dict[str, Any]] = {}
@@ -93,16 +122,55 @@ class GeneratorWorker:
         """Issue again after :meth:`stop` (a capacity search's next level)."""
         self._stop.clear()
 
-    async def drain(self) -> dict[str, Any]:
-        """Hand over the records finished since the last drain, plus live counters and the
-        operations still in flight (the driver records them as lost if this worker dies)."""
-        records, self._records = self._records, []
+    async def drain(self, ack: int = 0) -> dict[str, Any]:
+        """Hand over every batch of finished records not acknowledged yet (``ack``: the
+        highest batch number the driver has written), plus live counters and the operations
+        still in flight (the driver records them as lost if this worker dies). All records
+        finished before ``issued`` was read are in the batches or in ``pending``."""
+        self._batches = [b for b in self._batches if b[0] > ack]
+        if self._records:
+            self._batch += 1
+            self._batches.append((self._batch, self._records))
+            self._records = []
         return {
-            "records": records,
+            "batches": list(self._batches),
             "in_flight": self._in_flight,
             "issued": self._issued,
+            "dropped": self._dropped,
             "pending": list(self._pending.values()),
         }
+
+    async def close(self) -> None:
+        """Close the HTTP session (the run is over)."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _next_id(self) -> str:
+        """A new record id; the ledger counts it at once."""
+        rid = f"{self.worker}-{self._issued}"
+        self._issued += 1
+        if self._ledger is not None:
+            self._ledger.set(self._issued)
+        return rid
+
+    def _drop(self, stage: str, op: str, project: str, planned_unix: float) -> None:
+        """Record an arrival not sent because the cap on operations in flight was reached."""
+        self._dropped += 1
+        record = OpRecord(
+            id=self._next_id(),
+            op=op,
+            project=project,
+            stage=stage,
+            worker=self.worker,
+            replica=-1,
+            planned=planned_unix,
+            error=(
+                f"GeneratorDropped: {self._in_flight} operations already in flight at "
+                f"generator {self.worker} (its cap is {self.max_in_flight})"
+            ),
+        )
+        self._records.append(record.as_dict())
 
     def _request(self, op: str, project: str, rng: random.Random) -> dict[str, Any]:
         request: dict[str, Any] = {"op": op, "project": project, "query": rng.choice(QUERIES)}
@@ -123,7 +191,7 @@ class GeneratorWorker:
         sent = time.perf_counter()
         unix_sent = time.time()
         record = OpRecord(
-            id=f"{self.worker}-{self._issued}",
+            id=self._next_id(),
             op=op,
             project=project,
             stage=stage,
@@ -133,12 +201,12 @@ class GeneratorWorker:
             sent=unix_sent,
             lag=max(0.0, sent - planned),
         )
-        self._issued += 1
         self._in_flight += 1
         self._pending[record.id] = record.as_dict()
+        ref = None
         try:
             if self.http is not None:
-                await self._http_call(record, op, project, rng, sent)
+                await self._http_call(record, op, project, rng, planned)
                 return
             key = (op, project, replica)
             call = self._calls.get(key)
@@ -158,9 +226,11 @@ class GeneratorWorker:
             record.pid = reply["pid"]
             record.switched = reply["switched"]
         except TimeoutError:
-            record.error = f"Timeout: no reply in {REPLY_TIMEOUT_S:.0f} s"
+            record.error = record.error or f"Timeout: no reply in {REPLY_TIMEOUT_S:.0f} s"
+            self._cancel(ref)
         except asyncio.CancelledError:
             record.error = f"Interrupted: no reply within {STOP_GRACE_S:.0f} s of the stop"
+            self._cancel(ref)
             raise
         except Exception as exc:  # a dead replica, a lost object: the op failed, the run goes on
             record.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
@@ -170,21 +240,61 @@ class GeneratorWorker:
             self._pending.pop(record.id, None)
             self._records.append(record.as_dict())
 
+    @staticmethod
+    def _cancel(ref: Any) -> None:
+        """Cancel a replica call given up on, so a replica does not serve stale work (a
+        call still queued is dropped; one already running finishes)."""
+        if ref is not None:
+            with contextlib.suppress(Exception):  # done or gone already
+                ray.cancel(ref)
+
     async def _http_call(
-        self, record: OpRecord, op: str, project: str, rng: random.Random, sent: float
+        self, record: OpRecord, op: str, project: str, rng: random.Random, planned: float
     ) -> None:
         """One op against the HTTP stack: a streamed completion (``analyze``, ``switch``)
-        or an embeddings request; times to first token and between tokens recorded."""
+        or an embeddings request; times to first token (from the actual send and from the
+        planned one) and between tokens recorded. A connection that does not open, a reply
+        silent for :data:`READ_TIMEOUT_S` and one unfinished after :data:`REPLY_TIMEOUT_S`
+        are errors named apart."""
         import aiohttp
 
-        from workloads.stack.http import StreamTally, parse_sse
-
         plan = self.http or {}
-        if self._session is None:  # one session: connections are reused
+        if self._session is None:  # one session: connections are reused, and bounded
             self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=REPLY_TIMEOUT_S, sock_connect=10),
-                connector=aiohttp.TCPConnector(limit=0),
+                timeout=aiohttp.ClientTimeout(
+                    total=REPLY_TIMEOUT_S, sock_connect=CONNECT_TIMEOUT_S, sock_read=READ_TIMEOUT_S
+                ),
+                connector=aiohttp.TCPConnector(limit=self.max_in_flight),
             )
+        sent = time.perf_counter()
+        try:
+            await self._http_exchange(record, op, project, rng, plan, sent, planned)
+        except aiohttp.ServerTimeoutError as exc:  # connect or read timeout, by its text
+            what = str(exc) or type(exc).__name__
+            if "connect" in what.lower():
+                record.error = f"ConnectTimeout: no connection in {CONNECT_TIMEOUT_S:.0f} s"
+            else:
+                record.error = f"ReadTimeout: the reply stalled for {READ_TIMEOUT_S:.0f} s"
+            record.service = time.perf_counter() - sent
+        except TimeoutError:
+            record.error = f"Timeout: the reply did not finish in {REPLY_TIMEOUT_S:.0f} s"
+            record.service = time.perf_counter() - sent
+        except aiohttp.ClientConnectorError as exc:
+            record.error = f"ConnectError: {exc}"[:300]
+
+    async def _http_exchange(
+        self,
+        record: OpRecord,
+        op: str,
+        project: str,
+        rng: random.Random,
+        plan: dict[str, Any],
+        sent: float,
+        planned: float,
+    ) -> None:
+        from workloads.stack.http import SseReader, StreamTally
+
+        assert self._session is not None
         route = plan["routes"][project]
         record.served = json.dumps({"model": route["model"], **route["fields"]}, sort_keys=True)
         url = plan["url"].rstrip("/")
@@ -222,26 +332,29 @@ class GeneratorWorker:
                 record.error = f"HTTP {reply.status}: {(await reply.text())[:200]}"
                 record.service = time.perf_counter() - sent
                 return
+            events = SseReader()
             async for line in reply.content:
-                try:
-                    event = parse_sse(line)
-                except ValueError:
-                    record.error = f"BadResponse: not JSON: {line[:120]!r}"
+                for event in events.feed(line):
+                    record.error = record.error or tally.add(event, time.perf_counter())
+                if record.error is not None:
                     break
-                if event is not None:
-                    tally.add(event, time.perf_counter())
+            for event in events.end():
+                record.error = record.error or tally.add(event, time.perf_counter())
         record.service = time.perf_counter() - sent
         record.stages = {"model": record.service}
         record.ttft, record.itl, record.tokens_out = tally.ttft, tally.itl, tally.tokens
+        record.ttft_planned = tally.ttft + (sent - planned) if tally.answered else 0.0
+        record.itl_p50, record.itl_p99 = tally.gap_quantiles()
         if record.error is None and not tally.answered:
             record.error = "BadResponse: the stream carried no completion"
         record.ok = record.error is None
 
-    def _cost(self, cpu0: float, wall0: float, issued0: int) -> dict[str, Any]:
+    def _cost(self, cpu0: float, wall0: float, issued0: int, dropped0: int = 0) -> dict[str, Any]:
         return {
             "cpu_seconds": time.process_time() - cpu0,
             "wall_seconds": time.perf_counter() - wall0,
             "issued": self._issued - issued0,
+            "dropped": self._dropped - dropped0,
         }
 
     async def _sleep_or_stop(self, seconds: float) -> bool:
@@ -266,18 +379,34 @@ class GeneratorWorker:
         popularity: str,
         zipf_s: float,
         seed: int,
+        origin: float | None = None,
+        think: str = "exponential",
     ) -> dict[str, Any]:
-        """``users`` concurrent users for ``duration_s``; returns this worker's CPU cost."""
+        """``users`` concurrent users until ``duration_s`` after ``origin`` (a Unix time,
+        the stage's start for every worker; default now); returns this worker's CPU cost.
+        Each user starts at its own moment within the first think time (or 0.1 s), so users
+        do not move in lockstep, and thinks ``think_time_s`` on average: exponentially
+        distributed, or always that long with ``think="constant"``."""
         cpu0, wall0, issued0 = time.process_time(), time.perf_counter(), self._issued
-        deadline = wall0 + duration_s
+        base = wall0 - (time.time() - origin) if origin is not None else wall0
+        deadline = base + duration_s
         ops = OpPicker(mix)
         picker = ProjectPicker(projects, popularity, zipf_s)
+        spread = think_time_s if think_time_s > 0 else 0.1
+
+        def pause(rng: random.Random) -> float:
+            if think == "constant" or think_time_s <= 0:
+                return think_time_s
+            return rng.expovariate(1.0 / think_time_s)
 
         async def user(k: int) -> None:
             rng = random.Random(seed * 1_000_003 + k)
+            first = base + rng.uniform(0.0, spread) if users > 1 else base
+            if await self._sleep_or_stop(min(first, deadline) - time.perf_counter()):
+                return
             while time.perf_counter() < deadline and not self._stop.is_set():
                 await self._issue(stage, ops.pick(rng), picker.pick(rng), rng, time.perf_counter())
-                if await self._sleep_or_stop(min(think_time_s, deadline - time.perf_counter())):
+                if await self._sleep_or_stop(min(pause(rng), deadline - time.perf_counter())):
                     break
 
         await self._finish([asyncio.create_task(user(k)) for k in range(users)])
@@ -305,18 +434,32 @@ class GeneratorWorker:
             return
 
     async def run_open(
-        self, stage: str, *, arrivals: list[tuple[float, str, str]], seed: int
+        self,
+        stage: str,
+        *,
+        arrivals: list[tuple[float, str, str]],
+        seed: int,
+        origin: float | None = None,
     ) -> dict[str, Any]:
-        """Fire each ``(at_s, op, project)`` at its time; wait for all replies at the end."""
+        """Fire each ``(at_s, op, project)`` at ``origin + at_s`` (``origin``: a Unix time
+        shared by every worker of the stage; default now): an arrival already due fires at
+        once, and its lag counts from its planned time. Past :attr:`max_in_flight`
+        operations in flight, an arrival is recorded as dropped. Waits for all replies at
+        the end."""
         cpu0, wall0, issued0 = time.process_time(), time.perf_counter(), self._issued
+        dropped0 = self._dropped
+        base = wall0 - (time.time() - origin) if origin is not None else wall0
         rng = random.Random(seed)
         pending: set[asyncio.Task[None]] = set()
         for at_s, op, project in arrivals:
-            if await self._sleep_or_stop(wall0 + at_s - time.perf_counter()):
+            if await self._sleep_or_stop(base + at_s - time.perf_counter()):
                 break
+            if self._in_flight >= self.max_in_flight:
+                self._drop(stage, op, project, time.time() - (time.perf_counter() - base - at_s))
+                continue
             # Latency counts from the planned arrival: a late send is lag, not hidden.
-            task = asyncio.create_task(self._issue(stage, op, project, rng, wall0 + at_s))
+            task = asyncio.create_task(self._issue(stage, op, project, rng, base + at_s))
             pending.add(task)
             task.add_done_callback(pending.discard)
         await self._finish(list(pending))
-        return self._cost(cpu0, wall0, issued0)
+        return self._cost(cpu0, wall0, issued0, dropped0)

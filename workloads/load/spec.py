@@ -24,12 +24,14 @@ OPS = ("analyze", "search", "embed", "switch", "ingest")
 """Operations a load generator can send to the service."""
 MODES = ("closed", "open")
 ARRIVALS = ("poisson", "constant")
+THINKS = ("exponential", "constant")
 POPULARITIES = ("uniform", "zipf")
 PROFILES_DIR = Path(__file__).parent.parent / "profiles"
 """Where built-in profiles (``<name>.toml``) are found."""
 
 Mode = Literal["closed", "open"]
 Arrival = Literal["poisson", "constant"]
+Think = Literal["exponential", "constant"]
 Popularity = Literal["uniform", "zipf"]
 
 
@@ -51,7 +53,11 @@ class Stage:
     users: int = 1
     """Closed loop: concurrent users (>= 1)."""
     think_time_s: float = 0.0
-    """Closed loop: a user's pause between the end of one op and the start of the next (>= 0)."""
+    """Closed loop: a user's mean pause between the end of one op and the start of the next
+    (>= 0)."""
+    think: Think = "exponential"
+    """Closed loop: ``exponential`` pauses of mean ``think_time_s`` (users drift apart, as
+    real ones do), or ``constant`` ones."""
     rate: float = 0.0
     """Open loop: arrivals per second (> 0 when open)."""
     arrival: Arrival = "poisson"
@@ -187,6 +193,7 @@ _STAGE_CHECKS: tuple[_Check, ...] = (
     ("rate", lambda s: 0 <= s.rate < math.inf, "must be >= 0"),
     ("rate", lambda s: s.mode != "open" or s.rate > 0, "must be > 0 for an open-loop stage"),
     _one_of("arrival", ARRIVALS),
+    _one_of("think", THINKS),
     _one_of("popularity", POPULARITIES),
     ("zipf_s", lambda s: 0 < s.zipf_s < math.inf, "must be > 0"),
     _unset_or_positive("projects"),
@@ -263,6 +270,7 @@ _STAGE_KEYS: _Converters = {
     "mode": _string,
     "users": _integer,
     "think_time_s": _number,
+    "think": _string,
     "rate": _number,
     "arrival": _string,
     "mix": _mix,
@@ -281,7 +289,13 @@ _PROFILE_KEYS: _Converters = {
     "index_cache_count": _integer,
     "ingest_at_start": _boolean,
 }
-_MODE_ONLY_KEYS = {"rate": "open", "arrival": "open", "users": "closed", "think_time_s": "closed"}
+_MODE_ONLY_KEYS = {
+    "rate": "open",
+    "arrival": "open",
+    "users": "closed",
+    "think_time_s": "closed",
+    "think": "closed",
+}
 """Keys that mean something in one mode only; setting them in the other is a mistake."""
 
 

@@ -160,7 +160,12 @@ def open_builtin(
         if spec.profile.ingest_at_start:
             _ingest(live, routes, run_info)
         yield live
-        run_info["generators"] = {"issued_by_worker": fleet.issued, "outages": fleet.outages}
+        run_info["generators"] = {
+            "issued_by_worker": fleet.issued,
+            "dropped_by_worker": fleet.dropped,
+            "max_in_flight": fleet.max_in_flight,
+            "outages": fleet.outages,
+        }
         run_info["replica_stats"] = _replica_stats(replicas, progress)
         if profiling is not None:
             profiling.snapshot(replicas, "end")

@@ -185,7 +185,12 @@ def open_http(
             else:
                 profiling.problems.append(f"no process to profile for {url}: give --stack-pid")
         yield live
-        run_info["generators"] = {"issued_by_worker": fleet.issued, "outages": fleet.outages}
+        run_info["generators"] = {
+            "issued_by_worker": fleet.issued,
+            "dropped_by_worker": fleet.dropped,
+            "max_in_flight": fleet.max_in_flight,
+            "outages": fleet.outages,
+        }
     finally:
         end_profiling(profiling, interrupts)
         if fleet is not None:

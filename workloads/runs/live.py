@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -20,12 +21,13 @@ from typing import Any
 
 import ray
 
+from datamodel.records import OpRecord
 from datamodel.runfolder import (
     JsonlWriter,
     RecordWriter,
 )
 from profiling.capture.session import ProfilingSession, head_processes
-from workloads.load.fleet import Fleet
+from workloads.load.fleet import Fleet, Lost
 from workloads.load.progress import Progress
 from workloads.load.shapes import WorkerPlan, active_projects, plan_stage
 from workloads.load.spec import Profile, Stage
@@ -160,14 +162,20 @@ class Live:
     """Called with each batch of finished records (a capacity search reads its levels)."""
     _pending_gauges: list[Any] = field(default_factory=list)
 
-    def drain(self) -> None:
-        """Move finished records (and profiling samples) to disk and the display."""
-        records = self.fleet.drain(self.writer, self.progress)
+    def drain(self, *, final: bool = False) -> list[Lost]:
+        """Move finished records (and profiling samples) to disk and the display; the
+        generator workers found lost. ``final``: wait until every live worker has handed
+        over everything it finished (the end of a stage)."""
+        if final:
+            records, lost = self.fleet.settle(self.writer, self.progress)
+        else:
+            records, lost = self.fleet.drain(self.writer, self.progress)
         if self.tap is not None and records:
             self.tap(records)
         if self.profiling is not None:
             self.profiling.drain()
         self.poll_gauges()
+        return lost
 
     def poll_gauges(self) -> None:
         """Ask every replica for its gauges about once a second, never waiting for them."""
@@ -213,30 +221,89 @@ class Live:
             self.replica_pids.update({i["replica"]: i["pid"] for i in moved})
 
 
+DISPATCH_LEAD_S = 0.05
+"""A stage's origin is this far after the driver starts it: the time its start takes to
+reach the workers, so their first arrivals are not late by construction."""
+
+
 def start_plan(
-    worker: Any, stage: Stage, plan: WorkerPlan, names: list[str], elapsed: float
+    worker: Any,
+    stage: Stage,
+    plan: WorkerPlan,
+    names: list[str],
+    origin: float,
+    *,
+    first: int = 0,
+    seed_shift: int = 0,
 ) -> Any:
-    """Start ``plan`` on ``worker``, ``elapsed`` seconds into the stage (for a replacement:
-    what is left of the time, or the arrivals not due yet); ``None`` if nothing is left."""
+    """Start ``plan`` on ``worker`` against the stage's ``origin`` (a Unix time, the same
+    for every worker). A replacement takes the open-loop arrivals from index ``first``
+    on (those already due fire at once, late, and their lag shows), or what is left of a
+    closed-loop stage's time (its users drawn with ``seed_shift``). ``None`` if nothing is
+    left."""
     if stage.mode == "closed":
-        left = stage.duration_s - elapsed
-        if plan.users == 0 or left <= 0.5:
+        if plan.users == 0 or origin + stage.duration_s - time.time() <= 0.5:
             return None
         return worker.run_closed.remote(
             stage.name,
             users=plan.users,
-            duration_s=left,
+            duration_s=stage.duration_s,
             think_time_s=stage.think_time_s,
             mix=list(stage.mix),
             projects=active_projects(stage, names),
             popularity=stage.popularity,
             zipf_s=stage.zipf_s,
-            seed=plan.seed + int(elapsed * 1000),
+            seed=plan.seed + seed_shift,
+            origin=origin,
+            think=stage.think,
         )
-    arrivals = [(o.at_s - elapsed, o.op, o.project) for o in plan.ops if o.at_s > elapsed]
+    arrivals = [(o.at_s, o.op, o.project) for o in plan.ops[first:]]
     if not arrivals:
         return None
-    return worker.run_open.remote(stage.name, arrivals=arrivals, seed=plan.seed)
+    return worker.run_open.remote(stage.name, arrivals=arrivals, seed=plan.seed, origin=origin)
+
+
+@dataclass
+class _Share:
+    """One worker's part of a stage: its plan, from which arrival it began (a replacement
+    begins where the worker it replaces stopped), and its issue count then."""
+
+    worker: int
+    plan: WorkerPlan
+    first: int
+    base: int
+
+
+def _unknown_records(
+    stage: Stage, share: _Share, gone: Lost, origin: float
+) -> list[dict[str, Any]]:
+    """Records for the open-loop arrivals a lost worker issued after its last drain: the
+    schedule says what each was; its outcome is unknown."""
+    now = time.time()
+    rows = []
+    for seq in gone.unknown:
+        index = share.first + seq - share.base
+        if not 0 <= index < len(share.plan.ops):
+            continue
+        arrival = share.plan.ops[index]
+        planned = origin + arrival.at_s
+        rows.append(
+            OpRecord(
+                id=f"{gone.worker}-{seq}",
+                op=arrival.op,
+                project=arrival.project,
+                stage=stage.name,
+                worker=gone.worker,
+                replica=-1,
+                planned=planned,
+                duration=max(now - planned, 0.0),
+                error=(
+                    f"GeneratorLost: generator {gone.worker} died after its turn to send "
+                    "it came and before its next drain: its outcome is unknown"
+                ),
+            ).as_dict()
+        )
+    return rows
 
 
 def run_stage(
@@ -253,48 +320,78 @@ def run_stage(
     blocks given one ``seed_index`` issue the same load). ``snapshot``: take a memory
     snapshot at its end. ``watch`` is called about once a second with the seconds since
     the start; a reason it returns stops the stage early (``stopped_early`` says why;
-    the workers stay stopped until ``fleet.resume()``)."""
+    the workers stay stopped until ``fleet.resume()``).
+
+    A worker lost mid-stage is replaced: in open loop the replacement takes the schedule
+    from the first arrival the lost one had not issued (its ledger says which), so the
+    arrivals that fell due during the outage are issued late, with their lag; the ones it
+    issued after its last drain become ``GeneratorLost`` records."""
     spec, names, fleet = live.spec, live.names, live.fleet
     numbers = sorted(fleet.workers)
     plans = plan_stage(
         stage, names, spec.seed + (index if seed_index is None else seed_index), len(numbers)
     )
+    origin = time.time() + DISPATCH_LEAD_S
     started = time.perf_counter()
-    runs: dict[Any, tuple[int, WorkerPlan]] = {}
+    base_issued = {k: fleet.issued[k] for k in numbers}
+    runs: dict[Any, _Share] = {}
     for k, plan in zip(numbers, plans, strict=True):
-        ref = start_plan(fleet.workers[k], stage, plan, names, 0.0)
+        ref = start_plan(fleet.workers[k], stage, plan, names, origin)
         if ref is not None:
-            runs[ref] = (k, plan)
+            runs[ref] = _Share(k, plan, 0, fleet.issued[k])
     live.progress.start_stage(stage, index)
     costs: list[dict[str, Any]] = []
     stopped = False
     early: str | None = None
+    found: dict[int, Lost] = {}
+
+    def carry_on(share: _Share, gone: Lost) -> None:
+        unknown = _unknown_records(stage, share, gone, origin) if stage.mode == "open" else []
+        live.writer.write(unknown)
+        live.progress.add(unknown, 0)
+        if stopped or early is not None:
+            return
+        (new,) = fleet.start(1)
+        live.watch_generators([new])
+        for outage in fleet.outages:
+            if outage["worker"] == share.worker:
+                outage["replaced_by"] = new
+        base_issued[new] = 0
+        if gone.issued is not None:
+            first = share.first + gone.issued - share.base
+        else:  # no ledger: from the first arrival not yet due
+            late = time.time() - origin
+            first = next((i for i, o in enumerate(share.plan.ops) if o.at_s > late), 0)
+            first = (
+                first if share.plan.ops and share.plan.ops[-1].at_s > late else len(share.plan.ops)
+            )
+        shift = int((time.time() - origin) * 1000)
+        ref = start_plan(
+            fleet.workers[new], stage, share.plan, names, origin, first=first, seed_shift=shift
+        )
+        if ref is not None:
+            runs[ref] = _Share(new, share.plan, first, 0)
+
     while runs:
         ready, _ = ray.wait(list(runs), num_returns=len(runs), timeout=1.0)
         if live.interrupts.count and not stopped:
             fleet.stop()
             stopped = True
-        live.drain()
+        found.update({g.worker: g for g in live.drain()})
         if watch is not None and early is None and not stopped:
             early = watch(time.perf_counter() - started)
             if early is not None:
                 fleet.stop()
         for ref in ready:
-            k, plan = runs.pop(ref)
+            share = runs.pop(ref)
             try:
                 costs.append(ray.get(ref))
             except Exception as exc:  # the worker died: record its loss, carry its plan on
-                fleet.lose(k, exc, live.writer, live.progress)
-                if stopped or early is not None:
-                    continue
-                (new,) = fleet.start(1)
-                live.watch_generators([new])
-                fleet.outages[-1]["replaced_by"] = new
-                elapsed = time.perf_counter() - started
-                ref = start_plan(fleet.workers[new], stage, plan, names, elapsed)
-                if ref is not None:
-                    runs[ref] = (new, plan)
-    live.drain()
+                gone = found.pop(share.worker, None)
+                if gone is None:
+                    gone = fleet.lose(share.worker, exc, live.writer, live.progress)
+                carry_on(share, gone)
+    live.drain(final=True)
     if live.profiling is not None:
         live.rewatch_replicas()
         if snapshot:
@@ -302,7 +399,11 @@ def run_stage(
     return {
         "stage": stage.name,
         "cpu_seconds": sum(c["cpu_seconds"] for c in costs),
-        "issued": sum(c["issued"] for c in costs),
+        "issued": sum(
+            n - base_issued.get(k, 0) for k, n in fleet.issued.items() if k in base_issued
+        ),
+        "cpu_issued": sum(c["issued"] for c in costs),
+        "dropped": sum(c.get("dropped", 0) for c in costs),
         "wall_seconds": max((c["wall_seconds"] for c in costs), default=0.0),
         "interrupted": stopped,
         "stopped_early": early,
@@ -332,7 +433,10 @@ def end_profiling(profiling: ProfilingSession | None, interrupts: Interrupts) ->
     it at once with a note."""
     if profiling is None:
         return
-    if interrupts.count > 1:
-        profiling.abort("a second interrupt stopped the run at once")
-    else:
-        profiling.finish()
+    try:
+        if interrupts.count > 1:
+            profiling.abort("a second interrupt stopped the run at once")
+        else:
+            profiling.finish()
+    except OSError as exc:  # a full disk: the run's own error says so; go on closing
+        print(f"profiling: its files could not be written ({exc})", file=sys.stderr)

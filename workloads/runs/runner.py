@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from cluster.connect import disconnect
-from datamodel.errors import LoadlensError
+from datamodel.errors import LoadlensError, ResultsUnwritable
 from datamodel.frame import infer_switches
 from datamodel.runfolder import (
+    DISK_ERRNOS,
     SCHEMA_VERSION,
     RecordWriter,
     RunData,
     read_run_records,
+    unwritable,
     utc_now,
     write_json,
 )
@@ -41,16 +43,36 @@ def execute(spec: RunSpec) -> RunOutcome:
     progress = Progress(quiet=spec.quiet)
     status = "failed"
     hard = False
+    failure: str | None = None
     try:
         with Interrupts() as interrupts:
             status = _execute(spec, run_dir, run_info, writer, progress, interrupts)
     except KeyboardInterrupt:
         status, hard = "interrupted", True
         progress.say("second interrupt: stopping at once; the records so far are kept")
+    except ResultsUnwritable as exc:
+        failure = str(exc)
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        failure = str(unwritable(Path(exc.filename or run_dir), exc))
     finally:
         disconnect()
-        records, summary = close_folder(run_dir, run_info, writer, status, spec)
+        if failure is not None:
+            writer.release()  # room to close the run
+            run_info["error"] = failure
+            progress.say(f"error: {failure}; the run stopped, what it measured before is kept")
+        try:
+            records, summary = close_folder(run_dir, run_info, writer, status, spec)
+        except OSError as exc:
+            raise unwritable(run_dir, exc) from None
     progress.final(summary, run_dir, status)
+    if failure is not None or writer.failed is not None:
+        progress.say(
+            f"analysis skipped ({writer.failed or failure}); once there is room, "
+            f"`python -m profiling.report {run_dir}` writes it"
+        )
+        return RunOutcome(run_dir, status, records, summary, [])
     if hard:
         progress.say(f"analysis skipped; `python -m profiling.report {run_dir}` writes it")
         return RunOutcome(run_dir, status, records, summary, [], stopped_at_once=True)
@@ -63,7 +85,10 @@ def open_folder(spec: RunSpec) -> tuple[Path, dict[str, Any], RecordWriter]:
     records' writer."""
     run_id = new_run_id(spec.profile.name)
     run_dir = spec.results_dir / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise unwritable(run_dir, exc) from None
     run_info: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
@@ -74,7 +99,10 @@ def open_folder(spec: RunSpec) -> tuple[Path, dict[str, Any], RecordWriter]:
         "machine": machine_info(),
         "driver": {"pid": os.getpid(), "hostname": platform.node()},
     }
-    write_json(run_dir / "run.json", run_info)
+    try:
+        write_json(run_dir / "run.json", run_info)
+    except OSError as exc:
+        raise unwritable(run_dir / "run.json", exc) from None
     return run_dir, run_info, RecordWriter(run_dir)
 
 

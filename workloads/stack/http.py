@@ -14,8 +14,9 @@ per-request ``"adapters"``, or a server's own LoRA field), from a mapping file::
 ``analyze`` is a streamed completion (text, or chat with ``api = "chat"``) whose prompt is
 built from the project's code; ``switch`` the same with one token (it makes the server take
 up the project's adapter); ``embed`` goes to ``/v1/embeddings`` where the server offers it.
-Each record gets the time to first token, the mean time between tokens, the tokens
-received, and the HTTP status (and the start of the error body when it is not 200).
+Each record gets the time to first token (from the send, and from the planned send), the
+mean, median and p99 time between tokens, the tokens received, and the HTTP status (and
+the start of the error body when it is not 200).
 """
 
 from __future__ import annotations
@@ -173,17 +174,65 @@ def wait_until_up(url: str, *, timeout: float, alive: Any = None) -> None:
     raise ConfigError(f"the server at {url} did not answer within {timeout:.0f} s ({last})")
 
 
-def parse_sse(line: bytes) -> dict[str, Any] | None:
-    """One ``data: {...}`` line of a streamed completion as JSON; ``None`` for anything else
-    (comments, keep-alives, ``[DONE]``)."""
-    text = line.decode("utf-8", errors="replace").strip()
-    if not text.startswith("data:"):
-        return None
-    payload = text[5:].strip()
-    if not payload or payload == "[DONE]":
-        return None
-    parsed = json.loads(payload)
-    return parsed if isinstance(parsed, dict) else None
+class SseReader:
+    """Server-sent events from the lines of a stream, one event per blank-line-ended block
+    (the protocol's own framing): its ``data:`` lines joined by newlines and parsed as JSON.
+
+    :meth:`feed` returns the events a line completes. Comments, keep-alives and ``[DONE]``
+    give none. A payload that is not a JSON object gives ``{"_bad": payload}``; an
+    ``event: error`` block, or a payload with an ``error`` member, gives ``{"_error": ...}``
+    (a server's mid-stream error). Servers that end each ``data:`` line with a single
+    newline are read too: a complete JSON payload ends its event at once."""
+
+    def __init__(self) -> None:
+        self._data: list[str] = []
+        self._kind = ""
+
+    def feed(self, line: bytes) -> list[dict[str, Any]]:
+        """Take one line of the stream; the events it completes."""
+        text = line.decode("utf-8", errors="replace").rstrip("\r\n")
+        if not text:
+            return self._dispatch()
+        if text.startswith(":"):
+            return []
+        name, _, value = text.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "event":
+            self._kind = value.strip()
+        elif name == "data":
+            self._data.append(value)
+            joined = "\n".join(self._data).strip()
+            if joined == "[DONE]" or _is_json_object(joined):
+                return self._dispatch()
+        return []
+
+    def end(self) -> list[dict[str, Any]]:
+        """The event left open when the stream ended, if any."""
+        return self._dispatch()
+
+    def _dispatch(self) -> list[dict[str, Any]]:
+        payload, kind = "\n".join(self._data).strip(), self._kind
+        self._data, self._kind = [], ""
+        if not payload or payload == "[DONE]":
+            return [{"_error": kind}] if kind == "error" else []
+        try:
+            parsed = json.loads(payload)
+        except ValueError:
+            return [{"_bad": payload[:120]}]
+        if not isinstance(parsed, dict):
+            return [{"_bad": payload[:120]}]
+        if kind == "error" or "error" in parsed:
+            return [{"_error": parsed.get("error", parsed)}]
+        return [parsed]
+
+
+def _is_json_object(text: str) -> bool:
+    if not (text.startswith("{") and text.endswith("}")):
+        return False
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
 
 
 def chunk_text(event: Mapping[str, Any]) -> str:
@@ -201,7 +250,7 @@ class StreamTally:
     choice: a reply of no text, such as an end-of-sequence first, still answered); output
     tokens are the server's own count (``usage.completion_tokens``) where it sends one, else
     the chunks that carried text; the inter-token latency is the mean time per token after
-    the first.
+    the first, and the gaps between chunks of text are kept for their median and p99.
     """
 
     def __init__(self, sent: float) -> None:
@@ -210,25 +259,37 @@ class StreamTally:
         self.first_text = 0.0
         self.last_text = 0.0
         self.chunks = 0
+        self.gaps: list[float] = []
         self.usage_tokens: int | None = None
         self.finish: str | None = None
 
-    def add(self, event: Mapping[str, Any], now: float) -> None:
-        """Take one parsed event received at ``now``."""
+    def add(self, event: Mapping[str, Any], now: float) -> str | None:
+        """Take one event (from :class:`SseReader`) received at ``now``; the error it
+        carries, if it is an error event or not JSON."""
+        if "_bad" in event:
+            return f"BadResponse: not JSON: {event['_bad']!r}"
+        if "_error" in event:
+            detail = event["_error"]
+            if isinstance(detail, dict):
+                detail = detail.get("message") or json.dumps(detail)[:200]
+            return f"StreamError: the server sent an error mid-stream: {detail}"[:300]
         usage = event.get("usage")
         if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
             self.usage_tokens = usage["completion_tokens"]
         choices = event.get("choices")
         if not choices:
-            return
+            return None
         self.first_event = self.first_event or now
         if chunk_text(event):
+            if self.first_text:
+                self.gaps.append(now - self.last_text)
             self.first_text = self.first_text or now
             self.last_text = now
             self.chunks += 1
         first = choices[0] if isinstance(choices[0], dict) else {}
         if first.get("finish_reason"):
             self.finish = str(first["finish_reason"])
+        return None
 
     @property
     def answered(self) -> bool:
@@ -249,3 +310,12 @@ class StreamTally:
         if self.tokens < 2 or not self.first_text:
             return 0.0
         return (self.last_text - self.first_text) / (self.tokens - 1)
+
+    def gap_quantiles(self) -> tuple[float, float]:
+        """Median and 99th percentile of the gaps between chunks of text (0 with none)."""
+        if not self.gaps:
+            return 0.0, 0.0
+        import numpy as np
+
+        p50, p99 = np.quantile(np.asarray(self.gaps), [0.5, 0.99])
+        return float(p50), float(p99)
