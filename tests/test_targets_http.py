@@ -167,6 +167,40 @@ def test_a_server_that_fails_leaves_error_records(tmp_path, cache_dir):
     assert any(row["role"] == "server" for row in timeline)  # found listening on the port
 
 
+def test_a_stalled_stream_an_error_event_and_a_split_event_are_each_named(tmp_path, cache_dir):
+    from workloads.stack.mlx_server import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    odd = str(ROOT / "tests" / "oddserver.py")
+    server = subprocess.Popen([sys.executable, odd, str(port), "100000", "stall"])
+    try:
+        _wait_up(url, server)
+        results = tmp_path / "results"
+        proc = run_cli(
+            *("--profile", PROFILE, "--duration", "8", "--no-profile"),
+            *("--stack", "openai", "--stack-url", url, "--read-timeout", "1"),
+            *("--results-dir", str(results), "--no-fail-on-targets"),
+            cache=cache_dir,
+        )
+    finally:
+        if server.poll() is None:
+            os.kill(server.pid, signal.SIGTERM)
+        server.wait(timeout=20)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = run_records(only_run(results))
+    stalled = [r for r in records if (r["error"] or "").startswith("ReadTimeout")]
+    assert stalled and all("stalled for 1 s" in r["error"] for r in stalled)
+    assert all(r["service"] < 3.0 for r in stalled)  # not held for the whole reply's timeout
+    errors = [r for r in records if (r["error"] or "").startswith("StreamError")]
+    assert errors and all("out of memory" in r["error"] for r in errors)
+    good = [r for r in records if r["ok"]]
+    assert {r["tokens_out"] for r in good} == {2, 3}  # the event split over two lines counts
+    gapped = [r for r in good if r["tokens_out"] == 3]
+    assert all(0.04 < r["itl_p50"] <= r["itl_p99"] < 1.0 for r in gapped)
+    assert all(r["ttft_planned"] >= r["ttft"] > 0 for r in good)
+
+
 # --- pure parts: the stream tally and the mapping file ----------------------------------------
 
 

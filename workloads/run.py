@@ -126,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--stack-pid", type=int, default=None, help="process to profile (openai)")
     p.add_argument(
+        "--read-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="HTTP stacks: a reply silent this long is stalled (ReadTimeout; default 60)",
+    )
+    p.add_argument(
         "--baseline-stack",
         default=None,
         help="also run this stack (with the same config) and compare: interleaved blocks in "
@@ -323,6 +330,10 @@ def main(argv: list[str] | None = None) -> int:
 
         _old_flags(args)
         stack = parse_stack(args.stack or BUILTIN, args.stack_url, args.stack_map, args.stack_pid)
+        if args.read_timeout is not None:
+            if not 0 < args.read_timeout < 3600:
+                raise ConfigError("--read-timeout must be > 0 and < 3600 seconds")
+            stack = dataclasses.replace(stack, read_timeout_s=args.read_timeout)
         check_stack(stack, profile.ops)
 
         spec = RunSpec(

@@ -55,7 +55,8 @@ EMBED_TEXTS = (
 )
 REPLY_TIMEOUT_S = 300.0
 READ_TIMEOUT_S = 60.0
-"""HTTP stacks: longest silence between two pieces of a reply before it counts as stalled."""
+"""HTTP stacks: longest silence between two pieces of a reply before it counts as stalled
+(``--read-timeout``)."""
 CONNECT_TIMEOUT_S = 10.0
 """HTTP stacks: longest a connection may take to open."""
 MAX_IN_FLIGHT = 1000
@@ -259,10 +260,11 @@ class GeneratorWorker:
         import aiohttp
 
         plan = self.http or {}
+        read_timeout = float(plan.get("read_timeout_s") or READ_TIMEOUT_S)
         if self._session is None:  # one session: connections are reused, and bounded
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(
-                    total=REPLY_TIMEOUT_S, sock_connect=CONNECT_TIMEOUT_S, sock_read=READ_TIMEOUT_S
+                    total=REPLY_TIMEOUT_S, sock_connect=CONNECT_TIMEOUT_S, sock_read=read_timeout
                 ),
                 connector=aiohttp.TCPConnector(limit=self.max_in_flight),
             )
@@ -274,7 +276,7 @@ class GeneratorWorker:
             if "connect" in what.lower():
                 record.error = f"ConnectTimeout: no connection in {CONNECT_TIMEOUT_S:.0f} s"
             else:
-                record.error = f"ReadTimeout: the reply stalled for {READ_TIMEOUT_S:.0f} s"
+                record.error = f"ReadTimeout: the reply stalled for {read_timeout:g} s"
             record.service = time.perf_counter() - sent
         except TimeoutError:
             record.error = f"Timeout: the reply did not finish in {REPLY_TIMEOUT_S:.0f} s"

@@ -152,6 +152,7 @@ def open_http(
             },
             snippets={p.name: snippets(p) for p in projects},
             embeddings=embeddings,
+            read_timeout_s=spec.stack.read_timeout_s,
         )
         target.update(
             url=url,

@@ -67,6 +67,8 @@ class Stack:
     """Mapping file of an ``openai`` stack (project -> model and fields)."""
     pid: int | None = None
     """Process to profile as the ``openai`` stack (else the one listening on its port)."""
+    read_timeout_s: float = 60.0
+    """HTTP stacks: longest silence in a reply before it counts as stalled (``ReadTimeout``)."""
 
     @property
     def http(self) -> bool:

@@ -73,6 +73,8 @@ class HttpPlan:
     """Most characters of code in one prompt."""
     embeddings: bool = False
     """Whether the server answers ``/v1/embeddings``."""
+    read_timeout_s: float = 60.0
+    """Longest silence in a reply before it counts as stalled."""
 
 
 def load_routes(path: Path, projects: list[str]) -> dict[str, Routing]:
