@@ -4,14 +4,18 @@ Default: an embedded local cluster started by the run (``address="local"``, its 
 folder, dashboard on 127.0.0.1) with Ray's token authentication turned on explicitly
 (``RAY_AUTH_MODE=token``; Ray keeps the token in ``~/.ray/auth_token``): the dashboard API
 and the GCS refuse requests without it. ``--address``/``RAY_ADDRESS`` joins an existing
-cluster, with a warning when that cluster does not authenticate; a wrong address fails
-within seconds with a clear message instead of hanging. A process that is already
-connected (a test session, a notebook) keeps its connection: the run uses it and leaves
-it open.
+cluster: with token authentication wherever a token is found (``$RAY_AUTH_TOKEN``,
+``$RAY_AUTH_TOKEN_PATH``, ``~/.ray/auth_token``, as Ray looks), with a warning when no
+token is found and the cluster lets this process in anyway; a wrong address fails within
+seconds with a clear message instead of hanging, and a refused token (or none, where the
+cluster wants one) is a one-line error that says where the token was looked for. A
+process that is already connected (a test session, a notebook) keeps its connection: the
+run uses it and leaves it open.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -93,7 +97,16 @@ def connect(
     _owned = True
     if address:
         _check_reachable(address)
-        ctx = ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+        token = token_source()
+        if token is not None and not os.environ.get(AUTH_MODE_VAR):
+            _enable_token_auth()  # a token is at hand: present it, as the cluster README says
+        try:
+            ctx = ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ray.exceptions.AuthenticationError) as exc:
+            _owned = False
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            raise ConfigError(_join_failure(address, exc, token)) from None
         embedded = False
         if not token_auth_enabled():
             print(
@@ -124,6 +137,36 @@ def connect(
         dashboard_url=f"http://{url}" if url and not url.startswith("http") else url,
         nodes=_nodes(),
     )
+
+
+def token_source() -> str | None:
+    """Where this process would find a Ray token, as Ray looks for one: ``$RAY_AUTH_TOKEN``,
+    the file at ``$RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``; ``None`` for none."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return "$RAY_AUTH_TOKEN"
+    custom = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    for path in ([Path(custom)] if custom else []) + [Path.home() / ".ray" / "auth_token"]:
+        try:
+            if path.read_text().strip():
+                return str(path)
+        except OSError:
+            continue
+    return None
+
+
+def _join_failure(address: str, exc: BaseException, token: str | None) -> str:
+    """One line for a cluster that would not let this process in."""
+    what = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else ""
+    if token is None:
+        why = (
+            "no Ray token was found here (looked in $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH and "
+            "~/.ray/auth_token); if the cluster uses token authentication, copy the head's "
+            "~/.ray/auth_token to this machine"
+        )
+    else:
+        why = f"the token from {token} was presented; if the cluster refused it, copy the head's"
+        why += " ~/.ray/auth_token to this machine"
+    return f"could not join the Ray cluster at {address} ({type(exc).__name__}: {what}): {why}"
 
 
 def _enable_token_auth() -> None:

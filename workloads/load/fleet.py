@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from datamodel.runfolder import RecordWriter
 from workloads.load.generator import MAX_IN_FLIGHT, GeneratorWorker
@@ -82,6 +83,15 @@ class Fleet:
     """An HTTP stack's plan: workers call it directly (no replicas)."""
     max_in_flight: int = MAX_IN_FLIGHT
     """Each worker's cap on operations in flight."""
+    placement: list[str] = field(default_factory=list)
+    """Nodes to put workers on, in turn (worker ``k`` on ``placement[k % len]``); empty:
+    wherever Ray puts them."""
+    pinned: bool = False
+    """Whether workers must be on their placement's node (a stack reachable only there)."""
+    cpus: float = 0.0
+    """CPU each worker reserves."""
+    offsets: dict[str, float] = field(default_factory=dict)
+    """Each node's clock minus the driver's (:mod:`cluster.clock`)."""
     workers: dict[int, Any] = field(default_factory=dict)
     issued: dict[int, int] = field(default_factory=dict)
     """Worker number -> operations it issued: as of its last drain, or, once it is lost,
@@ -107,21 +117,43 @@ class Fleet:
         for _ in range(count):
             k = self._next
             self._next += 1
-            self.workers[k] = GeneratorWorker.options(  # type: ignore[attr-defined]
-                name=f"generator-{k}-{self.run_name}"
-            ).remote(
+            options: dict[str, Any] = {"name": f"generator-{k}-{self.run_name}"}
+            if self.cpus > 0:
+                options["num_cpus"] = self.cpus
+            if self.placement:
+                node = self.placement[k % len(self.placement)]
+                options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
+                    node, soft=not self.pinned
+                )
+            self.workers[k] = GeneratorWorker.options(**options).remote(  # type: ignore[attr-defined]
                 k,
                 self.replicas,
                 self.routes,
                 self.http,
                 ledger=str(ledger_dir(self.run_name) / str(k)),
                 max_in_flight=self.max_in_flight,
+                offsets=self.offsets,
             )
             self.issued[k] = 0
             self.dropped[k] = 0
             self.pending[k] = []
             numbers.append(k)
         return numbers
+
+    def placed(self) -> dict[str, Any]:
+        """Where the workers went (for ``run.json``): each worker's node, and the rule."""
+        self.infos([k for k in self.workers if k not in self.nodes])
+        return {
+            "cpus_per_worker": self.cpus,
+            "rule": (
+                "pinned to the stack's node"
+                if self.pinned
+                else "spread over the nodes, fewest replicas first"
+                if self.placement
+                else "wherever Ray put them"
+            ),
+            "node_of_worker": {str(k): node for k, node in sorted(self.nodes.items())},
+        }
 
     def infos(self, numbers: list[int]) -> list[dict[str, Any]]:
         """pid and node of workers ``numbers`` (for the profiler's roles)."""

@@ -79,19 +79,25 @@ class GeneratorWorker:
         *,
         ledger: str | None = None,
         max_in_flight: int = MAX_IN_FLIGHT,
+        offsets: dict[str, float] | None = None,
     ) -> None:
         """``routes`` maps each project to its replica (``None`` spreads ops at random);
         ``http`` (an :class:`~workloads.stack.http.HttpPlan` as a dict) sends every op to an
         HTTP stack instead, from this worker itself. Records get ids
         ``<worker>-<sequence>``: a replacement gets a worker number of its own. ``ledger``:
         the path of this worker's issue counter; ``max_in_flight``: its cap on operations
-        in flight."""
+        in flight; ``offsets``: each node's clock minus the driver's (:mod:`cluster.clock`),
+        so that every time this worker records is on the driver's clock."""
         self.worker = worker
         self.replicas = replicas
         self.routes = routes
         self.http = http
         self.max_in_flight = max(1, max_in_flight)
         self._ledger = Ledger(Path(ledger)) if ledger else None
+        self._offsets = dict(offsets or {})
+        self._node = ray.get_runtime_context().get_node_id()
+        self._skew = self._offsets.get(self._node, 0.0)
+        """This node's clock minus the driver's: subtracted from every time read here."""
         self._session: Any = None
         self._records: list[dict[str, Any]] = []
         self._batches: list[tuple[int, list[dict[str, Any]]]] = []
@@ -147,6 +153,10 @@ class GeneratorWorker:
             await self._session.close()
             self._session = None
 
+    def _now(self) -> float:
+        """The time now on the driver's clock."""
+        return time.time() - self._skew
+
     def _next_id(self) -> str:
         """A new record id; the ledger counts it at once."""
         rid = f"{self.worker}-{self._issued}"
@@ -190,7 +200,7 @@ class GeneratorWorker:
         else:
             replica = rng.randrange(len(self.replicas))
         sent = time.perf_counter()
-        unix_sent = time.time()
+        unix_sent = self._now()
         record = OpRecord(
             id=self._next_id(),
             op=op,
@@ -220,7 +230,8 @@ class GeneratorWorker:
             record.error = reply["error"]
             record.stages = reply["stages"]
             record.service = reply["service"]
-            record.wait = max(0.0, reply["start"] - unix_sent)
+            started = reply["start"] - self._offsets.get(reply["node"], self._skew)
+            record.wait = max(0.0, started - unix_sent)
             record.misses = reply.get("misses") or []
             record.flops = reply.get("flops") or 0.0
             record.node = reply["node"]
@@ -390,7 +401,7 @@ class GeneratorWorker:
         do not move in lockstep, and thinks ``think_time_s`` on average: exponentially
         distributed, or always that long with ``think="constant"``."""
         cpu0, wall0, issued0 = time.process_time(), time.perf_counter(), self._issued
-        base = wall0 - (time.time() - origin) if origin is not None else wall0
+        base = wall0 - (self._now() - origin) if origin is not None else wall0
         deadline = base + duration_s
         ops = OpPicker(mix)
         picker = ProjectPicker(projects, popularity, zipf_s)
@@ -450,14 +461,14 @@ class GeneratorWorker:
         the end."""
         cpu0, wall0, issued0 = time.process_time(), time.perf_counter(), self._issued
         dropped0 = self._dropped
-        base = wall0 - (time.time() - origin) if origin is not None else wall0
+        base = wall0 - (self._now() - origin) if origin is not None else wall0
         rng = random.Random(seed)
         pending: set[asyncio.Task[None]] = set()
         for at_s, op, project in arrivals:
             if await self._sleep_or_stop(base + at_s - time.perf_counter()):
                 break
             if self._in_flight >= self.max_in_flight:
-                self._drop(stage, op, project, time.time() - (time.perf_counter() - base - at_s))
+                self._drop(stage, op, project, self._now() - (time.perf_counter() - base - at_s))
                 continue
             # Latency counts from the planned arrival: a late send is lag, not hidden.
             task = asyncio.create_task(self._issue(stage, op, project, rng, base + at_s))

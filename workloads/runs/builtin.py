@@ -34,6 +34,7 @@ from workloads.runs.live import (
     RunSpec,
     choose_projects,
     end_profiling,
+    make_fleet,
     watch_everything,
 )
 from workloads.service.service import STAGE_FRAMES
@@ -137,8 +138,15 @@ def open_builtin(
         progress.say(
             f"{len(replicas)} replicas ready; {len(projects)} projects: {', '.join(names)}"
         )
-        fleet = Fleet(replicas, routes if spec.config.affinity else None, run_dir.name)
-        first = fleet.start(spec.workers)
+        fleet, first = make_fleet(
+            cluster,
+            spec,
+            run_dir,
+            run_info,
+            replicas=replicas,
+            routes=routes if spec.config.affinity else None,
+            replica_nodes=[i["node"] for i in infos],
+        )
         gauges = JsonlWriter(run_dir / GAUGES) if profiling is not None else None
         live = Live(
             spec,
@@ -165,6 +173,7 @@ def open_builtin(
             "dropped_by_worker": fleet.dropped,
             "max_in_flight": fleet.max_in_flight,
             "outages": fleet.outages,
+            "placement": fleet.placed(),
         }
         run_info["replica_stats"] = _replica_stats(replicas, progress)
         if profiling is not None:

@@ -33,6 +33,7 @@ from workloads.runs.live import (
     RunSpec,
     choose_projects,
     end_profiling,
+    make_fleet,
     watch_everything,
 )
 from workloads.service.index import ProjectVectorStoreManager
@@ -167,8 +168,7 @@ def open_http(
         nodes = [n["node_id"] for n in cluster.nodes if n["alive"]]
         if spec.profiling:
             profiling = ProfilingSession(run_dir, nodes, pyspy_rate_hz=spec.pyspy_rate_hz)
-        fleet = Fleet([], None, run_dir.name, http=dataclasses.asdict(plan))
-        first = fleet.start(spec.workers)
+        fleet, first = make_fleet(cluster, spec, run_dir, run_info, http=dataclasses.asdict(plan))
         run_info.update(
             status="running",
             cluster=dataclasses.asdict(cluster),
@@ -191,6 +191,7 @@ def open_http(
             "dropped_by_worker": fleet.dropped,
             "max_in_flight": fleet.max_in_flight,
             "outages": fleet.outages,
+            "placement": fleet.placed(),
         }
     finally:
         end_profiling(profiling, interrupts)

@@ -21,6 +21,8 @@ from typing import Any
 
 import ray
 
+from cluster.clock import node_offsets, offsets_of
+from cluster.connect import Cluster
 from datamodel.records import OpRecord
 from datamodel.runfolder import (
     JsonlWriter,
@@ -28,6 +30,7 @@ from datamodel.runfolder import (
 )
 from profiling.capture.session import ProfilingSession, head_processes
 from workloads.load.fleet import Fleet, Lost
+from workloads.load.placement import loopback, spread, worker_cpus
 from workloads.load.progress import Progress
 from workloads.load.shapes import WorkerPlan, active_projects, plan_stage
 from workloads.load.spec import Profile, Stage
@@ -426,6 +429,44 @@ def watch_everything(
     for info in generators:
         roles.setdefault(info["node"], {})[info["pid"]] = f"generator-{info['worker']}"
     profiling.watch(roles)
+
+
+def make_fleet(
+    cluster: Cluster,
+    spec: RunSpec,
+    run_dir: Path,
+    run_info: dict[str, Any],
+    *,
+    replicas: list[Any] | None = None,
+    routes: dict[str, int] | None = None,
+    replica_nodes: list[str] | None = None,
+    http: dict[str, Any] | None = None,
+) -> tuple[Fleet, list[int]]:
+    """The run's generator workers, started: placed apart from the replicas where the
+    cluster allows (:mod:`~workloads.load.placement`), or on the driver's node for an HTTP
+    stack at a loopback address, each reserving a slice of a CPU; on a cluster of several
+    nodes, every node's clock offset measured first (:mod:`cluster.clock`), so that their
+    records are on one clock. ``run.json`` gets the offsets."""
+    alive = [n["node_id"] for n in cluster.nodes if n["alive"]]
+    driver = ray.get_runtime_context().get_node_id()
+    clock = node_offsets(alive) if len(alive) > 1 else {}
+    run_info["clock"] = {
+        "driver_node": driver,
+        "method": "per node, the shortest of 8 round trips: remote - (sent + received) / 2",
+        "nodes": clock,
+    }
+    pinned = http is not None and loopback(str(http.get("url", ""))) and len(alive) > 1
+    fleet = Fleet(
+        replicas or [],
+        routes,
+        run_dir.name,
+        http=http,
+        placement=[driver] if pinned else spread(cluster.nodes, replica_nodes or []),
+        pinned=pinned,
+        cpus=worker_cpus(cluster.nodes, spec.workers),
+        offsets=offsets_of(clock),
+    )
+    return fleet, fleet.start(spec.workers)
 
 
 def end_profiling(profiling: ProfilingSession | None, interrupts: Interrupts) -> None:
