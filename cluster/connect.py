@@ -99,7 +99,7 @@ def connect(
         _check_reachable(address)
         token = token_source()
         if token is not None and not os.environ.get(AUTH_MODE_VAR):
-            _enable_token_auth()  # a token is at hand: present it, as the cluster README says
+            enable_token_auth()  # a token is at hand: present it, as the cluster README says
         try:
             ctx = ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
         except (ConnectionError, RuntimeError, ray.exceptions.AuthenticationError) as exc:
@@ -117,7 +117,7 @@ def connect(
             )
     else:
         # Explicitly, not left to Ray's default: a cluster started here authenticates.
-        _enable_token_auth()
+        enable_token_auth()
         temp = temp_dir or Path(tempfile.gettempdir()) / f"loadlens-ray-{os.getuid()}"
         temp.mkdir(parents=True, exist_ok=True)
         ctx = ray.init(
@@ -169,7 +169,7 @@ def _join_failure(address: str, exc: BaseException, token: str | None) -> str:
     return f"could not join the Ray cluster at {address} ({type(exc).__name__}: {what}): {why}"
 
 
-def _enable_token_auth() -> None:
+def enable_token_auth() -> None:
     """Token authentication for the cluster this process starts (and for this process: Ray
     reads its config once, so it is read again, as Ray itself does when it turns it on)."""
     os.environ[AUTH_MODE_VAR] = "token"

@@ -106,7 +106,7 @@ class GeneratorWorker:
         self._dropped = 0
         self._stop = asyncio.Event()
         self._in_flight = 0
-        self._pending: dict[str, dict[str, Any]] = {}
+        self._pending: dict[str, OpRecord] = {}
         """Operations sent and not recorded yet: what would be lost with this worker."""
         self._issued = 0
         self._calls: dict[tuple[str, str, int], Any] = {}
@@ -144,7 +144,7 @@ class GeneratorWorker:
             "in_flight": self._in_flight,
             "issued": self._issued,
             "dropped": self._dropped,
-            "pending": list(self._pending.values()),
+            "pending": [r.as_dict() for r in self._pending.values()],
         }
 
     async def close(self) -> None:
@@ -213,7 +213,7 @@ class GeneratorWorker:
             lag=max(0.0, sent - planned),
         )
         self._in_flight += 1
-        self._pending[record.id] = record.as_dict()
+        self._pending[record.id] = record
         ref = None
         try:
             if self.http is not None:
