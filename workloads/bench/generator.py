@@ -33,10 +33,13 @@ def _noop_class() -> Any:
 
     @ray.remote(num_cpus=0)
     class NoopReplica:
+        def __init__(self) -> None:
+            self.node = ray.get_runtime_context().get_node_id()
+
         async def call(self, request: dict[str, Any]) -> dict[str, Any]:
             return {
                 "start": time.time(),
-                "node": ray.get_runtime_context().get_node_id(),
+                "node": self.node,
                 "pid": os.getpid(),
                 "ok": True,
                 "error": None,
