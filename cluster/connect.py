@@ -98,8 +98,11 @@ def connect(
     if address:
         _check_reachable(address)
         token = token_source()
-        if token is not None and not os.environ.get(AUTH_MODE_VAR):
-            enable_token_auth()  # a token is at hand: present it, as the cluster README says
+        wants = wants_token(address)
+        if wants and token is None:
+            raise ConfigError(_join_failure(address, None, None))
+        if (wants or (wants is None and token is not None)) and not os.environ.get(AUTH_MODE_VAR):
+            enable_token_auth()  # the cluster asks for its token, and one is at hand
         try:
             ctx = ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
         except (ConnectionError, RuntimeError, ray.exceptions.AuthenticationError) as exc:
@@ -108,7 +111,7 @@ def connect(
                 ray.shutdown()
             raise ConfigError(_join_failure(address, exc, token)) from None
         embedded = False
-        if not token_auth_enabled():
+        if wants is False or (wants is None and not token_auth_enabled()):
             print(
                 f"warning: the Ray cluster at {address} does not use token authentication: "
                 "anyone who can reach it can run code on it (see "
@@ -154,9 +157,36 @@ def token_source() -> str | None:
     return None
 
 
-def _join_failure(address: str, exc: BaseException, token: str | None) -> str:
-    """One line for a cluster that would not let this process in."""
-    what = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else ""
+def wants_token(address: str) -> bool | None:
+    """Whether the Ray cluster at ``address`` refuses requests without a token: one call to
+    its GCS without one (milliseconds; Ray's own join would retry for 20 s before saying
+    no). ``None`` when this Ray cannot be asked so."""
+    try:
+        import grpc
+        from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+    except ImportError:
+        return None
+    host, _, port = address.rpartition(":")
+    with grpc.insecure_channel(f"{host}:{port}") as channel:
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+        try:
+            request = gcs_service_pb2.GetClusterIdRequest()  # type: ignore[attr-defined]
+            stub.GetClusterId(request, timeout=PROBE_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                return True
+            return None
+    return False
+
+
+def _join_failure(address: str, exc: BaseException | None, token: str | None) -> str:
+    """One line for a cluster that would not let this process in (``exc``: Ray's error;
+    ``None``: the cluster asked for a token before Ray was tried)."""
+    if exc is None:
+        what = "it uses token authentication"
+    else:
+        text = str(exc).strip()
+        what = f"{type(exc).__name__}: {text.splitlines()[0].split('. ')[0] if text else ''}"
     if token is None:
         why = (
             "no Ray token was found here (looked in $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH and "
@@ -166,7 +196,7 @@ def _join_failure(address: str, exc: BaseException, token: str | None) -> str:
     else:
         why = f"the token from {token} was presented; if the cluster refused it, copy the head's"
         why += " ~/.ray/auth_token to this machine"
-    return f"could not join the Ray cluster at {address} ({type(exc).__name__}: {what}): {why}"
+    return f"could not join the Ray cluster at {address} ({what}): {why}"
 
 
 def enable_token_auth() -> None:

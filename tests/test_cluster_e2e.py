@@ -101,3 +101,45 @@ def test_smoke_across_two_nodes_survives_a_killed_replica(two_nodes, tmp_path, c
     other = f"replica-{1 - victim}"
     assert any(row["role"] == other and row["t"] > killed_at for row in timeline)
     assert (run / "profiles" / f"{other}.collapsed").read_text().strip()
+
+
+def test_each_nodes_clock_offset_is_taken_out_of_the_times_a_worker_records(two_nodes):
+    """Offsets as :mod:`cluster.clock` would give them for a generator node 2 s ahead and a
+    replica node 1 s behind (one machine has one clock, so they are declared here): the
+    worker's times, its schedule and the queue wait all come out on the driver's clock."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from cluster.clock import node_offsets
+    from workloads.bench.generator import _noop_class
+    from workloads.load.generator import GeneratorWorker
+
+    nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+    measured = node_offsets(nodes)
+    assert all(abs(m["offset_s"]) <= m["rtt_s"] / 2 + 0.002 for m in measured.values())
+    gen_node, rep_node = nodes[0], nodes[1]
+
+    def on(node: str) -> NodeAffinitySchedulingStrategy:
+        return NodeAffinitySchedulingStrategy(node, soft=False)
+
+    replica = _noop_class().options(scheduling_strategy=on(rep_node)).remote()
+    offsets = {gen_node: 2.0, rep_node: -1.0}
+    worker = GeneratorWorker.options(scheduling_strategy=on(gen_node)).remote(
+        0, [replica], {"p": 0}, offsets=offsets
+    )
+    origin = time.time() + 0.3  # the driver's clock
+    arrivals = [(0.05 * i, "analyze", "p") for i in range(10)]
+    ray.get(worker.run_open.remote("s", arrivals=arrivals, seed=0, origin=origin))
+    records = [r for _, batch in ray.get(worker.drain.remote())["batches"] for r in batch]
+    assert len(records) == 10 and all(r["ok"] for r in records)
+    for record, (at_s, _, _) in zip(
+        sorted(records, key=lambda r: r["planned"]), arrivals, strict=True
+    ):
+        assert abs(record["planned"] - (origin + at_s)) < 1e-4  # on the schedule's clock
+        assert record["lag"] < 0.1
+    # Its clock read 2 s ahead: it waited until the driver's origin, 2 s later in truth.
+    assert min(r["sent"] for r in records) >= origin - 0.01
+    # Replica start +1 s, send -2 s: a true wait of milliseconds reads as 3 s, as it must
+    # when the clocks really differ by that much.
+    assert all(2.95 < r["wait"] < 3.5 for r in records)
+    ray.kill(worker)
+    ray.kill(replica)

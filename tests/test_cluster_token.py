@@ -119,6 +119,7 @@ def test_a_run_joins_with_the_token_it_finds_and_spreads_on_one_clock(
     nodes = {n["node_id"] for n in info["cluster"]["nodes"] if n["alive"]}
     assert len(nodes) == 2
     assert {r["node"] for r in info["replicas"]} == nodes  # a replica on each node
+    assert set(info["blas_by_node"]) == nodes  # each node resolved its own BLAS
     placement = info["generators"]["placement"]
     assert set(placement["node_of_worker"].values()) == nodes  # generators on both
     assert placement["cpus_per_worker"] > 0

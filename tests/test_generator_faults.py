@@ -95,3 +95,5 @@ def test_a_worker_lost_in_an_open_loop_stage_leaves_every_id_and_its_outage_as_l
     (stage,) = info["stages"]
     assert stage["issued"] == len(records)  # the lost worker's ops are counted
     assert "was lost (TimeoutError)" in err
+    report = (run / "report.html").read_text()
+    assert f"generator {outage['worker']} lost" in report  # the window is marked

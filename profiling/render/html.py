@@ -86,8 +86,23 @@ def _origin(run: RunData) -> float:
 
 
 def _markers(run: RunData, t0: float) -> list[tuple[float, str]]:
+    """Stage starts, and each generator outage: its last issue and when it was found lost
+    (the arrivals between were issued late by its replacement, or are lost records)."""
     windows = sorted(run.stage_windows().items(), key=lambda kv: kv[1][0])
-    return [(lo - t0, name) for name, (lo, _) in windows]
+    marks = [(lo - t0, name) for name, (lo, _) in windows]
+    for outage in _outages(run):
+        k = outage.get("worker")
+        if isinstance(outage.get("last_issue_utc"), int | float):
+            marks.append((number(outage["last_issue_utc"]) - t0, f"generator {k} last issue"))
+        if isinstance(outage.get("lost_utc"), int | float):
+            marks.append((number(outage["lost_utc"]) - t0, f"generator {k} lost"))
+    return sorted(marks)
+
+
+def _outages(run: RunData) -> list[dict[str, Any]]:
+    generators = run.run.get("generators")
+    outages = generators.get("outages") if isinstance(generators, dict) else None
+    return [o for o in outages or [] if isinstance(o, dict)]
 
 
 def _listed(names: list[str], limit: int = 12) -> str:
@@ -163,13 +178,20 @@ def _header(run: RunData, analysis: dict[str, Any] | None) -> Section:
                 + (", interrupted" if ingest.get("interrupted") else ""),
             )
         )
-    generators = info.get("generators")
-    if isinstance(generators, dict) and generators.get("outages"):
-        lost = ", ".join(
-            f"generator {o.get('worker')} ({o.get('in_flight_lost')} ops lost)"
-            for o in generators["outages"]
+    outages = _outages(run)
+    if outages:
+        lost = "; ".join(
+            f"generator {o.get('worker')} lost ({str(o.get('error') or '?').split(':')[0]}): "
+            f"{o.get('in_flight_lost')} in flight"
+            + (
+                f", {o['sent_after_last_drain']} sent after its last drain"
+                if o.get("sent_after_last_drain")
+                else ""
+            )
+            + (f"; generator {o['replaced_by']} carried on" if "replaced_by" in o else "")
+            for o in outages
         )
-        facts.append(("generator outages", lost))
+        facts.append(("generator outages", lost + " (marked on the latency charts)"))
     versions = machine.get("versions") or {}
     if isinstance(versions, dict):
         facts += [(name, str(version or "-")) for name, version in versions.items()]

@@ -17,6 +17,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cluster.connect import Cluster, connect
 from datamodel.cache import default_cache_dir
+from datamodel.errors import ConfigError
 from datamodel.runfolder import (
     GAUGES,
     PROFILES,
@@ -81,6 +82,7 @@ def open_builtin(
     blas = resolve(spec.config.blas, cache)
     env = {**blas_env(blas), **worker_env(spec.stack), **allocator_env(spec.config.allocator)}
     blas_facts = _blas_facts(spec.config.blas, blas, cache)
+    others = {**worker_env(spec.stack), **allocator_env(spec.config.allocator)}
     cluster: Cluster = connect(spec.address)
     interrupts.reinstall()
     progress.cluster(cluster)
@@ -91,6 +93,8 @@ def open_builtin(
     config = _service_config(spec)
     nodes = [n["node_id"] for n in cluster.nodes if n["alive"] and n["resources"].get("CPU", 0) > 0]
     streams = _streams(cluster, nodes, replica_count)
+    envs = _blas_by_node(spec.config.blas, cache, nodes, (blas, env), others)
+    run_info["blas_by_node"] = {node: used for node, (used, _) in envs.items()}
     profiling = (
         ProfilingSession(run_dir, nodes, pyspy_rate_hz=spec.pyspy_rate_hz)
         if spec.profiling
@@ -103,7 +107,7 @@ def open_builtin(
         replicas = [
             ServiceReplica.options(  # type: ignore[attr-defined]
                 name=f"replica-{k}-{run_dir.name}",
-                runtime_env={"env_vars": env} if env else None,
+                runtime_env={"env_vars": envs[nodes[k % len(nodes)]][1]} if env else None,
                 # Round-robin over nodes so replicas spread; soft, so a full node is no dead end.
                 scheduling_strategy=NodeAffinitySchedulingStrategy(
                     nodes[k % len(nodes)], soft=True
@@ -249,6 +253,45 @@ def _streams(cluster: Cluster, nodes: list[str], replicas: int) -> list[int]:
     cpus = {n["node_id"]: int(n["resources"].get("CPU", 1)) for n in cluster.nodes}
     placed = [nodes[k % len(nodes)] for k in range(replicas)]
     return [max(1, cpus.get(node, 1) // placed.count(node)) for node in placed]
+
+
+@ray.remote(num_cpus=0)
+def _blas_there(choice: str, cache: str) -> tuple[str, dict[str, str]] | str:
+    """``choice`` resolved on this node (its own CPU, its own libraries), or why not."""
+    try:
+        used = resolve(choice, Path(cache))
+        return used, blas_env(used)
+    except ConfigError as exc:
+        return str(exc)
+
+
+def _blas_by_node(
+    choice: str,
+    cache: Path,
+    nodes: list[str],
+    here: tuple[str, dict[str, str]],
+    others: dict[str, str],
+) -> dict[str, tuple[str, dict[str, str]]]:
+    """Each node's BLAS and replica environment: ``here`` (resolved on the driver) for the
+    driver's node; every other node resolves ``choice`` itself, as its CPU and libraries
+    differ (a preload path of the driver's machine means nothing there)."""
+    driver = ray.get_runtime_context().get_node_id()
+    out = {driver: (here[0], here[1])}
+    away = [n for n in nodes if n != driver]
+    answers = ray.get(
+        [
+            _blas_there.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)
+            ).remote(choice, str(cache))
+            for n in away
+        ],
+        timeout=600,
+    )
+    for node, answer in zip(away, answers, strict=True):
+        if isinstance(answer, str):
+            raise ConfigError(f"node {node[:12]}: {answer}")
+        out[node] = (answer[0], {**answer[1], **others})
+    return out
 
 
 def _blas_facts(asked: str, used: str, cache: Path) -> dict[str, Any]:
