@@ -165,7 +165,7 @@ class GeneratorWorker:
             self._ledger.set(self._issued)
         return rid
 
-    def _drop(self, stage: str, op: str, project: str, planned_unix: float) -> None:
+    def _drop(self, stage: str, op: str, project: str, planned_unix: float, in_flight: int) -> None:
         """Record an arrival not sent because the cap on operations in flight was reached."""
         self._dropped += 1
         record = OpRecord(
@@ -177,7 +177,7 @@ class GeneratorWorker:
             replica=-1,
             planned=planned_unix,
             error=(
-                f"GeneratorDropped: {self._in_flight} operations already in flight at "
+                f"GeneratorDropped: {in_flight} operations already in flight at "
                 f"generator {self.worker} (its cap is {self.max_in_flight})"
             ),
         )
@@ -467,8 +467,9 @@ class GeneratorWorker:
         for at_s, op, project in arrivals:
             if await self._sleep_or_stop(base + at_s - time.perf_counter()):
                 break
-            if self._in_flight >= self.max_in_flight:
-                self._drop(stage, op, project, self._now() - (time.perf_counter() - base - at_s))
+            if len(pending) >= self.max_in_flight:  # sent, or due and about to be
+                planned_unix = self._now() - (time.perf_counter() - base - at_s)
+                self._drop(stage, op, project, planned_unix, len(pending))
                 continue
             # Latency counts from the planned arrival: a late send is lag, not hidden.
             task = asyncio.create_task(self._issue(stage, op, project, rng, base + at_s))

@@ -1,0 +1,80 @@
+"""One generator worker in a real local Ray, against a no-op replica: closed-loop users
+start apart and think for exponentially distributed times unless asked for constant ones;
+an open-loop worker past its cap on operations in flight records drops, not unbounded
+work."""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import ray
+
+from workloads.bench.generator import _noop_class
+from workloads.load.generator import GeneratorWorker
+
+
+@pytest.fixture(scope="module")
+def replica():
+    temp = Path(tempfile.mkdtemp(prefix="ll-ray-", dir="/tmp"))
+    ray.init(address="local", include_dashboard=False, _temp_dir=str(temp), log_to_driver=False)
+    yield _noop_class().remote()
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def _records(worker) -> list[dict]:
+    """What finished since the last call: every batch handed before is acknowledged."""
+    drained = ray.get(worker.drain.remote(10**9))
+    return [r for _, batch in drained["batches"] for r in batch]
+
+
+def _closed(worker, users: int, think_s: float, seconds: float, think: str) -> list[dict]:
+    ray.get(
+        worker.run_closed.remote(
+            "s",
+            users=users,
+            duration_s=seconds,
+            think_time_s=think_s,
+            mix=[("analyze", 1.0)],
+            projects=["p"],
+            popularity="uniform",
+            zipf_s=1.1,
+            seed=1,
+            origin=time.time() + 0.1,
+            think=think,
+        )
+    )
+    return sorted(_records(worker), key=lambda r: r["sent"])
+
+
+def test_closed_loop_users_start_apart_and_think_exponentially(replica):
+    worker = GeneratorWorker.remote(0, [replica], {"p": 0})
+    first = _closed(worker, users=8, think_s=0.5, seconds=0.45, think="exponential")
+    starts = [r["sent"] for r in first]
+    assert len(starts) == 8 and max(starts) - min(starts) > 0.1  # not one lockstep instant
+    one = _closed(worker, users=1, think_s=0.03, seconds=3.0, think="exponential")
+    gaps = [b["sent"] - a["sent"] for a, b in itertools.pairwise(one)]
+    assert statistics.stdev(gaps) / statistics.mean(gaps) > 0.5  # exponential: about 1
+    steady = _closed(worker, users=1, think_s=0.03, seconds=3.0, think="constant")
+    gaps = [b["sent"] - a["sent"] for a, b in itertools.pairwise(steady)]
+    assert statistics.stdev(gaps) / statistics.mean(gaps) < 0.3
+    ray.kill(worker)
+
+
+def test_past_its_cap_an_open_loop_worker_records_drops(replica):
+    worker = GeneratorWorker.remote(0, [replica], {"p": 0}, max_in_flight=1)
+    arrivals = [(0.0, "analyze", "p")] * 50  # all due at once: one may be in flight
+    cost = ray.get(worker.run_open.remote("s", arrivals=arrivals, seed=0, origin=time.time() + 0.1))
+    records = _records(worker)
+    dropped = [r for r in records if (r["error"] or "").startswith("GeneratorDropped")]
+    assert len(records) == 50 and cost["issued"] == 50
+    assert cost["dropped"] == len(dropped) > 0
+    assert all("its cap is 1" in r["error"] for r in dropped)
+    assert sum(r["ok"] for r in records) == 50 - len(dropped)
+    ray.kill(worker)
