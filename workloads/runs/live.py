@@ -364,10 +364,8 @@ def run_stage(
             first = share.first + gone.issued - share.base
         else:  # no ledger: from the first arrival not yet due
             late = time.time() - origin
-            first = next((i for i, o in enumerate(share.plan.ops) if o.at_s > late), 0)
-            first = (
-                first if share.plan.ops and share.plan.ops[-1].at_s > late else len(share.plan.ops)
-            )
+            ops = share.plan.ops
+            first = next((i for i, o in enumerate(ops) if o.at_s > late), len(ops))
         shift = int((time.time() - origin) * 1000)
         ref = start_plan(
             fleet.workers[new], stage, share.plan, names, origin, first=first, seed_shift=shift
