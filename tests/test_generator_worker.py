@@ -78,3 +78,62 @@ def test_past_its_cap_an_open_loop_worker_records_drops(replica):
     assert all("its cap is 1" in r["error"] for r in dropped)
     assert sum(r["ok"] for r in records) == 50 - len(dropped)
     ray.kill(worker)
+
+
+@ray.remote(max_concurrency=1)
+class SlowReplica:
+    """Serves one call at a time, each taking a second, and counts what it served."""
+
+    def __init__(self) -> None:
+        self.served = 0
+
+    def call(self, request: dict) -> dict:
+        time.sleep(1.0)
+        self.served += 1
+        return {
+            "start": time.time(),
+            "node": "",
+            "pid": 0,
+            "ok": True,
+            "error": None,
+            "stages": {},
+            "switched": False,
+            "service": 1.0,
+        }
+
+    def count(self) -> int:
+        return self.served
+
+
+def test_a_stop_cancels_the_calls_still_queued_at_the_replica(replica):
+    from workloads.load.generator import STOP_GRACE_S
+
+    slow = SlowReplica.remote()
+    worker = GeneratorWorker.remote(0, [slow], {"p": 0})
+    arrivals = [(0.0, "analyze", "p")] * 20  # twenty seconds of work for a one-at-a-time replica
+    ref = worker.run_open.remote("s", arrivals=arrivals, seed=0, origin=time.time() + 0.1)
+    time.sleep(1.0)
+    ray.get(worker.stop.remote())
+    ray.get(ref, timeout=STOP_GRACE_S + 10)
+    interrupted = [r for r in _records(worker) if (r["error"] or "").startswith("Interrupted")]
+    assert len(interrupted) >= 10
+    at_stop = ray.get(slow.count.remote())
+    time.sleep(3.0)  # calls given up on must not be served now
+    assert ray.get(slow.count.remote()) <= at_stop + 1  # the one running may finish
+    ray.kill(worker)
+    ray.kill(slow)
+
+
+def test_workers_go_apart_from_replicas_and_to_the_driver_for_a_loopback_stack():
+    from workloads.load.placement import loopback, spread, worker_cpus
+
+    def node(name: str, cpus: float = 2, alive: bool = True) -> dict:
+        return {"node_id": name, "alive": alive, "resources": {"CPU": cpus}}
+
+    nodes = [node("a"), node("b"), node("c"), node("d", alive=False), node("e", cpus=0)]
+    assert spread(nodes, ["a", "b"]) == ["c"]  # a node with no replica takes them all
+    assert spread(nodes, ["a", "b", "c", "a"]) == ["b", "c", "a"]  # else fewest replicas first
+    assert worker_cpus(nodes, 2) == 0.1
+    assert worker_cpus([node("a", 1)], 8) == 0.0312  # a quarter of one CPU over 8, rounded down
+    assert loopback("http://127.0.0.1:8080") and loopback("http://localhost:1")
+    assert loopback("http://[::1]:80") and not loopback("http://10.0.0.5:8080")

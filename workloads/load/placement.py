@@ -11,6 +11,7 @@ worker to the driver's node.
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections import Counter
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,7 +36,7 @@ def worker_cpus(nodes: list[dict[str, Any]], workers: int) -> float:
     they never take more than a quarter of the cluster's CPUs."""
     total = sum(n["resources"].get("CPU", 0) for n in nodes if n.get("alive"))
     share = total / (4 * max(workers, 1)) if total else GENERATOR_CPUS
-    return round(min(GENERATOR_CPUS, share), 4)
+    return math.floor(min(GENERATOR_CPUS, share) * 1e4) / 1e4  # Ray counts to 1e-4, down
 
 
 def loopback(url: str) -> bool:
