@@ -140,6 +140,17 @@ class Fleet:
             numbers.append(k)
         return numbers
 
+    def facts(self) -> dict[str, Any]:
+        """What ``run.json`` says of the generators: issued and dropped per worker, the cap,
+        the outages and where the workers went."""
+        return {
+            "issued_by_worker": self.issued,
+            "dropped_by_worker": self.dropped,
+            "max_in_flight": self.max_in_flight,
+            "outages": self.outages,
+            "placement": self.placed(),
+        }
+
     def placed(self) -> dict[str, Any]:
         """Where the workers went (for ``run.json``): each worker's node, and the rule."""
         self.infos([k for k in self.workers if k not in self.nodes])

@@ -165,23 +165,29 @@ class GeneratorWorker:
             self._ledger.set(self._issued)
         return rid
 
-    def _drop(self, stage: str, op: str, project: str, planned_unix: float, in_flight: int) -> None:
-        """Record an arrival not sent because the cap on operations in flight was reached."""
-        self._dropped += 1
-        record = OpRecord(
+    def _new(
+        self, stage: str, op: str, project: str, replica: int, planned: float, **more: Any
+    ) -> OpRecord:
+        """A record of this worker with the next id (``planned``: on the driver's clock)."""
+        return OpRecord(
             id=self._next_id(),
             op=op,
             project=project,
             stage=stage,
             worker=self.worker,
-            replica=-1,
-            planned=planned_unix,
-            error=(
-                f"GeneratorDropped: {in_flight} operations already in flight at "
-                f"generator {self.worker} (its cap is {self.max_in_flight})"
-            ),
+            replica=replica,
+            planned=planned,
+            **more,
         )
-        self._records.append(record.as_dict())
+
+    def _drop(self, stage: str, op: str, project: str, planned_unix: float, in_flight: int) -> None:
+        """Record an arrival not sent because the cap on operations in flight was reached."""
+        self._dropped += 1
+        error = (
+            f"GeneratorDropped: {in_flight} operations already in flight at "
+            f"generator {self.worker} (its cap is {self.max_in_flight})"
+        )
+        self._records.append(self._new(stage, op, project, -1, planned_unix, error=error).as_dict())
 
     def _request(self, op: str, project: str, rng: random.Random) -> dict[str, Any]:
         request: dict[str, Any] = {"op": op, "project": project, "query": rng.choice(QUERIES)}
@@ -201,17 +207,9 @@ class GeneratorWorker:
             replica = rng.randrange(len(self.replicas))
         sent = time.perf_counter()
         unix_sent = self._now()
-        record = OpRecord(
-            id=self._next_id(),
-            op=op,
-            project=project,
-            stage=stage,
-            worker=self.worker,
-            replica=replica,
-            planned=unix_sent - (sent - planned),
-            sent=unix_sent,
-            lag=max(0.0, sent - planned),
-        )
+        planned_unix = unix_sent - (sent - planned)
+        lag = max(0.0, sent - planned)
+        record = self._new(stage, op, project, replica, planned_unix, sent=unix_sent, lag=lag)
         self._in_flight += 1
         self._pending[record.id] = record
         ref = None

@@ -172,13 +172,7 @@ def open_builtin(
         if spec.profile.ingest_at_start:
             _ingest(live, routes, run_info)
         yield live
-        run_info["generators"] = {
-            "issued_by_worker": fleet.issued,
-            "dropped_by_worker": fleet.dropped,
-            "max_in_flight": fleet.max_in_flight,
-            "outages": fleet.outages,
-            "placement": fleet.placed(),
-        }
+        run_info["generators"] = fleet.facts()
         run_info["replica_stats"] = _replica_stats(replicas, progress)
         if profiling is not None:
             profiling.snapshot(replicas, "end")

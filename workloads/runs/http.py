@@ -186,13 +186,7 @@ def open_http(
             else:
                 profiling.problems.append(f"no process to profile for {url}: give --stack-pid")
         yield live
-        run_info["generators"] = {
-            "issued_by_worker": fleet.issued,
-            "dropped_by_worker": fleet.dropped,
-            "max_in_flight": fleet.max_in_flight,
-            "outages": fleet.outages,
-            "placement": fleet.placed(),
-        }
+        run_info["generators"] = fleet.facts()
     finally:
         end_profiling(profiling, interrupts)
         if fleet is not None:
