@@ -36,12 +36,18 @@ def fill(disk: Path) -> int:
     return written
 
 
+def run_with_records_on(disk: Path, cache: Path) -> tuple[Path, subprocess.Popen[str], int]:
+    """A 40 s smoke run with its results on ``disk``, once it has written 10 records: its
+    results folder, its process and how many records it had written then."""
+    results = disk / "results"
+    proc = start(results, cache, "--profile", "smoke", "--duration", "40", "--no-profile")
+    wait_for(records_written(results, 10), proc)
+    return results, proc, len(run_records(only_run(results)))
+
+
 def test_a_disk_that_fills_mid_run_stops_it_with_its_records_and_a_reason(tmp_path, cache_dir):
     with small_disk(tmp_path / "disk", "16m") as disk:
-        results = disk / "results"
-        proc = start(results, cache_dir, "--profile", "smoke", "--duration", "40", "--no-profile")
-        wait_for(records_written(results, 10), proc)
-        before = len(run_records(only_run(results)))
+        results, proc, before = run_with_records_on(disk, cache_dir)
         fill(disk)
         elapsed, err = finish(proc, timeout=120)
         assert proc.returncode == 1, err[-3000:]
@@ -59,10 +65,7 @@ def test_a_disk_that_fills_mid_run_stops_it_with_its_records_and_a_reason(tmp_pa
 
 def test_a_results_folder_made_read_only_mid_run_stops_it_with_a_clear_error(tmp_path, cache_dir):
     with small_disk(tmp_path / "disk", "16m") as disk:
-        results = disk / "results"
-        proc = start(results, cache_dir, "--profile", "smoke", "--duration", "40", "--no-profile")
-        wait_for(records_written(results, 10), proc)
-        before = len(run_records(only_run(results)))
+        results, proc, before = run_with_records_on(disk, cache_dir)
         remount = ["mount", "-o", "remount,ro", str(disk)]
         subprocess.run(remount, check=True, capture_output=True)
         elapsed, err = finish(proc, timeout=120)

@@ -118,32 +118,34 @@ def _wait_up(url: str, proc: subprocess.Popen[bytes]) -> None:
     raise AssertionError("the test server never answered")
 
 
-def test_a_server_that_fails_leaves_error_records(tmp_path, cache_dir):
+def run_against_odd_server(
+    results: Path, cache: Path, server_args: list[str], *flags: str
+) -> tuple[subprocess.CompletedProcess[str], subprocess.Popen[str]]:
+    """A run of :data:`PROFILE` (and ``flags``) against tests/oddserver.py started with
+    ``server_args``; the server is stopped after it. The run and the server's process."""
     from workloads.stack.mlx_server import free_port
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     odd = str(ROOT / "tests" / "oddserver.py")
-    server = subprocess.Popen([sys.executable, odd, str(port), "40"])
+    server = subprocess.Popen([sys.executable, odd, str(port), *server_args])
     try:
         _wait_up(url, server)
-        results = tmp_path / "results"
         proc = run_cli(
-            "--profile",
-            PROFILE,
-            "--stack",
-            "openai",
-            "--stack-url",
-            url,
-            "--results-dir",
-            str(results),
-            "--no-fail-on-targets",
-            cache=cache_dir,
+            *("--profile", PROFILE, *flags, "--stack", "openai", "--stack-url", url),
+            *("--results-dir", str(results), "--no-fail-on-targets"),
+            cache=cache,
         )
     finally:
         if server.poll() is None:
             os.kill(server.pid, signal.SIGTERM)
-        server.wait(timeout=10)
+        server.wait(timeout=20)
+    return proc, server
+
+
+def test_a_server_that_fails_leaves_error_records(tmp_path, cache_dir):
+    results = tmp_path / "results"
+    proc, server = run_against_odd_server(results, cache_dir, ["40"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert server.returncode == 3  # it died mid-run, as planned
     run = only_run(results)
@@ -168,25 +170,9 @@ def test_a_server_that_fails_leaves_error_records(tmp_path, cache_dir):
 
 
 def test_a_stalled_stream_an_error_event_and_a_split_event_are_each_named(tmp_path, cache_dir):
-    from workloads.stack.mlx_server import free_port
-
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    odd = str(ROOT / "tests" / "oddserver.py")
-    server = subprocess.Popen([sys.executable, odd, str(port), "100000", "stall"])
-    try:
-        _wait_up(url, server)
-        results = tmp_path / "results"
-        proc = run_cli(
-            *("--profile", PROFILE, "--duration", "8", "--no-profile"),
-            *("--stack", "openai", "--stack-url", url, "--read-timeout", "1"),
-            *("--results-dir", str(results), "--no-fail-on-targets"),
-            cache=cache_dir,
-        )
-    finally:
-        if server.poll() is None:
-            os.kill(server.pid, signal.SIGTERM)
-        server.wait(timeout=20)
+    results = tmp_path / "results"
+    flags = ("--duration", "8", "--no-profile", "--read-timeout", "1")
+    proc, _ = run_against_odd_server(results, cache_dir, ["100000", "stall"], *flags)
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = run_records(only_run(results))
     stalled = [r for r in records if (r["error"] or "").startswith("ReadTimeout")]
