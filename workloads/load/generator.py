@@ -395,7 +395,8 @@ class GeneratorWorker:
     ) -> dict[str, Any]:
         """``users`` concurrent users until ``duration_s`` after ``origin`` (a Unix time,
         the stage's start for every worker; default now); returns this worker's CPU cost.
-        Each user starts at its own moment within the first think time (or 0.1 s), so users
+        Each user starts at its own moment within the first think time (or 0.1 s; at most
+        half the stage), so users
         do not move in lockstep, and thinks ``think_time_s`` on average: exponentially
         distributed, or always that long with ``think="constant"``."""
         cpu0, wall0, issued0 = time.process_time(), time.perf_counter(), self._issued
@@ -403,7 +404,9 @@ class GeneratorWorker:
         deadline = base + duration_s
         ops = OpPicker(mix)
         picker = ProjectPicker(projects, popularity, zipf_s)
-        spread = think_time_s if think_time_s > 0 else 0.1
+        # Starts spread over the first think time, within the first half of the stage, so
+        # every user issues at least once however short the stage.
+        spread = min(think_time_s if think_time_s > 0 else 0.1, duration_s / 2)
 
         def pause(rng: random.Random) -> float:
             if think == "constant" or think_time_s <= 0:
