@@ -343,16 +343,21 @@ class RecordWriter:
     naming the folder and the reason; the shards written before stay, and the folder's
     space reserve (:data:`RESERVE`) is freed so the run can still be closed."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, prefix: str | None = None, reserve: bool = True) -> None:
+        """``prefix`` names this writer's shards (default: its process id), so that many
+        writers share one folder; ``reserve``: keep the folder's space reserve (the run's
+        own writer does; a generator worker writing beside it does not)."""
         self.folder = folder
         self.shards = folder / SHARDS
+        self.prefix = prefix or str(os.getpid())
         self.count = 0
         self._next = 0
         self.failed: str | None = None
         """Why a write failed, once one has."""
         try:
             self.shards.mkdir(parents=True, exist_ok=True)
-            _reserve(folder / RESERVE)
+            if reserve:
+                _reserve(folder / RESERVE)
         except OSError as exc:
             raise unwritable(self.shards, exc) from None
 
@@ -360,7 +365,7 @@ class RecordWriter:
         """Write ``records`` as one shard (nothing when there are none)."""
         if not records:
             return
-        shard = self.shards / f"{os.getpid()}-{self._next:07d}.parquet"
+        shard = self.shards / f"{self.prefix}-{self._next:07d}.parquet"
         try:
             write_parquet_table(to_table(records), shard)
         except OSError as exc:
@@ -386,6 +391,18 @@ class RecordWriter:
             compact(self.folder)
         except OSError as exc:
             self.failed = str(unwritable(self.folder / RECORDS_PARQUET, exc))
+
+
+def shard_ids(folder: Path, prefix: str) -> set[str]:
+    """The record ids in the shards of ``folder/records/`` named ``<prefix>-*`` (a torn
+    shard holds none): which of one writer's records reached the disk."""
+    import pyarrow.parquet as pq
+
+    ids: set[str] = set()
+    for path in sorted((folder / SHARDS).glob(f"{prefix}-*.parquet")):
+        with contextlib.suppress(OSError, pa.ArrowException):
+            ids.update(pq.read_table(path, columns=["id"]).column("id").to_pylist())
+    return ids
 
 
 def _reserve(path: Path) -> None:

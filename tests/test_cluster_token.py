@@ -132,6 +132,9 @@ def test_a_run_joins_with_the_token_it_finds_and_spreads_on_one_clock(
     assert set(ids) == expected_ids(info["generators"]["issued_by_worker"]) and len(ids) == len(
         set(ids)
     )
+    # One host, one file system: each worker wrote its shards into the run folder itself.
+    assert sum(info["generators"]["written_by_worker"].values()) == len(records)
+    assert info["generators"]["spooled_workers"] == []
     served = [r for r in records if r["ok"]]
     assert {r["node"] for r in served} == nodes
     assert {r["worker"] for r in served} == {0, 1}

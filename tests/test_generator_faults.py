@@ -89,6 +89,9 @@ def test_a_worker_lost_in_an_open_loop_stage_leaves_every_id_and_its_outage_as_l
     gone = [r for r in records if r["worker"] == outage["worker"]]
     lost = [r for r in gone if (r["error"] or "").startswith("GeneratorLost")]
     assert len(lost) == outage["in_flight_lost"] + outage["sent_after_last_drain"]
+    # The workers wrote the rest themselves; the driver wrote only the lost ones.
+    written = info["generators"]["written_by_worker"]
+    assert sum(written.values()) + len(lost) == len(records)
     late = [r for r in records if r["worker"] == outage["replaced_by"]]
     assert late and late[0]["planned"] < stopped_at + 3  # it took the schedule where it stopped
     assert max(r["lag"] for r in late) > 2.0  # the arrivals due during the outage, late

@@ -137,3 +137,54 @@ def test_workers_go_apart_from_replicas_and_to_the_driver_for_a_loopback_stack()
     assert worker_cpus([node("a", 1)], 8) == 0.0312  # a quarter of one CPU over 8, rounded down
     assert loopback("http://127.0.0.1:8080") and loopback("http://localhost:1")
     assert loopback("http://[::1]:80") and not loopback("http://10.0.0.5:8080")
+
+
+def _open(worker, count: int, seconds: float) -> dict:
+    arrivals = [(seconds * i / count, "analyze", "p") for i in range(count)]
+    return ray.get(worker.run_open.remote("s", arrivals=arrivals, seed=0, origin=time.time() + 0.1))
+
+
+def test_a_worker_writes_its_own_shards_and_the_driver_gets_counts(replica, tmp_path):
+    from datamodel.runfolder import RecordWriter, compact, read_run_records
+    from workloads.load.fleet import Fleet
+    from workloads.load.progress import Progress
+
+    writer = RecordWriter(tmp_path)
+    fleet = Fleet([replica], {"p": 0}, "own-shards", results=tmp_path)
+    (k,) = fleet.start(1)
+    _open(fleet.workers[k], 200, 0.5)
+    time.sleep(1.6)  # no drain yet: the worker's own flush put them on disk
+    shards = sorted((tmp_path / "records").glob(f"g{k}-*.parquet"))
+    assert shards and len(read_run_records(tmp_path, [])) == 200
+    progress = Progress(quiet=True)
+    moved, lost = fleet.drain(writer, progress)
+    assert moved == [] and lost == []  # counts only: no record went through the driver
+    assert writer.count == fleet.written[k] == 200 and progress.total == 200
+    assert fleet.facts()["records_written"] == "by each worker, into its own shards"
+    fleet.close()
+    writer.close()
+    assert compact(tmp_path) == 0 and (tmp_path / "records.parquet").exists()
+    ids = {r["id"] for r in read_run_records(tmp_path, []).frame.table.to_pylist()}
+    assert ids == {f"{k}-{i}" for i in range(200)}
+
+
+def test_a_worker_that_cannot_see_the_results_folder_spools_and_is_collected(replica, tmp_path):
+    from datamodel.runfolder import RecordWriter, read_run_records
+    from workloads.load.fleet import Fleet
+    from workloads.load.progress import Progress
+    from workloads.load.shards import spool_dir
+
+    writer = RecordWriter(tmp_path)
+    fleet = Fleet([replica], {"p": 0}, "spooled", results=tmp_path)
+    for marker in (tmp_path / "records").glob(".fleet-*"):
+        marker.unlink()  # as on a node without the driver's file system
+    (k,) = fleet.start(1)
+    _open(fleet.workers[k], 100, 0.3)
+    fleet.drain(writer, Progress(quiet=True))
+    spool = spool_dir("spooled") / "records"
+    assert list(spool.glob(f"g{k}-*.parquet")) and not list((tmp_path / "records").glob("g*"))
+    fleet.settle(writer, Progress(quiet=True))  # a stage's end collects them
+    assert fleet.spools == {k: str(spool_dir("spooled"))}
+    assert not list(spool.glob("*.parquet"))
+    assert len(read_run_records(tmp_path, [])) == 100 == writer.count
+    fleet.close()

@@ -41,6 +41,9 @@ def test_smoke_run_records_every_operation(tmp_path, cache_dir):
     issued = info["generators"]["issued_by_worker"]
     expected = {f"{w}-{k}" for w, n in issued.items() for k in range(n)}
     assert [r["id"] for r in records] and {r["id"] for r in records} == expected  # exactly once
+    # Every record was written by the worker that issued it, none by the driver.
+    assert info["generators"]["records_written"] == "by each worker, into its own shards"
+    assert sum(info["generators"]["written_by_worker"].values()) == len(records)
     left = set(Path(tempfile.gettempdir()).glob("loadlens-pyspy-*")) - scratch
     assert not left, f"the profiling agent left its py-spy folder behind: {left}"
     assert len({r["id"] for r in records}) == len(records) and not info["generators"]["outages"]

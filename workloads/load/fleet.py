@@ -1,13 +1,18 @@
 """The load generator workers of a run: started, drained, and replaced when one dies.
 
-Every record carries an id ``<worker>-<sequence>``. A drain hands over every batch of
-records the worker holds that the driver has not acknowledged; the driver writes them,
-then acknowledges them with its next drain, so a drain that fails or times out loses
-nothing (the worker sends the batch again). A worker that answers no drain for
-``LOADLENS_DRAIN_TIMEOUT_S`` (30 s), or whose process died, is lost:
+Every record carries an id ``<worker>-<sequence>``. Given the run folder
+(:attr:`Fleet.results`), each worker writes its own records there (:mod:`.shards`) and a
+drain brings counts; a worker on a node without the driver's file system spools them on
+its node, and the driver collects the files at each stage's end. Without it, a drain
+hands over every batch of records the worker holds that the driver has not acknowledged;
+the driver writes them, then acknowledges them with its next drain, so a drain that
+fails or times out loses nothing (the worker sends the batch again).
 
-- the operations it had in flight at its last drain become error records
-  (``GeneratorLost``);
+A worker that answers no drain for ``LOADLENS_DRAIN_TIMEOUT_S`` (30 s), or whose process
+died, is lost:
+
+- the operations it had in flight at its last drain and did not write itself become
+  error records (``GeneratorLost``);
 - its shared-memory ledger (:mod:`.ledger`) says how many ids it issued in all, so the
   ids it issued after its last drain are known by range; the caller turns them into
   records where it knows what they were (an open-loop schedule), else the outage counts
@@ -22,15 +27,18 @@ import contextlib
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from datamodel.runfolder import RecordWriter
+from datamodel.errors import ResultsUnwritable
+from datamodel.runfolder import SHARDS, RecordWriter, shard_ids, unwritable
 from workloads.load.generator import MAX_IN_FLIGHT, GeneratorWorker
 from workloads.load.ledger import ledger_dir, read_ledger, remove_ledgers
 from workloads.load.progress import Progress
+from workloads.load.shards import collect_spool, marker_name
 
 DRAIN_TIMEOUT_S = 30.0
 """Longest a worker may leave drains unanswered before it counts as lost (the environment's
@@ -65,11 +73,16 @@ class Lost:
     """Ids ``<worker>-0`` up to ``<worker>-<known - 1>`` are records (done or lost)."""
     issued: int | None
     """All ids it issued, from its ledger; ``None`` when the ledger could not be read."""
+    on_disk: frozenset[int] = frozenset()
+    """Sequence numbers past ``known`` whose records the worker wrote itself after its
+    last drain (its own shards)."""
 
     @property
-    def unknown(self) -> range:
-        """Sequence numbers issued after its last drain: their outcome is unknown."""
-        return range(self.known, self.issued if self.issued is not None else self.known)
+    def unknown(self) -> list[int]:
+        """Sequence numbers issued after its last drain and not on disk: their outcome is
+        unknown."""
+        stop = self.issued if self.issued is not None else self.known
+        return [seq for seq in range(self.known, stop) if seq not in self.on_disk]
 
 
 @dataclass
@@ -110,6 +123,24 @@ class Fleet:
     _slow: set[int] = field(default_factory=set)
     timeout: float = field(default_factory=drain_timeout)
     """Seconds a worker may leave drains unanswered before it counts as lost."""
+    results: Path | None = None
+    """The run folder: workers write their records there themselves (:mod:`.shards`).
+    ``None``: they hand them over in drains, and the driver writes them."""
+    spools: dict[int, str] = field(default_factory=dict)
+    """Worker number -> its spool, for a worker on a node that does not see the results
+    folder: the driver collects its shards at every stage's end."""
+    written: dict[int, int] = field(default_factory=dict)
+    """Worker number -> records it has written itself, as of its last drain."""
+    _token: str = field(default_factory=lambda: os.urandom(8).hex())
+
+    def __post_init__(self) -> None:
+        if self.results is not None:
+            marker = self.results / SHARDS / marker_name(self._token)
+            try:
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.touch()
+            except OSError as exc:
+                raise unwritable(marker.parent, exc) from None
 
     def start(self, count: int) -> list[int]:
         """Start ``count`` new workers; returns their numbers."""
@@ -133,8 +164,12 @@ class Fleet:
                 ledger=str(ledger_dir(self.run_name) / str(k)),
                 max_in_flight=self.max_in_flight,
                 offsets=self.offsets,
+                results=str(self.results) if self.results is not None else None,
+                token=self._token,
+                run_name=self.run_name,
             )
             self.issued[k] = 0
+            self.written[k] = 0
             self.dropped[k] = 0
             self.pending[k] = []
             numbers.append(k)
@@ -146,6 +181,13 @@ class Fleet:
         return {
             "issued_by_worker": self.issued,
             "dropped_by_worker": self.dropped,
+            "written_by_worker": self.written,
+            "records_written": (
+                "by each worker, into its own shards"
+                if self.results is not None
+                else "by the driver"
+            ),
+            "spooled_workers": sorted(self.spools),
             "max_in_flight": self.max_in_flight,
             "outages": self.outages,
             "placement": self.placed(),
@@ -170,6 +212,7 @@ class Fleet:
         """pid and node of workers ``numbers`` (for the profiler's roles)."""
         infos = ray.get([self.workers[k].info.remote() for k in numbers])
         self.nodes.update({i["worker"]: i["node"] for i in infos})
+        self.spools.update({i["worker"]: i["spool"] for i in infos if i.get("spool")})
         return infos
 
     def drain(
@@ -207,6 +250,14 @@ class Fleet:
             except Exception as exc:
                 lost.append(self.lose(k, exc, writer, progress))
                 continue
+            if "written" in batch:  # its own shards: counts only
+                if batch["failed"]:
+                    writer.failed = batch["failed"]
+                    writer.release()
+                    raise ResultsUnwritable(batch["failed"])
+                writer.count += batch["written"] - self.written.get(k, 0)
+                self.written[k] = batch["written"]
+                progress.tally(batch["tally"], batch["in_flight"])
             fresh: list[dict[str, Any]] = []
             for number, records in batch["batches"]:
                 if number <= self._acked.get(k, 0):
@@ -214,7 +265,8 @@ class Fleet:
                 writer.write(records)
                 self._acked[k] = number
                 fresh.extend(records)
-            progress.add(fresh, batch["in_flight"])
+            if "written" not in batch:
+                progress.add(fresh, batch["in_flight"])
             self.issued[k] = batch["issued"]
             self.dropped[k] = batch["dropped"]
             self.pending[k] = batch["pending"]
@@ -229,7 +281,29 @@ class Fleet:
             more, gone = self.drain(writer, progress, wait=self.timeout)
             moved, lost = moved + more, lost + gone
             if not self._asked:
+                self.collect(progress)
                 return moved, lost
+
+    def collect(self, progress: Progress, *, workers: list[int] | None = None) -> None:
+        """Move the spooled shards of ``workers`` (default all) into the results folder: one
+        collection per node. A node that does not answer keeps them, and the run says so."""
+        if self.results is None:
+            return
+        self.infos([k for k in self.workers if k not in self.nodes])
+        done: set[tuple[str, str]] = set()
+        for k, spool in sorted(self.spools.items()):
+            node = self.nodes.get(k)
+            if node is None or (workers is not None and k not in workers):
+                continue
+            if (node, spool) in done:
+                continue
+            done.add((node, spool))
+            try:
+                collect_spool(node, spool, self.results, timeout=self.timeout)
+            except ResultsUnwritable:
+                raise
+            except Exception as exc:  # the node is gone: its shards with it
+                progress.say(f"generator shards on node {node[:8]} not collected: {exc!r}"[:300])
 
     def lose(self, k: int, why: BaseException, writer: RecordWriter, progress: Progress) -> Lost:
         """Record worker ``k``'s outage: its operations in flight become error records,
@@ -242,21 +316,26 @@ class Fleet:
         with contextlib.suppress(Exception):  # already gone; a hung one must stop issuing
             ray.kill(handle)
         now = time.time()
+        on_disk = self._written_by(k, progress)
+        if self.results is not None:
+            self.written[k] = len(on_disk)
         error = f"GeneratorLost: generator {k} died before recording it ({type(why).__name__})"
         lost = [
             {**r, "ok": False, "error": error, "duration": max(now - r["planned"], 0.0)}
             for r in self.pending.pop(k, [])
+            if r["id"] not in on_disk
         ]
         writer.write(lost)
         progress.add(lost, 0)
         ledger = self._ledger(k)
-        gone = Lost(k, known, max(ledger[0], known) if ledger else None)
+        after = frozenset(int(rid.rsplit("-", 1)[1]) for rid in on_disk) - set(range(known))
+        gone = Lost(k, known, max(ledger[0], known) if ledger else None, after)
         if gone.issued is not None:
             self.issued[k] = gone.issued
         unknown = len(gone.unknown)
         progress.say(
             f"generator {k} was lost ({type(why).__name__}): {len(lost)} operation(s) in "
-            f"flight recorded as errors, {unknown} sent after its last drain"
+            f"flight recorded as errors, {unknown} sent after its last drain with no record"
             + ("" if gone.issued is not None else " (its ledger was unreadable: count unknown)")
         )
         self.outages.append(
@@ -268,12 +347,21 @@ class Fleet:
                 "in_flight_lost": len(lost),
                 "issued_before": self.issued.get(k, 0),
                 "sent_after_last_drain": unknown if gone.issued is not None else None,
+                "written_after_last_drain": len(gone.on_disk),
                 "unknown_ids": (
-                    f"{k}-{gone.unknown.start}..{k}-{gone.unknown.stop - 1}" if unknown else ""
+                    f"{k}-{gone.unknown[0]}..{k}-{gone.unknown[-1]}" if unknown else ""
                 ),
             }
         )
         return gone
+
+    def _written_by(self, k: int, progress: Progress) -> set[str]:
+        """Ids of the records worker ``k`` wrote itself (its spool collected first)."""
+        if self.results is None:
+            return set()
+        if k in self.spools:
+            self.collect(progress, workers=[k])
+        return shard_ids(self.results, f"g{k}")
 
     def _ledger(self, k: int) -> tuple[int, float] | None:
         """Worker ``k``'s ledger: here, else on its node."""
@@ -298,6 +386,8 @@ class Fleet:
         closing = [w.close.remote() for w in self.workers.values()]
         with contextlib.suppress(Exception):
             ray.wait(closing, num_returns=len(closing), timeout=5.0)
+        with contextlib.suppress(Exception):  # what is left in spools stays there, named
+            self.collect(Progress(quiet=True))
         for w in list(self.workers.values()):
             with contextlib.suppress(Exception):  # already gone
                 ray.kill(w)

@@ -9,12 +9,14 @@ one origin, the same for every worker, so a replacement worker issues the arriva
 fell due while it was starting late, and their lag shows.
 
 Every issued operation yields exactly one :class:`OpRecord` (a failure, a timeout or a
-drop is a record). The driver drains records every second; a worker keeps each batch
-until the driver acknowledges it (the next drain says so), so a drain that times out
-loses nothing. The count of issued operations sits in a shared-memory ledger
-(:mod:`.ledger`) that outlives the worker: the ids a dead worker issued after its last
-drain are known. Nothing here busy-waits: the event loop sleeps until the next arrival
-or reply.
+drop is a record). In a run, each worker writes its records into Parquet shards of its
+own (:mod:`.shards`) at least every second and at every drain, and a drain hands the
+driver counts only. A worker given no results folder hands its records over in drains
+instead, keeping each batch until the driver acknowledges it (the next drain says so),
+so a drain that times out loses nothing. The count of issued operations sits in a
+shared-memory ledger (:mod:`.ledger`) that outlives the worker: the ids a dead worker
+issued after its last drain are known. Nothing here busy-waits: the event loop sleeps
+until the next arrival or reply.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import ray
 from datamodel.records import OpRecord
 from workloads.load.ledger import Ledger
 from workloads.load.shapes import OpPicker, ProjectPicker
+from workloads.load.shards import FLUSH_S, Tally, WorkerShards
 
 QUERIES = (
     "how is the connection closed after an error",
@@ -80,6 +83,9 @@ class GeneratorWorker:
         ledger: str | None = None,
         max_in_flight: int = MAX_IN_FLIGHT,
         offsets: dict[str, float] | None = None,
+        results: str | None = None,
+        token: str = "",
+        run_name: str = "",
     ) -> None:
         """``routes`` maps each project to its replica (``None`` spreads ops at random);
         ``http`` (an :class:`~workloads.stack.http.HttpPlan` as a dict) sends every op to an
@@ -87,7 +93,10 @@ class GeneratorWorker:
         ``<worker>-<sequence>``: a replacement gets a worker number of its own. ``ledger``:
         the path of this worker's issue counter; ``max_in_flight``: its cap on operations
         in flight; ``offsets``: each node's clock minus the driver's (:mod:`cluster.clock`),
-        so that every time this worker records is on the driver's clock."""
+        so that every time this worker records is on the driver's clock. ``results``: the
+        run folder; this worker then writes its records there itself (:mod:`.shards`; in
+        its node's spool when it cannot see the folder's ``token`` marker), and a drain
+        hands over counts only. Without it, a drain hands over the records."""
         self.worker = worker
         self.replicas = replicas
         self.routes = routes
@@ -110,15 +119,20 @@ class GeneratorWorker:
         """Operations sent and not recorded yet: what would be lost with this worker."""
         self._issued = 0
         self._calls: dict[tuple[str, str, int], Any] = {}
+        self._shards = WorkerShards(worker, results, token, run_name) if results else None
+        self._tally = Tally()
+        self._flusher: asyncio.Task[None] | None = None
 
     async def info(self) -> dict[str, Any]:
         """This worker's pid and node, for the profiler's roles."""
         import os
 
+        shards = self._shards
         return {
             "worker": self.worker,
             "pid": os.getpid(),
             "node": ray.get_runtime_context().get_node_id(),
+            "spool": str(shards.folder) if shards is not None and not shards.shared else None,
         }
 
     async def stop(self) -> None:
@@ -133,22 +147,62 @@ class GeneratorWorker:
         """Hand over every batch of finished records not acknowledged yet (``ack``: the
         highest batch number the driver has written), plus live counters and the operations
         still in flight (the driver records them as lost if this worker dies). All records
-        finished before ``issued`` was read are in the batches or in ``pending``."""
-        self._batches = [b for b in self._batches if b[0] > ack]
-        if self._records:
-            self._batch += 1
-            self._batches.append((self._batch, self._records))
-            self._records = []
-        return {
-            "batches": list(self._batches),
+        finished before ``issued`` was read are in the batches or in ``pending``.
+
+        A worker writing its own shards writes what it holds first, and hands over no
+        records: ``written`` (records on disk in all), ``tally`` (what finished since the
+        last drain, :class:`~.shards.Tally`) and ``failed`` (why its last write failed).
+        All records finished before ``issued`` was read are then on disk or in
+        ``pending``, unless ``failed``."""
+        answer: dict[str, Any] = {
             "in_flight": self._in_flight,
             "issued": self._issued,
             "dropped": self._dropped,
             "pending": [r.as_dict() for r in self._pending.values()],
         }
+        if self._shards is not None:
+            self._flush()
+            answer.update(
+                batches=[],
+                written=self._shards.written,
+                tally=self._tally.take(),
+                failed=self._shards.failed,
+            )
+            return answer
+        self._batches = [b for b in self._batches if b[0] > ack]
+        if self._records:
+            self._batch += 1
+            self._batches.append((self._batch, self._records))
+            self._records = []
+        answer["batches"] = list(self._batches)
+        return answer
+
+    def _keep(self, record: dict[str, Any]) -> None:
+        """A finished record: held for the next shard (or drain)."""
+        self._records.append(record)
+        if self._shards is not None:
+            self._tally.add(record)
+            if self._flusher is None:
+                self._flusher = asyncio.get_running_loop().create_task(self._flush_often())
+
+    def _flush(self) -> None:
+        """Write the records held as one shard of this worker's own; on a failed write they
+        stay held for the next try."""
+        if self._shards is not None and self._records and self._shards.flush(self._records):
+            self._records = []
+
+    async def _flush_often(self) -> None:
+        """Every :data:`~.shards.FLUSH_S`, write what finished: a crash loses at most that."""
+        while True:
+            await asyncio.sleep(FLUSH_S)
+            self._flush()
 
     async def close(self) -> None:
-        """Close the HTTP session (the run is over)."""
+        """Write what is held and close the HTTP session (the run is over)."""
+        self._flush()
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -187,7 +241,7 @@ class GeneratorWorker:
             f"GeneratorDropped: {in_flight} operations already in flight at "
             f"generator {self.worker} (its cap is {self.max_in_flight})"
         )
-        self._records.append(self._new(stage, op, project, -1, planned_unix, error=error).as_dict())
+        self._keep(self._new(stage, op, project, -1, planned_unix, error=error).as_dict())
 
     def _request(self, op: str, project: str, rng: random.Random) -> dict[str, Any]:
         request: dict[str, Any] = {"op": op, "project": project, "query": rng.choice(QUERIES)}
@@ -248,7 +302,7 @@ class GeneratorWorker:
             record.duration = time.perf_counter() - planned
             self._in_flight -= 1
             self._pending.pop(record.id, None)
-            self._records.append(record.as_dict())
+            self._keep(record.as_dict())
 
     @staticmethod
     def _cancel(ref: Any) -> None:

@@ -22,7 +22,8 @@ class Progress:
         self.quiet = quiet
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
-        self._recent: deque[tuple[float, str, float, bool]] = deque()
+        self._recent: deque[tuple[float, str, float, bool, float]] = deque()
+        """(when taken, op, duration, ok, how many records it stands for)."""
         self.total = 0
         self.errors = 0
         self.swaps = 0
@@ -72,7 +73,7 @@ class Progress:
         """Take newly finished records and refresh the status line (at most once a second)."""
         now = time.monotonic()
         for r in records:
-            self._recent.append((now, r["op"], r["duration"], r["ok"]))
+            self._recent.append((now, r["op"], r["duration"], r["ok"], 1.0))
             self.total += 1
             self.errors += 0 if r["ok"] else 1
             self.swaps += 1 if r.get("switched") else 0
@@ -81,6 +82,22 @@ class Progress:
         for r in sorted((r for r in records if r.get("served")), key=lambda r: r["sent"]):
             self.swaps += self._served is not None and r["served"] != self._served
             self._served = r["served"]
+        self._refresh(now, in_flight)
+
+    def tally(self, tally: dict[str, Any], in_flight: int) -> None:
+        """Take a worker's tally of the records it finished and wrote itself (counts and a
+        sample, :class:`~workloads.load.shards.Tally`) and refresh the status line."""
+        now = time.monotonic()
+        sample = tally["sample"]
+        weight = tally["done"] / len(sample) if sample else 0.0
+        for op, duration, ok in sample:
+            self._recent.append((now, op, duration, ok, weight))
+        self.total += tally["done"]
+        self.errors += tally["errors"]
+        self.swaps += tally["swaps"]
+        self._refresh(now, in_flight)
+
+    def _refresh(self, now: float, in_flight: int) -> None:
         while self._recent and self._recent[0][0] < now - WINDOW_S:
             self._recent.popleft()
         if self.quiet or self._stage is None or now - self._last_line < 1.0:
@@ -89,13 +106,14 @@ class Progress:
         elapsed = now - self._stage_start
         window = min(WINDOW_S, max(elapsed, 1e-9))
         p95 = []
-        for op in sorted({op for _, op, _, _ in self._recent}):
-            values = sorted(d for _, o, d, ok in self._recent if o == op and ok)
+        for op in sorted({op for _, op, _, _, _ in self._recent}):
+            values = sorted(d for _, o, d, ok, _ in self._recent if o == op and ok)
             if values:
                 p95.append(f"{op} {quantile_sorted(values, 0.95) * 1000:.0f}ms")
+        done = sum(weight for *_, weight in self._recent)
         line = (
             f"[{self._stage.name}] {elapsed:5.1f}/{self._stage.duration_s:.0f} s | "
-            f"{len(self._recent) / window:5.1f} ops/s | p95 {', '.join(p95) or '-'} | "
+            f"{done / window:5.1f} ops/s | p95 {', '.join(p95) or '-'} | "
             f"errors {self.errors} | swaps {self.swaps} | in flight {in_flight} | done {self.total}"
         )
         if self.tty:

@@ -23,8 +23,11 @@ import ray
 
 from cluster.clock import node_offsets, offsets_of
 from cluster.connect import Cluster
+from datamodel.columnar import read_parquet
+from datamodel.errors import ConfigError
 from datamodel.records import OpRecord
 from datamodel.runfolder import (
+    SHARDS,
     JsonlWriter,
     RecordWriter,
 )
@@ -162,8 +165,10 @@ class Live:
     replica_pids: dict[int, int] = field(default_factory=dict)
     gauges: JsonlWriter | None = None
     tap: Callable[[list[dict[str, Any]]], None] | None = None
-    """Called with each batch of finished records (a capacity search reads its levels)."""
+    """Called with each batch of finished records (a capacity search reads its levels):
+    where the workers write their own shards, with the shards new at a stage's end."""
     _pending_gauges: list[Any] = field(default_factory=list)
+    _tapped: set[str] = field(default_factory=set)
 
     def drain(self, *, final: bool = False) -> list[Lost]:
         """Move finished records (and profiling samples) to disk and the display; the
@@ -175,10 +180,23 @@ class Live:
             records, lost = self.fleet.drain(self.writer, self.progress)
         if self.tap is not None and records:
             self.tap(records)
+        if self.tap is not None and final and self.fleet.results is not None:
+            self.tap(self._new_shard_records())
         if self.profiling is not None:
             self.profiling.drain()
         self.poll_gauges()
         return lost
+
+    def _new_shard_records(self) -> list[dict[str, Any]]:
+        """The records of the shards under ``records/`` not tapped yet."""
+        rows: list[dict[str, Any]] = []
+        for path in sorted((self.run_dir / SHARDS).glob("*.parquet")):
+            if path.name in self._tapped:
+                continue
+            self._tapped.add(path.name)
+            with contextlib.suppress(ConfigError):  # torn: the run's reader says so
+                rows.extend(read_parquet(path))
+        return rows
 
     def poll_gauges(self) -> None:
         """Ask every replica for its gauges about once a second, never waiting for them."""
@@ -463,6 +481,7 @@ def make_fleet(
         pinned=pinned,
         cpus=worker_cpus(cluster.nodes, spec.workers),
         offsets=offsets_of(clock),
+        results=run_dir,
     )
     return fleet, fleet.start(spec.workers)
 
