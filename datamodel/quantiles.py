@@ -42,6 +42,8 @@ def quantile_sorted(sorted_values: Sequence[float] | np.ndarray, q: float) -> fl
 
 def quantile(values: Iterable[float], q: float) -> float:
     """The ``q``-quantile (``0 <= q <= 1``) of ``values`` in any order."""
+    if isinstance(values, np.ndarray):  # millions of them: sorted as an array
+        return quantile_sorted(np.sort(values.astype(np.float64, copy=False)), q)
     return quantile_sorted(sorted(float(v) for v in values), q)
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from datamodel.runfolder import write_json
-from profiling.verdict.figures import LATENCY_METRICS, RunFigures, latency_levels
+from profiling.verdict.figures import LATENCY_METRICS, RunFigures, latency_levels, pool
 from profiling.verdict.statistics import Level, Prior, power_rounds
 
 KINDS = ("p50", "p95", "p99", "throughput", "memory")
@@ -140,7 +140,7 @@ def build(
         rows, effects = [], []
         for op in ops:
             threshold, levels, _ = latency_levels(runs, [], op, q)
-            pooled = np.array([d for f in runs for d in f.durations.get(op, [])])
+            pooled = pool(runs, op)
             if not pooled.size:
                 continue
             slower = float((pooled * (1 + DETECT) > threshold).mean())

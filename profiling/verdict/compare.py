@@ -47,6 +47,7 @@ from profiling.verdict.figures import (
     Scale,
     ShareScale,
     latency_levels,
+    pool,
 )
 from profiling.verdict.goodput import goodput_table
 from profiling.verdict.pairs import block_pairs, paired_rows
@@ -646,8 +647,7 @@ def _latency_rows(
     rows: list[Row] = []
     ops = sorted({op for f in figs_a + figs_b for op in f.durations})
     for op in ops:
-        da = [d for f in figs_a for d in f.durations.get(op, [])]
-        db = [d for f in figs_b for d in f.durations.get(op, [])]
+        da, db = pool(figs_a, op), pool(figs_b, op)
         for metric, q in LATENCY_METRICS.items():
             threshold, la, lb = latency_levels(figs_a, figs_b, op, q)
             how = (
@@ -659,7 +659,7 @@ def _latency_rows(
             rows.append(
                 _level_row(
                     ("op", op, metric),
-                    (quantile(da, q) if da else None, quantile(db, q) if db else None),
+                    (quantile(da, q) if da.size else None, quantile(db, q) if db.size else None),
                     (len(da), len(db)),
                     la,
                     lb,

@@ -27,9 +27,10 @@ LATENCY_METRICS = {"p50_s": 0.50, "p95_s": 0.95, "p99_s": 0.99}
 class RunFigures:
     """One run's series as the tests use them."""
 
-    durations: dict[str, list[float]]
-    """op -> durations of its records in issue order (failed ones at the time they took)."""
-    tested: dict[str, list[float]]
+    durations: dict[str, Array]
+    """op -> durations of its records in issue order (failed ones at the time they took):
+    an array, eight bytes a record."""
+    tested: dict[str, Array]
     """op -> the same with failures as infinitely slow (a failure is never a good latency)."""
     blocks: dict[str, int]
     """op -> time blocks its series is cut into (from its autocorrelation)."""
@@ -71,18 +72,18 @@ class RunFigures:
         labels = frame.labels("op")[rows]
         window = (float(planned.min()), float((planned + duration).max())) if rows.size else None
         ops = sorted(set(labels.tolist()))
-        durations = {op: duration[labels == op].tolist() for op in ops}
+        durations = {op: duration[labels == op] for op in ops}
         tested_all = np.where(ok, duration, math.inf)
-        tested = {op: tested_all[labels == op].tolist() for op in ops}
+        tested = {op: tested_all[labels == op] for op in ops}
         blocks = {op: n_blocks(durations[op]) for op in ops}
         throughput: dict[str, Level] = {}
         if window and window[1] > window[0]:
             for op in [*ops, "all"]:
-                times = planned[ok & ((labels == op) if op != "all" else True)].tolist()
-                if times:
-                    k = blocks.get(op) or n_blocks(duration.tolist())
+                times = planned[ok & ((labels == op) if op != "all" else True)]
+                if times.size:
+                    k = blocks.get(op) or n_blocks(duration)
                     throughput[op] = block_rate(times, window[0], window[1], k)
-        k = n_blocks(duration.tolist()) if rows.size else 1
+        k = n_blocks(duration) if rows.size else 1
         failures = [(int((~part).sum()), len(part)) for part in np.array_split(ok, max(k, 1))]
         return cls(
             durations, tested, blocks, throughput, int((~ok).sum()), int(rows.size), failures
@@ -94,13 +95,23 @@ def latency_levels(
 ) -> tuple[float, list[Level], list[Level]]:
     """The pooled ``q``-quantile ``T`` of ``op`` over both sides, and each run's share of
     operations slower than ``T`` (with its block variance)."""
-    pooled = [d for f in (*a, *b) for d in f.durations.get(op, [])]
-    threshold = quantile(pooled, q)
+    threshold = quantile(pool([*a, *b], op), q)
     levels = [
-        [exceedance(f.tested[op], threshold, f.blocks[op]) for f in side if f.tested.get(op)]
+        [exceedance(f.tested[op], threshold, f.blocks[op]) for f in side if has(f, op)]
         for side in (a, b)
     ]
     return threshold, levels[0], levels[1]
+
+
+def pool(figures: Sequence[RunFigures], op: str) -> Array:
+    """The durations of ``op`` over ``figures``, run after run, as one array."""
+    parts = [f.durations[op] for f in figures if op in f.durations]
+    return np.concatenate(parts) if parts else np.empty(0)
+
+
+def has(figures: RunFigures, op: str) -> bool:
+    """Whether ``figures`` has records of ``op``."""
+    return op in figures.tested and figures.tested[op].size > 0
 
 
 class Scale(Protocol):

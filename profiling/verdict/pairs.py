@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from datamodel.frame import Frame
 from datamodel.quantiles import quantile
 from datamodel.records import number
@@ -40,6 +42,8 @@ from profiling.verdict.figures import (
     RunFigures,
     Scale,
     ShareScale,
+    has,
+    pool,
 )
 from profiling.verdict.statistics import Test, compare_pairs, exceedance
 from profiling.verdict.testrows import Interval, Kind, Row
@@ -165,19 +169,16 @@ def _latency(fa: list[RunFigures], fb: list[RunFigures], alpha: float) -> list[R
     rows: list[Row] = []
     ops = sorted({op for f in fa + fb for op in f.durations})
     for op in ops:
-        da = [d for f in fa for d in f.durations.get(op, [])]
-        db = [d for f in fb for d in f.durations.get(op, [])]
-        both = [
-            (x, y) for x, y in zip(fa, fb, strict=True) if x.tested.get(op) and y.tested.get(op)
-        ]
+        da, db = pool(fa, op), pool(fb, op)
+        both = [(x, y) for x, y in zip(fa, fb, strict=True) if has(x, op) and has(y, op)]
         for metric, q in LATENCY_METRICS.items():
-            threshold = quantile(da + db, q)
+            threshold = quantile(np.concatenate([da, db]), q)
             sa = [exceedance(x.tested[op], threshold, x.blocks[op]).value for x, _ in both]
             sb = [exceedance(y.tested[op], threshold, y.blocks[op]).value for _, y in both]
             rows.append(
                 _row(
                     ("op", op, metric),
-                    (quantile(da, q) if da else None, quantile(db, q) if db else None),
+                    (quantile(da, q) if da.size else None, quantile(db, q) if db.size else None),
                     (len(da), len(db)),
                     sa,
                     sb,
@@ -204,9 +205,9 @@ def _every_op(fa: list[RunFigures], fb: list[RunFigures], alpha: float) -> Row:
     thresholds: dict[str, float] = {}
     parts: list[tuple[float, ShareScale]] = []
     for op in ops:
-        da = [d for f in fa for d in f.durations.get(op, [])]
-        pooled = da + [d for f in fb for d in f.durations.get(op, [])]
-        if not da or not pooled:
+        da = pool(fa, op)
+        pooled = np.concatenate([da, pool(fb, op)])
+        if not da.size or not pooled.size:
             continue
         thresholds[op] = quantile(pooled, EVERY_OP_Q)
         scale = ShareScale.of(da, thresholds[op])
@@ -218,17 +219,16 @@ def _every_op(fa: list[RunFigures], fb: list[RunFigures], alpha: float) -> Row:
     def share(f: RunFigures) -> float | None:
         above = count = 0
         for op, threshold in thresholds.items():
-            values = f.tested.get(op) or []
-            above += sum(1 for d in values if d > threshold)
-            count += len(values)
+            if has(f, op):
+                above += int((f.tested[op] > threshold).sum())
+                count += len(f.tested[op])
         return above / count if count else None
 
     def centre(figs: list[RunFigures]) -> float | None:
         logs = [
             (len(d), math.log(quantile(d, EVERY_OP_Q)))
             for op in thresholds
-            if (d := [x for f in figs for x in f.durations.get(op, [])])
-            and quantile(d, EVERY_OP_Q) > 0
+            if (d := pool(figs, op)).size and quantile(d, EVERY_OP_Q) > 0
         ]
         n = sum(k for k, _ in logs)
         return math.exp(sum(k * v for k, v in logs) / n) if n else None
