@@ -16,7 +16,7 @@ but for ``switched``, which :func:`~datamodel.records.infer_switches` sets.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, overload
 
 import numpy as np
@@ -60,21 +60,45 @@ class Frame:
     def __init__(self, table: pa.Table) -> None:
         self._table = table
         self.n = table.num_rows
-        self.floats: dict[str, np.ndarray] = {}
-        for name in (*FLOATS, *INTS):
-            self.floats[name] = _floats(table.column(name))
-        stages = table.column("stages").combine_chunks()
-        self._timed = np.asarray(stages.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
-        for stage in STAGES:
-            self.floats[STAGE_PREFIX + stage] = _floats(pc.struct_field(stages, stage))
-        self.flags = {name: _flags(table.column(name)) for name in FLAGS}
-        self.codes: dict[str, np.ndarray] = {}
-        self.texts: dict[str, list[str]] = {}
-        for name in TEXTS:
-            self.codes[name], self.texts[name] = _coded(table.column(name))
+        # Each column is built on first use and kept: a step that reads a few columns of
+        # ten million records holds those, not all of them.
+        self.floats: dict[str, np.ndarray] = _Lazy(
+            self._float, (*FLOATS, *INTS, *(STAGE_PREFIX + s for s in STAGES))
+        )
+        self.flags: dict[str, np.ndarray] = _Lazy(lambda n: _flags(table.column(n)), FLAGS)
+        self.codes: dict[str, np.ndarray] = _Lazy(self._code, TEXTS)
+        self.texts: dict[str, list[str]] = _Lazy(self._text, TEXTS)
+        self._stages: pa.StructArray | None = None
+        self._timed_rows: np.ndarray | None = None
         self._ids = table.column("id")
         self._misses = table.column("misses")
         self._lists: dict[str, list[Any]] = {}
+
+    def _float(self, name: str) -> np.ndarray:
+        if not name.startswith(STAGE_PREFIX):
+            return _floats(self._table.column(name))
+        if self._stages is None:
+            self._stages = self._table.column("stages").combine_chunks()
+        return _floats(pc.struct_field(self._stages, name.removeprefix(STAGE_PREFIX)))
+
+    def _code(self, name: str) -> np.ndarray:
+        codes, texts = _coded(self._table.column(name))
+        dict.__setitem__(self.texts, name, texts)
+        return codes
+
+    def _text(self, name: str) -> list[str]:
+        self.codes[name]  # builds both
+        return dict.__getitem__(self.texts, name)
+
+    @property
+    def _timed(self) -> np.ndarray:
+        """Which records have stage times."""
+        if self._timed_rows is None:
+            stages = self._table.column("stages")
+            self._timed_rows = np.asarray(
+                stages.is_valid().to_numpy(zero_copy_only=False), dtype=bool
+            )
+        return self._timed_rows
 
     @classmethod
     def of(cls, records: Sequence[Mapping[str, Any]]) -> Frame:
@@ -222,6 +246,25 @@ class Frame:
             stages = {s: self.floats[STAGE_PREFIX + s][i] for s in STAGES}
             return {s: float(v) for s, v in stages.items() if not math.isnan(v)}
         return self.column(name)[i]
+
+
+class _Lazy(dict):
+    """A dict of columns that builds each of ``names`` on first use, and keeps it."""
+
+    def __init__(self, build: Any, names: Iterable[str]) -> None:
+        super().__init__()
+        self._build = build
+        self._names = frozenset(names)
+
+    def __missing__(self, key: str) -> Any:
+        if key not in self._names:
+            raise KeyError(key)
+        value = self._build(key)
+        self[key] = value
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._names or dict.__contains__(self, key)
 
 
 def _floats(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
