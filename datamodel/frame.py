@@ -68,7 +68,6 @@ class Frame:
         self.flags: dict[str, np.ndarray] = _Lazy(lambda n: _flags(table.column(n)), FLAGS)
         self.codes: dict[str, np.ndarray] = _Lazy(self._code, TEXTS)
         self.texts: dict[str, list[str]] = _Lazy(self._text, TEXTS)
-        self._stages: pa.StructArray | None = None
         self._timed_rows: np.ndarray | None = None
         self._ids = table.column("id")
         self._misses = table.column("misses")
@@ -77,9 +76,8 @@ class Frame:
     def _float(self, name: str) -> np.ndarray:
         if not name.startswith(STAGE_PREFIX):
             return _floats(self._table.column(name))
-        if self._stages is None:
-            self._stages = self._table.column("stages").combine_chunks()
-        return _floats(pc.struct_field(self._stages, name.removeprefix(STAGE_PREFIX)))
+        stages = self._table.column("stages")  # one field's chunks taken, not the struct's
+        return _floats(pc.struct_field(stages, name.removeprefix(STAGE_PREFIX)))
 
     def _code(self, name: str) -> np.ndarray:
         codes, texts = _coded(self._table.column(name))
