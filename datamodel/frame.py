@@ -15,6 +15,7 @@ but for ``switched``, which :func:`~datamodel.records.infer_switches` sets.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, overload
@@ -61,32 +62,20 @@ class Frame:
         self._table = table
         self.n = table.num_rows
         # Each column is built on first use and kept: a step that reads a few columns of
-        # ten million records holds those, not all of them.
+        # ten million records holds those, not all of them. The builders hold the table,
+        # never the frame, so a frame let go is freed at once (no reference cycle).
+        coded: dict[str, tuple[np.ndarray, list[str]]] = {}
         self.floats: dict[str, np.ndarray] = _Lazy(
-            self._float, (*FLOATS, *INTS, *(STAGE_PREFIX + s for s in STAGES))
+            functools.partial(_float_column, table),
+            (*FLOATS, *INTS, *(STAGE_PREFIX + s for s in STAGES)),
         )
         self.flags: dict[str, np.ndarray] = _Lazy(lambda n: _flags(table.column(n)), FLAGS)
-        self.codes: dict[str, np.ndarray] = _Lazy(self._code, TEXTS)
-        self.texts: dict[str, list[str]] = _Lazy(self._text, TEXTS)
+        self.codes: dict[str, np.ndarray] = _Lazy(lambda n: _coded_once(table, coded, n)[0], TEXTS)
+        self.texts: dict[str, list[str]] = _Lazy(lambda n: _coded_once(table, coded, n)[1], TEXTS)
         self._timed_rows: np.ndarray | None = None
         self._ids = table.column("id")
         self._misses = table.column("misses")
         self._lists: dict[str, list[Any]] = {}
-
-    def _float(self, name: str) -> np.ndarray:
-        if not name.startswith(STAGE_PREFIX):
-            return _floats(self._table.column(name))
-        stages = self._table.column("stages")  # one field's chunks taken, not the struct's
-        return _floats(pc.struct_field(stages, name.removeprefix(STAGE_PREFIX)))
-
-    def _code(self, name: str) -> np.ndarray:
-        codes, texts = _coded(self._table.column(name))
-        dict.__setitem__(self.texts, name, texts)
-        return codes
-
-    def _text(self, name: str) -> list[str]:
-        self.codes[name]  # builds both
-        return dict.__getitem__(self.texts, name)
 
     @property
     def _timed(self) -> np.ndarray:
@@ -263,6 +252,21 @@ class _Lazy(dict):
 
     def __contains__(self, key: object) -> bool:
         return key in self._names or dict.__contains__(self, key)
+
+
+def _float_column(table: pa.Table, name: str) -> np.ndarray:
+    if not name.startswith(STAGE_PREFIX):
+        return _floats(table.column(name))
+    stages = table.column("stages")  # one field's chunks taken, not the whole struct's
+    return _floats(pc.struct_field(stages, name.removeprefix(STAGE_PREFIX)))
+
+
+def _coded_once(
+    table: pa.Table, coded: dict[str, tuple[np.ndarray, list[str]]], name: str
+) -> tuple[np.ndarray, list[str]]:
+    if name not in coded:
+        coded[name] = _coded(table.column(name))
+    return coded[name]
 
 
 def _floats(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
