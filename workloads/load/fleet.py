@@ -132,6 +132,7 @@ class Fleet:
     written: dict[int, int] = field(default_factory=dict)
     """Worker number -> records it has written itself, as of its last drain."""
     _token: str = field(default_factory=lambda: os.urandom(8).hex())
+    _info: dict[int, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.results is not None:
@@ -170,6 +171,7 @@ class Fleet:
             )
             self.issued[k] = 0
             self.written[k] = 0
+            self._info[k] = self.workers[k].info.remote()  # where it is, once it is up
             self.dropped[k] = 0
             self.pending[k] = []
             numbers.append(k)
@@ -207,6 +209,22 @@ class Fleet:
             ),
             "node_of_worker": {str(k): node for k, node in sorted(self.nodes.items())},
         }
+
+    def _learn(self, wait: float = 5.0) -> None:
+        """Take the node and spool of every worker that has said where it is (a worker
+        still starting, or hung, is left for later: never waited on for long)."""
+        refs = {ref: k for k, ref in self._info.items()}
+        if not refs:
+            return
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=wait)
+        for ref in ready:
+            k = refs[ref]
+            del self._info[k]
+            with contextlib.suppress(Exception):  # died before it said: no spool known
+                info = ray.get(ref)
+                self.nodes[k] = info["node"]
+                if info.get("spool"):
+                    self.spools[k] = info["spool"]
 
     def infos(self, numbers: list[int]) -> list[dict[str, Any]]:
         """pid and node of workers ``numbers`` (for the profiler's roles)."""
@@ -289,7 +307,7 @@ class Fleet:
         collection per node. A node that does not answer keeps them, and the run says so."""
         if self.results is None:
             return
-        self.infos([k for k in self.workers if k not in self.nodes])
+        self._learn()
         done: set[tuple[str, str]] = set()
         for k, spool in sorted(self.spools.items()):
             node = self.nodes.get(k)
