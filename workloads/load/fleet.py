@@ -268,6 +268,7 @@ class Fleet:
             except Exception as exc:
                 lost.append(self.lose(k, exc, writer, progress))
                 continue
+            fresh: list[dict[str, Any]] = []
             if "written" in batch:  # its own shards: counts only
                 if batch["failed"]:
                     writer.failed = batch["failed"]
@@ -276,14 +277,13 @@ class Fleet:
                 writer.count += batch["written"] - self.written.get(k, 0)
                 self.written[k] = batch["written"]
                 progress.tally(batch["tally"], batch["in_flight"])
-            fresh: list[dict[str, Any]] = []
-            for number, records in batch["batches"]:
-                if number <= self._acked.get(k, 0):
-                    continue  # written already; the acknowledgement was on its way
-                writer.write(records)
-                self._acked[k] = number
-                fresh.extend(records)
-            if "written" not in batch:
+            else:
+                for number, records in batch["batches"]:
+                    if number <= self._acked.get(k, 0):
+                        continue  # written already; the acknowledgement was on its way
+                    writer.write(records)
+                    self._acked[k] = number
+                    fresh.extend(records)
                 progress.add(fresh, batch["in_flight"])
             self.issued[k] = batch["issued"]
             self.dropped[k] = batch["dropped"]

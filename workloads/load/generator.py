@@ -164,7 +164,6 @@ class GeneratorWorker:
         if self._shards is not None:
             self._flush()
             answer.update(
-                batches=[],
                 written=self._shards.written,
                 tally=self._tally.take(),
                 failed=self._shards.failed,
