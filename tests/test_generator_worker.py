@@ -112,10 +112,17 @@ def test_a_stop_cancels_the_calls_still_queued_at_the_replica(replica):
     worker = GeneratorWorker.remote(0, [slow], {"p": 0})
     arrivals = [(0.0, "analyze", "p")] * 20  # twenty seconds of work for a one-at-a-time replica
     ref = worker.run_open.remote("s", arrivals=arrivals, seed=0, origin=time.time() + 0.1)
-    time.sleep(1.0)
+    # Stop only once all twenty are in flight: a stop before the origin (a slow actor start
+    # on a busy machine) would rightly issue nothing.
+    deadline = time.monotonic() + 30
+    while ray.get(worker.drain.remote(0))["in_flight"] < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
     ray.get(worker.stop.remote())
     ray.get(ref, timeout=STOP_GRACE_S + 10)
-    interrupted = [r for r in _records(worker) if (r["error"] or "").startswith("Interrupted")]
+    drained = ray.get(worker.drain.remote(0))  # nothing acknowledged: every batch handed so far
+    records = [r for _, batch in drained["batches"] for r in batch]
+    assert len(records) == 20
+    interrupted = [r for r in records if (r["error"] or "").startswith("Interrupted")]
     assert len(interrupted) >= 10
     at_stop = ray.get(slow.count.remote())
     time.sleep(3.0)  # calls given up on must not be served now
