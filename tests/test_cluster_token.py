@@ -63,7 +63,7 @@ def _stop_session(sid: int) -> None:
                     alive.append(p)
             except (ProcessLookupError, PermissionError, psutil.Error):
                 continue
-        psutil.wait_procs(alive, timeout=10)
+        psutil.wait_procs(alive, timeout=3)
 
 
 @pytest.fixture(scope="module")

@@ -112,7 +112,7 @@ def test_a_killed_driver_leaves_a_run_that_report_repairs(tmp_path, cache_dir):
 
 def test_a_profiling_agent_killed_mid_run_costs_only_its_capture(tmp_path, cache_dir):
     results = tmp_path / "results"
-    proc = start(results, cache_dir, "--profile", "smoke", "--duration", "25")
+    proc = start(results, cache_dir, "--profile", "smoke", "--duration", "15")
     wait_for(records_written(results, 10), proc)
     for agent in _actors(proc, "ProfilingAgent", 1, known=set()):  # one node: one agent
         os.kill(agent, signal.SIGKILL)
@@ -182,7 +182,7 @@ def expected_ids(issued_by_worker: dict[str, int]) -> set[str]:
 
 def test_a_killed_generator_worker_is_replaced_and_nothing_is_lost(tmp_path, cache_dir):
     results = tmp_path / "results"
-    proc = start(results, cache_dir, "--profile", "smoke", "--duration", "30")
+    proc = start(results, cache_dir, "--profile", "smoke", "--duration", "20")
     wait_for(records_written(results, 10), proc)
     os.kill(min(_actors(proc, "GeneratorWorker", 2, known=set())), signal.SIGKILL)
     _, err = finish(proc, timeout=180)
@@ -243,7 +243,7 @@ def _cmdline(process: psutil.Process) -> list[str]:
 
 def test_a_replica_killed_twice_leaves_error_records_not_a_failed_run(tmp_path, cache_dir):
     results = tmp_path / "results"
-    proc = start(results, cache_dir, "--profile", "smoke", "--duration", "30")
+    proc = start(results, cache_dir, "--profile", "smoke", "--duration", "20")
     wait_for(records_written(results, 10), proc)
     (replica,) = json.loads((only_run(results) / "run.json").read_text())["replicas"]
     first = int(replica["pid"])

@@ -19,6 +19,8 @@ def test_smoke_run_records_every_operation(tmp_path, cache_dir):
     proc = run_cli(
         "--profile",
         "smoke",
+        "--duration",
+        "15",
         "--results-dir",
         str(results),
         "--no-fail-on-targets",
@@ -228,7 +230,7 @@ def test_ab_smoke_compares_and_reports(tmp_path, cache_dir):
         "--profile",
         "smoke",
         "--duration",
-        "14",
+        "10",
         "--config",
         "optimized",
         "--baseline",
