@@ -195,3 +195,29 @@ def test_a_worker_that_cannot_see_the_results_folder_spools_and_is_collected(rep
     assert not list(spool.glob("*.parquet"))
     assert len(read_run_records(tmp_path, [])) == 100 == writer.count
     fleet.close()
+
+
+def test_the_live_counts_are_the_same_from_records_held_and_from_a_workers_tally():
+    """The driver's records (handed over, or lost) and a worker's own tally count alike:
+    done, errors, swaps (flags, and changes of an HTTP server's adapter in the order sent),
+    and a sample of at most 200 standing for all of them."""
+    from workloads.load.progress import Progress
+    from workloads.load.shards import SAMPLE, Tally
+
+    records = [
+        {"op": "analyze", "duration": 0.01 * (k + 1), "ok": k % 7 != 0, "sent": float(k)}
+        | ({"switched": True} if k % 50 == 0 else {"served": f"a{k // 100}"})
+        for k in range(450)
+    ]
+    held = Progress(quiet=True)
+    held.add(list(reversed(records)), 0)  # finished in another order than sent
+    worker = Tally()
+    for record in records:
+        worker.add(record)
+    told = Progress(quiet=True)
+    told.tally(worker.take(), 0)
+    for progress in (held, told):
+        assert progress.total == 450 and progress.errors == 65
+        assert progress.swaps == 9 + 4  # nine flagged, four changes a0 -> a1 -> ... -> a4
+        assert len(progress._recent) == SAMPLE
+        assert sum(w for *_, w in progress._recent) == pytest.approx(450)

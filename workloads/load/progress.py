@@ -10,6 +10,7 @@ from typing import Any, TextIO
 
 from cluster.connect import Cluster
 from datamodel.quantiles import quantile_sorted
+from workloads.load.shards import Tally
 from workloads.load.spec import Stage
 
 WINDOW_S = 10.0
@@ -27,7 +28,8 @@ class Progress:
         self.total = 0
         self.errors = 0
         self.swaps = 0
-        self._served: str | None = None
+        self._own = Tally()
+        """Counts the records handed to :meth:`add`."""
         self._stage: Stage | None = None
         self._stage_index = 0
         self._stage_start = 0.0
@@ -70,19 +72,12 @@ class Progress:
         self.say(f"stage {index + 1}: {stage.name} ({stage.mode} loop, {stage.duration_s:.0f} s)")
 
     def add(self, records: list[dict[str, Any]], in_flight: int) -> None:
-        """Take newly finished records and refresh the status line (at most once a second)."""
-        now = time.monotonic()
-        for r in records:
-            self._recent.append((now, r["op"], r["duration"], r["ok"], 1.0))
-            self.total += 1
-            self.errors += 0 if r["ok"] else 1
-            self.swaps += 1 if r.get("switched") else 0
-        # HTTP stacks: changes of the served adapter, in the order requests were sent (the
-        # records' own flags are inferred once the run is read back).
-        for r in sorted((r for r in records if r.get("served")), key=lambda r: r["sent"]):
-            self.swaps += self._served is not None and r["served"] != self._served
-            self._served = r["served"]
-        self._refresh(now, in_flight)
+        """Take newly finished records (the driver holds them: a worker that hands its
+        records over, or ops recorded as lost) and refresh the status line: they are
+        counted as a worker counts what it writes itself, in the order they were sent."""
+        for record in sorted(records, key=lambda r: r.get("sent") or 0.0):
+            self._own.add(record)
+        self.tally(self._own.take(), in_flight)
 
     def tally(self, tally: dict[str, Any], in_flight: int) -> None:
         """Take a worker's tally of the records it finished and wrote itself (counts and a
