@@ -221,3 +221,9 @@ def test_the_live_counts_are_the_same_from_records_held_and_from_a_workers_tally
         assert progress.swaps == 9 + 4  # nine flagged, four changes a0 -> a1 -> ... -> a4
         assert len(progress._recent) == SAMPLE
         assert sum(w for *_, w in progress._recent) == pytest.approx(450)
+    # Two workers' samples: one stands for 1,000 fast ops, the other for 10 slow ones. The
+    # live p95 is a fast op's time; unweighted, the slow tenth would set it.
+    from workloads.load.progress import _p95
+
+    fast, slow = [(0.01, 1000 / 180)] * 180, [(1.0, 1.0)] * 10
+    assert _p95(fast + slow) == 0.01

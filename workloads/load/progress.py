@@ -8,6 +8,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
+
 from cluster.connect import Cluster
 from datamodel.quantiles import quantile_sorted
 from workloads.load.shards import Tally
@@ -102,9 +104,9 @@ class Progress:
         window = min(WINDOW_S, max(elapsed, 1e-9))
         p95 = []
         for op in sorted({op for _, op, _, _, _ in self._recent}):
-            values = sorted(d for _, o, d, ok, _ in self._recent if o == op and ok)
-            if values:
-                p95.append(f"{op} {quantile_sorted(values, 0.95) * 1000:.0f}ms")
+            kept = [(d, w) for _, o, d, ok, w in self._recent if o == op and ok]
+            if kept:
+                p95.append(f"{op} {_p95(kept) * 1000:.0f}ms")
         done = sum(weight for *_, weight in self._recent)
         line = (
             f"[{self._stage.name}] {elapsed:5.1f}/{self._stage.duration_s:.0f} s | "
@@ -170,3 +172,13 @@ def _goodput_text(table: dict[str, Any] | None) -> str:
         return ""
     kept = ", ".join(table.get("slos") or []) or "any time (no latency SLO)"
     return f", goodput {table['ops_s']:.2f} ops/s within {kept}"
+
+
+def _p95(kept: list[tuple[float, float]]) -> float:
+    """The p95 of (duration, how many records it stands for): samples of workers that
+    finished different numbers of records weigh by those numbers."""
+    values = [d for d, _ in kept]
+    weights = [w for _, w in kept]
+    if min(weights) == max(weights):
+        return quantile_sorted(sorted(values), 0.95)
+    return float(np.quantile(values, 0.95, weights=weights, method="inverted_cdf"))
