@@ -126,6 +126,7 @@ def test_each_nodes_clock_offset_is_taken_out_of_the_times_a_worker_records(two_
     worker = GeneratorWorker.options(scheduling_strategy=on(gen_node)).remote(
         0, [replica], {"p": 0}, offsets=offsets
     )
+    ray.get([replica.__ray_ready__.remote(), worker.__ray_ready__.remote()])
     origin = time.time() + 0.3  # the driver's clock
     arrivals = [(0.05 * i, "analyze", "p") for i in range(10)]
     ray.get(worker.run_open.remote("s", arrivals=arrivals, seed=0, origin=origin))

@@ -72,8 +72,9 @@ def test_a_worker_lost_in_an_open_loop_stage_leaves_every_id_and_its_outage_as_l
         env={"LOADLENS_DRAIN_TIMEOUT_S": "3"},
     )
     wait_for(records_written(results, 10), proc)
+    silenced = min(_actors(proc, "GeneratorWorker", 2, known=set()))
     stopped_at = time.time()
-    os.kill(min(_actors(proc, "GeneratorWorker", 2, known=set())), signal.SIGSTOP)
+    os.kill(silenced, signal.SIGSTOP)
     _, err = finish(proc, timeout=180)  # it is found silent, lost, killed and replaced
     assert proc.returncode == 0, err[-3000:]
     run = only_run(results)

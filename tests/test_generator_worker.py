@@ -55,6 +55,7 @@ def _closed(worker, users: int, think_s: float, seconds: float, think: str) -> l
 
 def test_closed_loop_users_start_apart_and_think_exponentially(replica):
     worker = GeneratorWorker.remote(0, [replica], {"p": 0})
+    ray.get(worker.__ray_ready__.remote())  # started: a stage's origin is not past on arrival
     first = _closed(worker, users=16, think_s=0.5, seconds=0.8, think="exponential")
     starts = [r["sent"] for r in first][:16]  # in lockstep all 16 would go within ms
     assert len(starts) == 16 and max(starts) - min(starts) > 0.1
@@ -63,7 +64,8 @@ def test_closed_loop_users_start_apart_and_think_exponentially(replica):
     assert statistics.stdev(gaps) / statistics.mean(gaps) > 0.5  # exponential: about 1
     steady = _closed(worker, users=1, think_s=0.03, seconds=3.0, think="constant")
     gaps = [b["sent"] - a["sent"] for a, b in itertools.pairwise(steady)]
-    assert statistics.stdev(gaps) / statistics.mean(gaps) < 0.3
+    low, median, high = statistics.quantiles(gaps, n=4)  # one pause of the machine weighs little
+    assert (high - low) / median < 0.3  # exponential: about 1.6
     ray.kill(worker)
 
 
@@ -160,7 +162,9 @@ def test_a_worker_writes_its_own_shards_and_the_driver_gets_counts(replica, tmp_
     fleet = Fleet([replica], {"p": 0}, "own-shards", results=tmp_path)
     (k,) = fleet.start(1)
     _open(fleet.workers[k], 200, 0.5)
-    time.sleep(1.6)  # no drain yet: the worker's own flush put them on disk
+    deadline = time.monotonic() + 15  # no drain yet: the worker's own flush puts them on disk
+    while len(read_run_records(tmp_path, [])) < 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
     shards = sorted((tmp_path / "records").glob(f"g{k}-*.parquet"))
     assert shards and len(read_run_records(tmp_path, [])) == 200
     progress = Progress(quiet=True)

@@ -311,12 +311,12 @@ def test_capacity_on_the_users_axis_finds_the_users_a_latency_slo_allows(
     ray_session, tmp_path, cache_dir, tiny_trees
 ):
     """Closed loop on the known-capacity service: u users wait u x 0.1 s for each op, so
-    95% of ops within 0.45 s holds 4 users and not 5."""
+    95% of ops within 0.48 s holds 4 users and not 5 (overheads only add to 5's 0.5 s)."""
     from profiling.verdict.capacity import parse_slo
     from workloads.runs.capacity import CapacitySpec, execute_capacity
 
     spec = capacity_spec(tmp_path, cache_dir, tiny_trees)
-    slo = parse_slo("analyze:p95<=0.45", ("analyze",))
+    slo = parse_slo("analyze:p95<=0.48", ("analyze",))
     outcome = execute_capacity(spec, CapacitySpec("users", (slo,), level_s=4.0))
     assert outcome.status == "completed"
     found = json.loads((outcome.run_dir / "capacity.json").read_text())
@@ -324,8 +324,8 @@ def test_capacity_on_the_users_axis_finds_the_users_a_latency_slo_allows(
     assert found["axis"] == "users" and answer["unit"] == "users"
     assert 4.0 <= answer["value"] < 5.0 and answer["low"] <= 4.0 and answer["high"] <= 6.0, answer
     by_users = {r["value"]: r for r in found["levels"] if r["kind"] == "level"}
-    assert by_users[4.0]["p95_s"] < 0.45 < by_users[5.0]["p95_s"], sorted(by_users)
-    assert answer["limiting_slo"] == "analyze:p95<=0.45"
+    assert by_users[4.0]["p95_s"] < 0.48 < by_users[5.0]["p95_s"], sorted(by_users)
+    assert answer["limiting_slo"] == "analyze:p95<=0.48"
 
 
 def test_capacity_on_the_projects_axis_finds_how_many_projects_a_rate_each_holds(
