@@ -201,6 +201,34 @@ def test_a_worker_that_cannot_see_the_results_folder_spools_and_is_collected(rep
     fleet.close()
 
 
+def test_records_gone_with_a_spool_are_counted_in_the_outage_by_id(replica, tmp_path):
+    """A node that dies takes its spool: the worker's records written there since the last
+    collection are gone, and the outage names how many and which ids, not a silent gap."""
+    from datamodel.runfolder import RecordWriter, read_run_records
+    from workloads.load.fleet import Fleet
+    from workloads.load.progress import Progress
+    from workloads.load.shards import spool_dir
+
+    writer = RecordWriter(tmp_path)
+    fleet = Fleet([replica], {"p": 0}, "spool-gone", results=tmp_path)
+    for marker in (tmp_path / "records").glob(".fleet-*"):
+        marker.unlink()
+    (k,) = fleet.start(1)
+    _open(fleet.workers[k], 60, 0.3)
+    fleet.settle(writer, Progress(quiet=True))  # the first 60 collected into the folder
+    _open(fleet.workers[k], 40, 0.3)
+    fleet.drain(writer, Progress(quiet=True))  # 40 more, written to the spool only
+    shutil.rmtree(spool_dir("spool-gone"))  # as when the node goes down with it
+    gone = fleet.lose(k, RuntimeError("node died"), writer, Progress(quiet=True))
+    (outage,) = fleet.outages
+    assert gone.unknown == [] and outage["in_flight_lost"] == 0
+    assert outage["written_then_lost"] == 40
+    assert outage["written_then_lost_ids"] == [f"{k}-60..{k}-99"]
+    on_disk = {r["id"] for r in read_run_records(tmp_path, []).frame.table.to_pylist()}
+    assert on_disk == {f"{k}-{i}" for i in range(60)}
+    fleet.close()
+
+
 def test_the_live_counts_are_the_same_from_records_held_and_from_a_workers_tally():
     """The driver's records (handed over, or lost) and a worker's own tally count alike:
     done, errors, swaps (flags, and changes of an HTTP server's adapter in the order sent),

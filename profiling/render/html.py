@@ -188,6 +188,11 @@ def _header(run: RunData, analysis: dict[str, Any] | None) -> Section:
                 if o.get("sent_after_last_drain")
                 else ""
             )
+            + (
+                f", {o['written_then_lost']} written records gone with its node's spool"
+                if o.get("written_then_lost")
+                else ""
+            )
             + (f"; generator {o['replaced_by']} carried on" if "replaced_by" in o else "")
             for o in outages
         )

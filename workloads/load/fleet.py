@@ -338,11 +338,20 @@ class Fleet:
         if self.results is not None:
             self.written[k] = len(on_disk)
         error = f"GeneratorLost: generator {k} died before recording it ({type(why).__name__})"
+        pending = self.pending.pop(k, [])
         lost = [
             {**r, "ok": False, "error": error, "duration": max(now - r["planned"], 0.0)}
-            for r in self.pending.pop(k, [])
+            for r in pending
             if r["id"] not in on_disk
         ]
+        # Finished and written by the worker before its last drain, yet not on disk now: a
+        # spool that went with its node. Their ids are known, their records are not.
+        held = {r["id"] for r in pending}
+        vanished = (
+            [i for i in range(known) if f"{k}-{i}" not in on_disk and f"{k}-{i}" not in held]
+            if self.results is not None
+            else []
+        )
         writer.write(lost)
         progress.add(lost, 0)
         ledger = self._ledger(k)
@@ -355,6 +364,11 @@ class Fleet:
             f"generator {k} was lost ({type(why).__name__}): {len(lost)} operation(s) in "
             f"flight recorded as errors, {unknown} sent after its last drain with no record"
             + ("" if gone.issued is not None else " (its ledger was unreadable: count unknown)")
+            + (
+                f"; {len(vanished)} record(s) it had written are gone with its spool"
+                if vanished
+                else ""
+            )
         )
         self.outages.append(
             {
@@ -366,6 +380,8 @@ class Fleet:
                 "issued_before": self.issued.get(k, 0),
                 "sent_after_last_drain": unknown if gone.issued is not None else None,
                 "written_after_last_drain": len(gone.on_disk),
+                "written_then_lost": len(vanished),
+                "written_then_lost_ids": _ranges(k, vanished),
                 "unknown_ids": (
                     f"{k}-{gone.unknown[0]}..{k}-{gone.unknown[-1]}" if unknown else ""
                 ),
@@ -426,3 +442,14 @@ class Fleet:
     def in_flight(self) -> list[dict[str, Any]]:
         """The operations in flight at the last drain (each with its ``planned`` time)."""
         return [r for rows in self.pending.values() for r in rows]
+
+
+def _ranges(worker: int, seqs: list[int]) -> list[str]:
+    """Sorted sequence numbers of one worker as id ranges: ``["3-0..3-9", "3-12"]``."""
+    spans: list[list[int]] = []
+    for seq in seqs:
+        if spans and seq == spans[-1][1] + 1:
+            spans[-1][1] = seq
+        else:
+            spans.append([seq, seq])
+    return [f"{worker}-{a}" if a == b else f"{worker}-{a}..{worker}-{b}" for a, b in spans]
