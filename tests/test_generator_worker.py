@@ -222,8 +222,8 @@ def test_records_gone_with_a_spool_are_counted_in_the_outage_by_id(replica, tmp_
     gone = fleet.lose(k, RuntimeError("node died"), writer, Progress(quiet=True))
     (outage,) = fleet.outages
     assert gone.unknown == [] and outage["in_flight_lost"] == 0
-    assert outage["written_then_lost"] == 40
-    assert outage["written_then_lost_ids"] == [f"{k}-60..{k}-99"]
+    assert outage["spooled_not_collected"] == 40
+    assert outage["spooled_not_collected_ids"] == [f"{k}-60..{k}-99"]
     on_disk = {r["id"] for r in read_run_records(tmp_path, []).frame.table.to_pylist()}
     assert on_disk == {f"{k}-{i}" for i in range(60)}
     fleet.close()

@@ -189,8 +189,8 @@ def _header(run: RunData, analysis: dict[str, Any] | None) -> Section:
                 else ""
             )
             + (
-                f", {o['written_then_lost']} written records gone with its node's spool"
-                if o.get("written_then_lost")
+                f", {o['spooled_not_collected']} written to its node's spool, not collected"
+                if o.get("spooled_not_collected")
                 else ""
             )
             + (f"; generator {o['replaced_by']} carried on" if "replaced_by" in o else "")

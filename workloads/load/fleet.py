@@ -344,8 +344,8 @@ class Fleet:
             for r in pending
             if r["id"] not in on_disk
         ]
-        # Finished and written by the worker before its last drain, yet not on disk now: a
-        # spool that went with its node. Their ids are known, their records are not.
+        # Finished and written by the worker before its last drain, yet not on disk now: its
+        # spool could not be collected (its node went down with it). Ids known, records not.
         held = {r["id"] for r in pending}
         vanished = (
             [i for i in range(known) if f"{k}-{i}" not in on_disk and f"{k}-{i}" not in held]
@@ -365,7 +365,7 @@ class Fleet:
             f"flight recorded as errors, {unknown} sent after its last drain with no record"
             + ("" if gone.issued is not None else " (its ledger was unreadable: count unknown)")
             + (
-                f"; {len(vanished)} record(s) it had written are gone with its spool"
+                f"; {len(vanished)} record(s) it wrote to its node's spool were not collected"
                 if vanished
                 else ""
             )
@@ -380,8 +380,8 @@ class Fleet:
                 "issued_before": self.issued.get(k, 0),
                 "sent_after_last_drain": unknown if gone.issued is not None else None,
                 "written_after_last_drain": len(gone.on_disk),
-                "written_then_lost": len(vanished),
-                "written_then_lost_ids": _ranges(k, vanished),
+                "spooled_not_collected": len(vanished),
+                "spooled_not_collected_ids": _ranges(k, vanished),
                 "unknown_ids": (
                     f"{k}-{gone.unknown[0]}..{k}-{gone.unknown[-1]}" if unknown else ""
                 ),
