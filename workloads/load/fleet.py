@@ -382,9 +382,7 @@ class Fleet:
                 "written_after_last_drain": len(gone.on_disk),
                 "spooled_not_collected": len(vanished),
                 "spooled_not_collected_ids": _ranges(k, vanished),
-                "unknown_ids": (
-                    f"{k}-{gone.unknown[0]}..{k}-{gone.unknown[-1]}" if unknown else ""
-                ),
+                "unknown_ids": _ranges(k, gone.unknown),
             }
         )
         return gone
@@ -444,12 +442,13 @@ class Fleet:
         return [r for rows in self.pending.values() for r in rows]
 
 
-def _ranges(worker: int, seqs: list[int]) -> list[str]:
-    """Sorted sequence numbers of one worker as id ranges: ``["3-0..3-9", "3-12"]``."""
+def _ranges(worker: int, seqs: list[int]) -> str:
+    """Sorted sequence numbers of one worker as id ranges: ``"3-0..3-9, 3-12"`` (ids
+    written after a worker's last drain leave holes in what it sent after it)."""
     spans: list[list[int]] = []
     for seq in seqs:
         if spans and seq == spans[-1][1] + 1:
             spans[-1][1] = seq
         else:
             spans.append([seq, seq])
-    return [f"{worker}-{a}" if a == b else f"{worker}-{a}..{worker}-{b}" for a, b in spans]
+    return ", ".join(f"{worker}-{a}" if a == b else f"{worker}-{a}..{worker}-{b}" for a, b in spans)
