@@ -201,6 +201,36 @@ def test_a_worker_that_cannot_see_the_results_folder_spools_and_is_collected(rep
     fleet.close()
 
 
+def test_spools_are_collected_while_a_stage_goes_not_only_at_its_end(replica, tmp_path):
+    """Between stage ends the driver gathers the spools every ``spool_every_s`` without
+    waiting, so a node that dies takes at most that much; nothing is placed twice."""
+    from datamodel.runfolder import RecordWriter, read_run_records
+    from workloads.load.fleet import Fleet
+    from workloads.load.progress import Progress
+    from workloads.load.shards import spool_dir
+
+    writer = RecordWriter(tmp_path)
+    fleet = Fleet([replica], {"p": 0}, "spool-often", results=tmp_path, spool_every_s=0.5)
+    for marker in (tmp_path / "records").glob(".fleet-*"):
+        marker.unlink()
+    (k,) = fleet.start(1)
+    arrivals = [(4.0 * i / 80, "analyze", "p") for i in range(80)]
+    stage = fleet.workers[k].run_open.remote(
+        "s", arrivals=arrivals, seed=0, origin=time.time() + 0.1
+    )
+    placed_during = 0
+    while not ray.wait([stage], timeout=0)[0]:
+        fleet.drain(writer, Progress(quiet=True), wait=0.2)
+        placed_during = len(list((tmp_path / "records").glob(f"g{k}-*.parquet")))
+        time.sleep(0.1)
+    assert placed_during > 0  # in the folder before the stage's end
+    fleet.settle(writer, Progress(quiet=True))
+    assert not list((spool_dir("spool-often") / "records").glob("*.parquet"))
+    ids = [r["id"] for r in read_run_records(tmp_path, []).frame.table.to_pylist()]
+    assert sorted(ids) == sorted(f"{k}-{i}" for i in range(80))  # each once
+    fleet.close()
+
+
 def test_records_gone_with_a_spool_are_counted_in_the_outage_by_id(replica, tmp_path):
     """A node that dies takes its spool: the worker's records written there since the last
     collection are gone, and the outage names how many and which ids, not a silent gap."""

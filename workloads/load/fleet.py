@@ -38,7 +38,7 @@ from datamodel.runfolder import SHARDS, RecordWriter, shard_ids, unwritable
 from workloads.load.generator import MAX_IN_FLIGHT, GeneratorWorker
 from workloads.load.ledger import ledger_dir, read_ledger, remove_ledgers
 from workloads.load.progress import Progress
-from workloads.load.shards import collect_spool, marker_name
+from workloads.load.shards import collect_spool, fetch_spool, marker_name, place_spool
 
 DRAIN_TIMEOUT_S = 30.0
 """Longest a worker may leave drains unanswered before it counts as lost (the environment's
@@ -128,11 +128,18 @@ class Fleet:
     ``None``: they hand them over in drains, and the driver writes them."""
     spools: dict[int, str] = field(default_factory=dict)
     """Worker number -> its spool, for a worker on a node that does not see the results
-    folder: the driver collects its shards at every stage's end."""
+    folder: the driver collects its shards at every stage's end, and while a stage goes
+    every :attr:`spool_every_s` without waiting for it."""
+    spool_every_s: float = 10.0
+    """Seconds between two collections of the spools inside a stage: what a node that dies
+    can take with its spool."""
     written: dict[int, int] = field(default_factory=dict)
     """Worker number -> records it has written itself, as of its last drain."""
     _token: str = field(default_factory=lambda: os.urandom(8).hex())
     _info: dict[int, Any] = field(default_factory=dict)
+    _gathering: dict[tuple[str, str], Any] = field(default_factory=dict)
+    """(node, spool) -> its shards asked for, not yet placed."""
+    _gathered_at: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
         if self.results is not None:
@@ -289,7 +296,36 @@ class Fleet:
             self.dropped[k] = batch["dropped"]
             self.pending[k] = batch["pending"]
             moved.extend(fresh)
+        self._gather()
         return moved, lost
+
+    def _gather(self) -> None:
+        """Inside a stage, collect the spools every :attr:`spool_every_s`, never waiting:
+        ask each node for its spool's shards, and place them at a later drain once they
+        are here. A node that does not answer is left to the stage's end, which says so."""
+        if self.results is None:
+            return
+        if self._gathering:
+            refs = list(self._gathering.values())
+            ready = set(ray.wait(refs, num_returns=len(refs), timeout=0)[0])
+            for (node, spool), ref in list(self._gathering.items()):
+                if ref not in ready:
+                    continue
+                del self._gathering[(node, spool)]
+                try:
+                    files = ray.get(ref)
+                except Exception:  # the node is gone; the stage's end tries again
+                    continue
+                place_spool(node, spool, files, self.results)
+            return
+        if time.monotonic() - self._gathered_at < self.spool_every_s:
+            return
+        self._gathered_at = time.monotonic()
+        self._learn(wait=0)
+        for k, place in sorted(self.spools.items()):
+            where = self.nodes.get(k)
+            if where is not None and k in self.workers and (where, place) not in self._gathering:
+                self._gathering[(where, place)] = fetch_spool(where, place)
 
     def settle(self, writer: RecordWriter, progress: Progress) -> tuple[list[Any], list[Lost]]:
         """Drain until every live worker has answered a drain asked after this call began
@@ -307,6 +343,7 @@ class Fleet:
         collection per node. A node that does not answer keeps them, and the run says so."""
         if self.results is None:
             return
+        self._gathering.clear()  # what they bring is collected here, now
         self._learn()
         done: set[tuple[str, str]] = set()
         for k, spool in sorted(self.spools.items()):

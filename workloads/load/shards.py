@@ -6,7 +6,8 @@ shards named ``g<worker>-<n>.parquet`` under ``records/``, at least every
 the live display (:class:`Tally`), never the records. A worker on a node that does not
 see the results folder (no shared file system: the folder's marker file is not there)
 writes to a spool on its own node instead, and the driver collects the spool's shards
-as files at the end of every stage (:func:`collect_spool`).
+as files at the end of every stage (:func:`collect_spool`), and every 10 s while a stage
+goes without waiting for them (:func:`fetch_spool`, :func:`place_spool`).
 """
 
 from __future__ import annotations
@@ -134,14 +135,33 @@ def _spool_remove(folder: str, names: list[str]) -> None:
         (Path(folder) / SHARDS / name).unlink(missing_ok=True)
 
 
+def _there(node: str) -> Any:
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(node, soft=False)
+
+
+def fetch_spool(node: str, folder: str) -> Any:
+    """Ask ``node`` for the finished shards of its spool ``folder``: a reference to
+    ``[(name, bytes)]`` for :func:`place_spool`."""
+    return _spool_files.options(scheduling_strategy=_there(node)).remote(folder)
+
+
 def collect_spool(node: str, folder: str, results: Path, *, timeout: float) -> int:
     """Move the shards of the spool ``folder`` on ``node`` into ``results/records/``, each
     written whole and renamed into place before it is removed there; how many files.
     Raises what Ray raises when the node does not answer."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    files = ray.get(fetch_spool(node, folder), timeout=timeout)
+    removed = place_spool(node, folder, files, results)
+    if removed is not None:
+        ray.get(removed, timeout=timeout)
+    return len(files)
 
-    there = NodeAffinitySchedulingStrategy(node, soft=False)
-    files = ray.get(_spool_files.options(scheduling_strategy=there).remote(folder), timeout=timeout)
+
+def place_spool(node: str, folder: str, files: list[tuple[str, bytes]], results: Path) -> Any:
+    """Write fetched spool shards into ``results/records/`` (each whole, then renamed in;
+    a shard placed twice is the same file), then have ``node`` remove them from its spool:
+    the removal's reference, or ``None`` when there were none."""
     target = results / SHARDS
     target.mkdir(parents=True, exist_ok=True)
     for name, data in files:
@@ -152,10 +172,7 @@ def collect_spool(node: str, folder: str, results: Path, *, timeout: float) -> i
         except OSError as exc:  # a full disk: the shard stays in the spool
             tmp.unlink(missing_ok=True)
             raise unwritable(target, exc) from None
-    if files:
-        names = [name for name, _ in files]
-        ray.get(
-            _spool_remove.options(scheduling_strategy=there).remote(folder, names),
-            timeout=timeout,
-        )
-    return len(files)
+    if not files:
+        return None
+    names = [name for name, _ in files]
+    return _spool_remove.options(scheduling_strategy=_there(node)).remote(folder, names)
