@@ -185,20 +185,22 @@ def test_a_worker_that_cannot_see_the_results_folder_spools_and_is_collected(rep
     from workloads.load.progress import Progress
     from workloads.load.shards import spool_dir
 
+    run = f"spool-{time.time_ns()}"  # a run's own spool: nothing left by another
     writer = RecordWriter(tmp_path)
-    fleet = Fleet([replica], {"p": 0}, "spooled", results=tmp_path)
+    fleet = Fleet([replica], {"p": 0}, run, results=tmp_path)
     for marker in (tmp_path / "records").glob(".fleet-*"):
         marker.unlink()  # as on a node without the driver's file system
     (k,) = fleet.start(1)
     _open(fleet.workers[k], 100, 0.3)
     fleet.drain(writer, Progress(quiet=True))
-    spool = spool_dir("spooled") / "records"
+    spool = spool_dir(run) / "records"
     assert list(spool.glob(f"g{k}-*.parquet")) and not list((tmp_path / "records").glob("g*"))
     fleet.settle(writer, Progress(quiet=True))  # a stage's end collects them
-    assert fleet.spools == {k: str(spool_dir("spooled"))}
+    assert fleet.spools == {k: str(spool_dir(run))}
     assert not list(spool.glob("*.parquet"))
     assert len(read_run_records(tmp_path, [])) == 100 == writer.count
     fleet.close()
+    shutil.rmtree(spool_dir(run))
 
 
 def test_spools_are_collected_while_a_stage_goes_not_only_at_its_end(replica, tmp_path):
@@ -209,8 +211,9 @@ def test_spools_are_collected_while_a_stage_goes_not_only_at_its_end(replica, tm
     from workloads.load.progress import Progress
     from workloads.load.shards import spool_dir
 
+    run = f"spool-{time.time_ns()}"  # a run's own spool: nothing left by another
     writer = RecordWriter(tmp_path)
-    fleet = Fleet([replica], {"p": 0}, "spool-often", results=tmp_path, spool_every_s=0.5)
+    fleet = Fleet([replica], {"p": 0}, run, results=tmp_path, spool_every_s=0.5)
     for marker in (tmp_path / "records").glob(".fleet-*"):
         marker.unlink()
     (k,) = fleet.start(1)
@@ -225,22 +228,25 @@ def test_spools_are_collected_while_a_stage_goes_not_only_at_its_end(replica, tm
         time.sleep(0.1)
     assert placed_during > 0  # in the folder before the stage's end
     fleet.settle(writer, Progress(quiet=True))
-    assert not list((spool_dir("spool-often") / "records").glob("*.parquet"))
+    assert not list((spool_dir(run) / "records").glob("*.parquet"))
     ids = [r["id"] for r in read_run_records(tmp_path, []).frame.table.to_pylist()]
     assert sorted(ids) == sorted(f"{k}-{i}" for i in range(80))  # each once
     fleet.close()
+    shutil.rmtree(spool_dir(run))
 
 
 def test_records_gone_with_a_spool_are_counted_in_the_outage_by_id(replica, tmp_path):
     """A node that dies takes its spool: the worker's records written there since the last
-    collection are gone, and the outage names how many and which ids, not a silent gap."""
+    collection are gone, and the outage names how many and which ids, not a silent gap. A
+    node that was only away gives them back at a later collection, and the count follows."""
     from datamodel.runfolder import RecordWriter, read_run_records
     from workloads.load.fleet import Fleet
     from workloads.load.progress import Progress
     from workloads.load.shards import spool_dir
 
+    run = f"spool-{time.time_ns()}"  # a run's own spool: nothing left by another
     writer = RecordWriter(tmp_path)
-    fleet = Fleet([replica], {"p": 0}, "spool-gone", results=tmp_path)
+    fleet = Fleet([replica], {"p": 0}, run, results=tmp_path)
     for marker in (tmp_path / "records").glob(".fleet-*"):
         marker.unlink()
     (k,) = fleet.start(1)
@@ -248,7 +254,8 @@ def test_records_gone_with_a_spool_are_counted_in_the_outage_by_id(replica, tmp_
     fleet.settle(writer, Progress(quiet=True))  # the first 60 collected into the folder
     _open(fleet.workers[k], 40, 0.3)
     fleet.drain(writer, Progress(quiet=True))  # 40 more, written to the spool only
-    shutil.rmtree(spool_dir("spool-gone"))  # as when the node goes down with it
+    away = tmp_path / "away"
+    spool_dir(run).rename(away)  # as when the node goes down with it
     gone = fleet.lose(k, RuntimeError("node died"), writer, Progress(quiet=True))
     (outage,) = fleet.outages
     assert gone.unknown == [] and outage["in_flight_lost"] == 0
@@ -259,7 +266,14 @@ def test_records_gone_with_a_spool_are_counted_in_the_outage_by_id(replica, tmp_
     assert _ranges(3, [0, 1, 2, 5, 7, 8]) == "3-0..3-2, 3-5, 3-7..3-8" and _ranges(3, []) == ""
     on_disk = {r["id"] for r in read_run_records(tmp_path, []).frame.table.to_pylist()}
     assert on_disk == {f"{k}-{i}" for i in range(60)}
+    assert fleet.facts()["outages"][0]["spooled_not_collected"] == 40  # still away
+    away.rename(spool_dir(run))  # it was only away: a later collection finds it
+    fleet.collect(Progress(quiet=True))
+    (outage,) = fleet.facts()["outages"]
+    assert outage["spooled_not_collected"] == 0 and outage["spooled_not_collected_ids"] == ""
+    assert len(read_run_records(tmp_path, [])) == 100
     fleet.close()
+    shutil.rmtree(spool_dir(run))
 
 
 def test_the_live_counts_are_the_same_from_records_held_and_from_a_workers_tally():

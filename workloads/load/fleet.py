@@ -140,6 +140,8 @@ class Fleet:
     _gathering: dict[tuple[str, str], Any] = field(default_factory=dict)
     """(node, spool) -> its shards asked for, not yet placed."""
     _gathered_at: float = field(default_factory=time.monotonic)
+    _uncollected: dict[int, list[int]] = field(default_factory=dict)
+    """Lost worker -> its sequence numbers spooled and not collected at its loss."""
 
     def __post_init__(self) -> None:
         if self.results is not None:
@@ -186,7 +188,9 @@ class Fleet:
 
     def facts(self) -> dict[str, Any]:
         """What ``run.json`` says of the generators: issued and dropped per worker, the cap,
-        the outages and where the workers went."""
+        the outages and where the workers went. A lost worker's records not collected at
+        its loss are counted again here: a later collection may have brought them."""
+        self._recount()
         return {
             "issued_by_worker": self.issued,
             "dropped_by_worker": self.dropped,
@@ -201,6 +205,21 @@ class Fleet:
             "outages": self.outages,
             "placement": self.placed(),
         }
+
+    def _recount(self) -> None:
+        """Count again what each outage says was spooled and not collected."""
+        if self.results is None:
+            return
+        for outage in self.outages:
+            k = outage["worker"]
+            seqs = self._uncollected.get(k)
+            if not seqs:
+                continue
+            on_disk = shard_ids(self.results, f"g{k}")
+            seqs = [seq for seq in seqs if f"{k}-{seq}" not in on_disk]
+            self._uncollected[k] = seqs
+            outage["spooled_not_collected"] = len(seqs)
+            outage["spooled_not_collected_ids"] = _ranges(k, seqs)
 
     def placed(self) -> dict[str, Any]:
         """Where the workers went (for ``run.json``): each worker's node, and the rule."""
@@ -389,6 +408,7 @@ class Fleet:
             if self.results is not None
             else []
         )
+        self._uncollected[k] = vanished
         writer.write(lost)
         progress.add(lost, 0)
         ledger = self._ledger(k)
