@@ -321,7 +321,8 @@ class Fleet:
     def _gather(self) -> None:
         """Inside a stage, collect the spools every :attr:`spool_every_s`, never waiting:
         ask each node for its spool's shards, and place them at a later drain once they
-        are here. A node that does not answer is left to the stage's end, which says so."""
+        are here. A node that does not answer is left to the stage's end, which says so;
+        the others are asked again meanwhile."""
         if self.results is None:
             return
         if self._gathering:
@@ -336,7 +337,6 @@ class Fleet:
                 except Exception:  # the node is gone; the stage's end tries again
                     continue
                 place_spool(node, spool, files, self.results)
-            return
         if time.monotonic() - self._gathered_at < self.spool_every_s:
             return
         self._gathered_at = time.monotonic()
