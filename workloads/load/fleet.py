@@ -459,8 +459,6 @@ class Fleet:
         node = self.nodes.get(k)
         if found is not None or node is None or node == ray.get_runtime_context().get_node_id():
             return found
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
         there = _read_ledger_there.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)
         ).remote(str(path))

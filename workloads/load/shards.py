@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from datamodel.errors import ResultsUnwritable
 from datamodel.runfolder import SHARDS, RecordWriter, unwritable
@@ -135,16 +136,11 @@ def _spool_remove(folder: str, names: list[str]) -> None:
         (Path(folder) / SHARDS / name).unlink(missing_ok=True)
 
 
-def _there(node: str) -> Any:
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    return NodeAffinitySchedulingStrategy(node, soft=False)
-
-
 def fetch_spool(node: str, folder: str) -> Any:
     """Ask ``node`` for the finished shards of its spool ``folder``: a reference to
     ``[(name, bytes)]`` for :func:`place_spool`."""
-    return _spool_files.options(scheduling_strategy=_there(node)).remote(folder)
+    there = NodeAffinitySchedulingStrategy(node, soft=False)
+    return _spool_files.options(scheduling_strategy=there).remote(folder)
 
 
 def collect_spool(node: str, folder: str, results: Path, *, timeout: float) -> int:
@@ -175,4 +171,5 @@ def place_spool(node: str, folder: str, files: list[tuple[str, bytes]], results:
     if not files:
         return None
     names = [name for name, _ in files]
-    return _spool_remove.options(scheduling_strategy=_there(node)).remote(folder, names)
+    there = NodeAffinitySchedulingStrategy(node, soft=False)
+    return _spool_remove.options(scheduling_strategy=there).remote(folder, names)
