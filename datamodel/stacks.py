@@ -35,6 +35,8 @@ WALL_STATES = ("[cpu]", "[runq]", "[native]", "[wait:threads]", "[wait]")
 :mod:`profiling.capture.wallclock`): what a request's thread was doing."""
 RUNNING = ("[cpu]", "[runq]")
 """States in which a request's own thread ran, or was ready to and waited for a core."""
+NATIVE = "[native]"
+"""The state in which a request's thread waited while native threads computed for it."""
 WAITING = ("[wait:threads]", "[wait]")
 """States in which a request neither ran nor had work done for it."""
 

@@ -342,6 +342,27 @@ def test_hot_code_is_placed_in_the_part_its_stack_runs_in(tmp_path: Path) -> Non
     assert "py-spy" in top.evidence["source"]
 
 
+def test_a_call_into_native_compute_is_not_hot_python_code(tmp_path: Path) -> None:
+    # The builtin model's mx.eval line: the request's thread runs a fifth of the time
+    # (building and scheduling the graph) while MLX's threads compute. A Python loop in
+    # the same function has no native time: only it is hot code.
+    rows = series(40, duration=0.2, wait=0.0, service=0.2, stages={"model": 0.2})
+    markers = {"request": ["ServiceReplica.call"], "model": ["generate_greedy"]}
+    root = "replica-0;ServiceReplica.call (workloads/stack/replica.py:1);Svc.analyze (s.py:2)"
+    eval_line = f"{root};generate_greedy (b.py:3)"
+    wall = {
+        "replica-0": f"{eval_line};[cpu] 1200\n{eval_line};[runq] 400\n"
+        f"{eval_line};[native] 5000\n"
+    }
+    run = write_run(tmp_path / "eval", records=rows, wall=wall, run={"stage_frames": markers})
+    assert "hot_code" not in kinds(analyze(run, []))
+    wall["replica-0"] += f"{root};generate_greedy (b.py:7);[cpu] 1500\n"
+    run = write_run(tmp_path / "loop", records=rows, wall=wall, run={"stage_frames": markers})
+    found = [f for f in analyze(run, []).findings if f.kind == "hot_code"]
+    assert [f.evidence["frame"] for f in found] == ["generate_greedy (b.py)"]
+    assert found[0].evidence["running_s"] == pytest.approx(1.5)  # the loop line's alone
+
+
 def test_waiting_is_placed_in_the_frame_it_waited_in_with_its_queue(tmp_path: Path) -> None:
     # 40 requests of 0.2 s service, each waiting 0.2 s in the queue; the wall profile says
     # 6 of the 8 service seconds were spent waiting in load_rows, outside the process.

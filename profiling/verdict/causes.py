@@ -21,7 +21,7 @@ import numpy as np
 from datamodel.frame import Frame
 from datamodel.records import number
 from datamodel.runfolder import MLX_PROBE, PROFILES, RECORDS, RUN_JSON, RunData
-from datamodel.stacks import RUNNING, strip_frame_line
+from datamodel.stacks import NATIVE, RUNNING, strip_frame_line
 from profiling.verdict.attribution import Attribution, Vector
 from profiling.verdict.findings import Finding, latency_finding, material
 
@@ -342,11 +342,13 @@ def _running_seconds(
     }
     if walls:
         for replica, stacks in walls.items():
-            for text, ms in stacks.items():
-                *stack, state = text.split(";")
-                if state in RUNNING and stack:
-                    add(replica, stack, ms / 1000)
-        return per_frame, "wall-clock samples of request threads running or ready to run"
+            for line, (running, native) in _running_and_native(stacks).items():
+                if running > native:
+                    add(replica, list(line), running / 1000)
+        return per_frame, (
+            "wall-clock samples of request threads running or ready to run, where they did "
+            "not mostly wait on native compute threads"
+        )
     rate = number((run.run.get("spec") or {}).get("pyspy_rate_hz")) or 20.0
     for role, stacks in (run.profiles or {}).items():
         index = _replica_of(role)
@@ -357,6 +359,29 @@ def _running_seconds(
             if not stack[-1].startswith(IDLE_LEAVES):
                 add(index, stack, count / rate)
     return per_frame, f"busy py-spy samples at {rate:g} Hz"
+
+
+def _running_and_native(stacks: Mapping[str, float]) -> dict[tuple[str, ...], list[float]]:
+    """Milliseconds each wall-clock stack (a leaf line) ran or was ready to run, and
+    milliseconds its thread waited while native threads computed for it.
+
+    A line where the thread mostly waits on native compute (``mx.eval`` while MLX's and the
+    BLAS library's pools run the graph) is a call into native code: the thread's own CPU
+    there builds, schedules and collects that work, and belongs to it, not to Python code
+    of its own. A hot Python line has next to no native time; compute the thread does itself
+    (a NumPy call on the request's thread) counts as running too.
+    """
+    out: dict[tuple[str, ...], list[float]] = {}
+    for text, ms in stacks.items():
+        *stack, state = text.split(";")
+        if not stack:
+            continue
+        entry = out.setdefault(tuple(stack), [0.0, 0.0])
+        if state in RUNNING:
+            entry[0] += ms
+        elif state == NATIVE:
+            entry[1] += ms
+    return out
 
 
 def claim_frame(
