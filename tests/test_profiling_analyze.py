@@ -346,13 +346,12 @@ def test_a_call_into_native_compute_is_not_hot_python_code(tmp_path: Path) -> No
     # The builtin model's mx.eval line: the request's thread runs a fifth of the time
     # (building and scheduling the graph) while MLX's threads compute. A Python loop in
     # the same function has no native time: only it is hot code.
-    rows = series(40, duration=0.2, wait=0.0, service=0.2, stages={"model": 0.2})
+    rows = series(40, duration=0.2, wait=0.0, service=0.2, stages={"model": 0.1})
     markers = {"request": ["ServiceReplica.call"], "model": ["generate_greedy"]}
     root = "replica-0;ServiceReplica.call (workloads/stack/replica.py:1);Svc.analyze (s.py:2)"
     eval_line = f"{root};generate_greedy (b.py:3)"
     wall = {
-        "replica-0": f"{eval_line};[cpu] 1200\n{eval_line};[runq] 400\n"
-        f"{eval_line};[native] 5000\n"
+        "replica-0": f"{eval_line};[cpu] 1200\n{eval_line};[runq] 400\n{eval_line};[native] 5000\n"
     }
     run = write_run(tmp_path / "eval", records=rows, wall=wall, run={"stage_frames": markers})
     assert "hot_code" not in kinds(analyze(run, []))
@@ -361,6 +360,17 @@ def test_a_call_into_native_compute_is_not_hot_python_code(tmp_path: Path) -> No
     found = [f for f in analyze(run, []).findings if f.kind == "hot_code"]
     assert [f.evidence["frame"] for f in found] == ["generate_greedy (b.py)"]
     assert found[0].evidence["running_s"] == pytest.approx(1.5)  # the loop line's alone
+    assert found[0].evidence["native_s"] == 0 and "in Python" in found[0].suggestion
+    # The same call outside every named part (user code computing on each request beside
+    # its work) is a hot spot of that code, with the native threads' time it waits on.
+    other = {"replica-0": wall["replica-0"].replace("generate_greedy (b.py:3)", "rerank (u.py:4)")}
+    run = write_run(tmp_path / "other", records=rows, wall=other, run={"stage_frames": markers})
+    found = [f for f in analyze(run, []).findings if f.kind == "hot_code"]
+    native = next(f for f in found if f.evidence["frame"] == "rerank (u.py)")
+    assert native.evidence["component"] == "other"
+    assert native.evidence["running_s"] == pytest.approx(6.6)
+    assert native.evidence["native_s"] == pytest.approx(5.0)
+    assert "in native code" in native.suggestion
 
 
 def test_waiting_is_placed_in_the_frame_it_waited_in_with_its_queue(tmp_path: Path) -> None:

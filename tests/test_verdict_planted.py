@@ -178,6 +178,23 @@ def test_planted_hot_loop_ranks_first(ray_session, tmp_path, cache_dir, tiny_tre
     )
 
 
+def test_planted_native_hot_spot_ranks_first(ray_session, tmp_path, cache_dir, tiny_trees):
+    """Native compute in the user's code (MLX threads run it; the request's thread waits in
+    ``mx.eval``) is a hot spot of that code, not the model's work."""
+    analysis = planted_run(
+        tmp_path,
+        cache_dir,
+        projects=tiny(tiny_trees),
+        stack="tests.planted:NativeHotSpotService",
+        stage_text=stage(name="s", duration_s=10, mode="closed", users=2, mix={"analyze": 1.0}),
+    )
+    top = assert_top(analysis, "hot_code")
+    evidence = top["evidence"]
+    assert evidence["frame"].startswith("rerank (") and "planted.py" in evidence["frame"]
+    assert evidence["component"] == "other" and evidence["native_s"] > evidence["running_s"] / 2
+    assert "native code" in top["suggestion"]
+
+
 def test_planted_leak_ranks_first(ray_session, tmp_path, cache_dir, tiny_trees):
     analysis = planted_run(
         tmp_path,

@@ -320,20 +320,30 @@ def _replica_of(role: str) -> int | None:
 
 def _running_seconds(
     run: RunData, markers: Mapping[str, Iterable[str]]
-) -> tuple[dict[tuple[str, str], dict[int, float]], str]:
-    """Seconds each (budget part, leaf frame) ran on a CPU, per replica, and their source.
+) -> tuple[dict[tuple[str, str], dict[int, float]], dict[tuple[str, str], float], str]:
+    """Seconds each (budget part, leaf frame) ran on a CPU, per replica; of them, the
+    seconds in calls into native compute; and their source.
 
     The replicas' wall-clock profiles are used where the run has them: their seconds are
     measured tick lengths, so a sampler that falls behind on a busy machine undercounts
-    nothing. Otherwise busy py-spy samples over py-spy's nominal rate.
+    nothing. A line that is a call into native compute (:func:`_running_and_native`) is
+    the work of a named part where it is in one (the model's ``mx.eval`` is the model's
+    compute); in code outside every named part it is a hot spot of that code, and holds
+    its native threads' time too. Without wall-clock profiles: busy py-spy samples over
+    py-spy's nominal rate.
     """
     per_frame: dict[tuple[str, str], dict[int, float]] = {}
+    native_of: dict[tuple[str, str], float] = {}
 
-    def add(replica: int, stack: list[str], seconds: float) -> None:
+    def add(replica: int, stack: list[str], seconds: float, native: float = 0.0) -> None:
         component = component_of(stack, markers)
-        if component is not None:
-            entry = per_frame.setdefault((component, strip_frame_line(stack[-1])), {})
-            entry[replica] = entry.get(replica, 0.0) + seconds
+        if component is None or (native and component != "other"):
+            return
+        key = (component, strip_frame_line(stack[-1]))
+        entry = per_frame.setdefault(key, {})
+        entry[replica] = entry.get(replica, 0.0) + seconds + native
+        if native:
+            native_of[key] = native_of.get(key, 0.0) + native
 
     walls = {
         k: stacks
@@ -345,9 +355,15 @@ def _running_seconds(
             for line, (running, native) in _running_and_native(stacks).items():
                 if running > native:
                     add(replica, list(line), running / 1000)
-        return per_frame, (
-            "wall-clock samples of request threads running or ready to run, where they did "
-            "not mostly wait on native compute threads"
+                else:
+                    add(replica, list(line), running / 1000, native / 1000)
+        return (
+            per_frame,
+            native_of,
+            (
+                "wall-clock samples of request threads running or ready to run, and of native "
+                "threads computing for calls outside every named part"
+            ),
         )
     rate = number((run.run.get("spec") or {}).get("pyspy_rate_hz")) or 20.0
     for role, stacks in (run.profiles or {}).items():
@@ -358,7 +374,7 @@ def _running_seconds(
             stack = text.split(";")
             if not stack[-1].startswith(IDLE_LEAVES):
                 add(index, stack, count / rate)
-    return per_frame, f"busy py-spy samples at {rate:g} Hz"
+    return per_frame, native_of, f"busy py-spy samples at {rate:g} Hz"
 
 
 def _running_and_native(stacks: Mapping[str, float]) -> dict[tuple[str, ...], list[float]]:
@@ -405,17 +421,17 @@ def claim_frame(
 
 
 def hot_code(run: RunData, att: Attribution, claims: ServiceClaims) -> list[Finding]:
-    """Python frames that hold a large share of a replica's service time by themselves.
+    """Frames of the service's code that hold a large share of a replica's service time.
 
     The time each replica's request threads ran on a CPU is placed in the budget part it
-    was in (by the stage markers the run recorded) and in its leaf frame
-    (:func:`_running_seconds`). Parts already explained by another cause keep their hot
-    frames as its evidence.
+    was in (by the stage markers the run recorded) and in its leaf frame, with the native
+    compute a frame outside every named part waits on (:func:`_running_seconds`). Parts
+    already explained by another cause keep their hot frames as its evidence.
     """
     markers = run.run.get("stage_frames")
     if not (run.profiles or run.wall) or not isinstance(markers, dict):
         return []
-    per_frame, source = _running_seconds(run, markers)
+    per_frame, native_of, source = _running_seconds(run, markers)
     out = []
     for (component, frame), seconds_by_replica in sorted(per_frame.items()):
         claimed = claim_frame(att, claims, f"hot_code:{frame}", component, seconds_by_replica)
@@ -423,6 +439,9 @@ def hot_code(run: RunData, att: Attribution, claims: ServiceClaims) -> list[Find
             continue
         vec, claim = claimed
         requests = int(np.count_nonzero(vec))
+        running = float(sum(seconds_by_replica.values()))
+        native = native_of.get((component, frame), 0.0)
+        how = "in Python" if native < running / 2 else "in native code it calls"
         out.append(
             latency_finding(
                 "hot_code",
@@ -434,13 +453,14 @@ def hot_code(run: RunData, att: Attribution, claims: ServiceClaims) -> list[Find
                 {
                     "frame": frame,
                     "component": component,
-                    "running_s": float(sum(seconds_by_replica.values())),
+                    "running_s": running,
+                    "native_s": native,
                     "source": source,
                     "requests": requests,
                     "seconds_by_replica": {str(k): v for k, v in seconds_by_replica.items()},
                 },
                 [f"{PROFILES}/*.wall" if run.wall else f"{PROFILES}/*.collapsed", RECORDS],
-                f"look at {frame}: it runs in Python on every request, in the {component} part",
+                f"look at {frame}: it runs {how} on every request, in the {component} part",
             )
         )
     return out
