@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import ray
 
+from workloads.bench.verdicts import CLEAN_SHARE
 from workloads.load.spec import parse_profile
 from workloads.runs.runner import RunSpec, execute
 from workloads.service.projects import Project
@@ -259,10 +260,6 @@ def test_clean_run_names_no_defect(ray_session, tmp_path, cache_dir, tiny_trees)
     assert not any(f["kind"] == "waiting" for f in analysis["findings"]), latency
     unexplained = analysis["unexplained"]
     assert 0.0 <= unexplained["share"] <= 1.0 and unexplained["seconds"] > 0
-
-
-CLEAN_SHARE = 0.1
-"""No cause may claim this share of a clean run's latency."""
 
 
 def capacity_spec(tmp_path: Path, cache_dir: Path, tiny_trees: dict[str, Path]) -> RunSpec:
