@@ -395,13 +395,15 @@ def planted_table(
 def print_planted(rows: list[dict[str, Any]], repeats: int) -> None:
     """The planted table: first in how many runs, and by the margin."""
     print(f"\n(d) planted bottlenecks ({repeats} short run(s) each, margin >= {MARGIN}x):")
+    wide = max([len(r["case"]) + 2 for r in rows] + [36])
     print(
-        f"  {'case':<36}{'expected':<15}{'first':>7}{'by margin':>11}{'min margin':>12}{'share':>7}"
+        f"  {'case':<{wide}}{'expected':<15}{'first':>7}{'by margin':>11}{'min margin':>12}"
+        f"{'share':>7}"
     )
     for r in rows:
         low = f"{r['min_margin']:.2f}x" if r["min_margin"] is not None else "no rival"
         print(
-            f"  {r['case']:<36}{r['expected']:<15}{r['first']:>4}/{r['runs']:<2}"
+            f"  {r['case']:<{wide}}{r['expected']:<15}{r['first']:>4}/{r['runs']:<2}"
             f"{r['first_by_margin']:>8}/{r['runs']:<2}{low:>12}{r['median_share']:>7.0%}"
         )
 
