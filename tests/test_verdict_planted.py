@@ -111,6 +111,32 @@ def tiny(tiny_trees: dict[str, Path]) -> list[Project]:
     return [Project(name=n, root=p) for n, p in sorted(tiny_trees.items())]
 
 
+def planted_service_run(
+    tmp_path: Path,
+    cache_dir: Path,
+    tiny_trees: dict[str, Path],
+    service: str,
+    *,
+    users: int,
+    op: str,
+) -> dict[str, Any]:
+    """A 10 s closed-loop run of one op against the test-only class ``service`` of
+    ``tests/planted.py``."""
+    return planted_run(
+        tmp_path,
+        cache_dir,
+        projects=tiny(tiny_trees),
+        stack=f"tests.planted:{service}",
+        stage_text=stage(name="s", duration_s=10, mode="closed", users=users, mix={op: 1.0}),
+    )
+
+
+def assert_planted_frame(evidence: dict[str, Any], function: str) -> None:
+    """The finding's frame is ``function`` of ``tests/planted.py``."""
+    frame = evidence["frame"]
+    assert frame.startswith(f"{function} (") and "planted.py" in frame, evidence
+
+
 def test_planted_slow_blas_ranks_first(ray_session, tmp_path, cache_dir, tiny_trees):
     analysis = planted_run(
         tmp_path,
@@ -166,32 +192,21 @@ def test_planted_overload_ranks_first(ray_session, tmp_path, cache_dir, tiny_tre
 
 
 def test_planted_hot_loop_ranks_first(ray_session, tmp_path, cache_dir, tiny_trees):
-    analysis = planted_run(
-        tmp_path,
-        cache_dir,
-        projects=tiny(tiny_trees),
-        stack="tests.planted:HotLoopService",
-        stage_text=stage(name="s", duration_s=10, mode="closed", users=2, mix={"analyze": 1.0}),
+    analysis = planted_service_run(
+        tmp_path, cache_dir, tiny_trees, "HotLoopService", users=2, op="analyze"
     )
-    top = assert_top(analysis, "hot_code")
-    assert (
-        top["evidence"]["frame"].startswith("spin (") and "planted.py" in top["evidence"]["frame"]
-    )
+    assert_planted_frame(assert_top(analysis, "hot_code")["evidence"], "spin")
 
 
 def test_planted_native_hot_spot_ranks_first(ray_session, tmp_path, cache_dir, tiny_trees):
     """Native compute in the user's code (MLX threads run it; the request's thread waits in
     ``mx.eval``) is a hot spot of that code, not the model's work."""
-    analysis = planted_run(
-        tmp_path,
-        cache_dir,
-        projects=tiny(tiny_trees),
-        stack="tests.planted:NativeHotSpotService",
-        stage_text=stage(name="s", duration_s=10, mode="closed", users=2, mix={"analyze": 1.0}),
+    analysis = planted_service_run(
+        tmp_path, cache_dir, tiny_trees, "NativeHotSpotService", users=2, op="analyze"
     )
     top = assert_top(analysis, "hot_code")
     evidence = top["evidence"]
-    assert evidence["frame"].startswith("rerank (") and "planted.py" in evidence["frame"]
+    assert_planted_frame(evidence, "rerank")
     assert evidence["component"] == "other" and evidence["native_s"] > evidence["running_s"] / 2
     assert "native code" in top["suggestion"]
 
@@ -211,28 +226,20 @@ def test_planted_leak_ranks_first(ray_session, tmp_path, cache_dir, tiny_trees):
 
 
 def test_planted_blocking_wait_ranks_first(ray_session, tmp_path, cache_dir, tiny_trees):
-    analysis = planted_run(
-        tmp_path,
-        cache_dir,
-        projects=tiny(tiny_trees),
-        stack="tests.planted:RemoteStoreService",
-        stage_text=stage(name="s", duration_s=10, mode="closed", users=2, mix={"search": 1.0}),
+    analysis = planted_service_run(
+        tmp_path, cache_dir, tiny_trees, "RemoteStoreService", users=2, op="search"
     )
     top = assert_top(analysis, "waiting")
     evidence = top["evidence"]
-    assert evidence["frame"].startswith("load_rows (") and "planted.py" in evidence["frame"]
+    assert_planted_frame(evidence, "load_rows")
     assert evidence["wait_external_s"] > evidence["wait_on_threads_s"]
     assert 0.04 < evidence["per_request_s"] < 0.2, evidence
     assert "queue" in top["explains"] and top["share"] > 0.4
 
 
 def test_planted_lock_contention_ranks_first(ray_session, tmp_path, cache_dir, tiny_trees):
-    analysis = planted_run(
-        tmp_path,
-        cache_dir,
-        projects=tiny(tiny_trees),
-        stack="tests.planted:ContendedLockService",
-        stage_text=stage(name="s", duration_s=10, mode="closed", users=1, mix={"analyze": 1.0}),
+    analysis = planted_service_run(
+        tmp_path, cache_dir, tiny_trees, "ContendedLockService", users=1, op="analyze"
     )
     top = assert_top(analysis, "waiting")
     evidence = top["evidence"]
